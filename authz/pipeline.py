@@ -1,0 +1,110 @@
+"""One pipeline of stages. The order of stages is visible in one place: ``build_pipeline``.
+
+A stage is a small object that implements any of these async hooks:
+
+- ``on_request(ctx: Context)``          ext_authz ``Check``: identity, policy, limits, routing
+- ``on_request_body(ex: Exchange)``     ext_proc request body: redaction
+- ``on_response_headers(ex: Exchange)`` ext_proc response headers
+- ``on_response_body(ex: Exchange)``    ext_proc response body: metering, tools/list filtering
+- ``on_complete(ex: Exchange)``         the exchange ended (normally or not): settle, audit
+
+A hook returns nothing: it edits the context (principal, mutations, facts) or raises ``Deny``.
+Which hooks a stage implements is resolved once when the pipeline is built, so the per-request
+path only walks the stages that care about that phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from authz import metrics
+from authz.errors import Deny, InternalError
+from authz.model import Context, Exchange
+
+log = logging.getLogger("authz.pipeline")
+
+HOOKS = ("on_request", "on_request_body", "on_response_headers", "on_response_body", "on_complete")
+
+
+class Stage:
+    """Base class for stages. Override the hooks you need; the rest are skipped."""
+
+    name: str = "stage"
+
+    async def on_request(self, ctx: Context) -> None:  # pragma: no cover - never called
+        raise NotImplementedError
+
+    async def on_request_body(self, ex: Exchange) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def on_response_headers(self, ex: Exchange) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def on_response_body(self, ex: Exchange) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def on_complete(self, ex: Exchange) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def implements(self, hook: str) -> bool:
+        return getattr(type(self), hook) is not getattr(Stage, hook)
+
+    async def close(self) -> None:
+        """Release resources when the pipeline is replaced or the server stops."""
+
+
+Hook = Callable[[Any], Awaitable[None]]
+
+
+class Pipeline:
+    """Runs stages in order for each phase. Immutable once built; reload swaps the whole object."""
+
+    def __init__(self, stages: Sequence[Stage], *, needs_request_body: bool = False,
+                 needs_response_body: bool = False) -> None:
+        self.stages = tuple(stages)
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate stage names: {names}")
+        self._hooks: dict[str, tuple[tuple[str, Hook], ...]] = {
+            hook: tuple((s.name, getattr(s, hook)) for s in self.stages if s.implements(hook))
+            for hook in HOOKS
+        }
+        self.needs_request_body = needs_request_body
+        self.needs_response_body = needs_response_body
+
+    def has(self, hook: str) -> bool:
+        return bool(self._hooks[hook])
+
+    async def run(self, hook: str, subject: Context | Exchange) -> None:
+        """Run every stage's ``hook`` in order. Raises ``Deny``; any other error becomes
+        ``InternalError`` (fail closed) after being logged with its traceback."""
+        for name, fn in self._hooks[hook]:
+            started = time.perf_counter()
+            try:
+                await fn(subject)
+            except Deny:
+                raise
+            except Exception as exc:
+                log.exception("stage %s crashed in %s", name, hook)
+                raise InternalError(reason="internal_error", details={"stage": name}) from exc
+            finally:
+                metrics.STAGE_SECONDS.labels(stage=name, phase=hook).observe(
+                    time.perf_counter() - started)
+
+    async def complete(self, ex: Exchange) -> None:
+        """Run ``on_complete`` for every stage, even if one fails: cleanup must not be skipped."""
+        for name, fn in self._hooks["on_complete"]:
+            try:
+                await fn(ex)
+            except Exception:
+                log.exception("stage %s failed in on_complete", name)
+
+    async def close(self) -> None:
+        for stage in self.stages:
+            try:
+                await stage.close()
+            except Exception:
+                log.exception("stage %s failed to close", stage.name)
