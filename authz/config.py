@@ -1,11 +1,193 @@
-"""Typed config: YAML in, frozen validated objects out. (being written; base class first)"""
+"""Typed config: one YAML file in, frozen validated objects out.
+
+Every problem is reported with the dotted path of the offending key (``store.timeout_ms``,
+``identity.issuers[0].audiences``); unknown keys are errors, so a typo never silently turns a
+check off. Strings may reference environment variables as ``${NAME}`` or ``${NAME:-default}``
+(secrets and Redis URLs come from the pod's environment); a reference to an unset variable
+without a default is an error.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from authz.errors import ConfigError
+from authz.schema import Model
+
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
 
-class Model(BaseModel):
-    """Base for every config section: unknown keys are errors, objects are immutable."""
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (port 0-65535), got {value!r}")
+    return value
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+class ServerConfig(Model):
+    """Listening addresses and lifecycle. Addresses take effect at start only (not on reload)."""
+
+    grpc_address: str = "127.0.0.1:9001"
+    http_address: str = "127.0.0.1:9002"
+    instance_id: str = ""  # defaults to hostname-pid; names this replica in logs and audit
+    drain_seconds: float = Field(5.0, ge=0, le=600)
+    grace_seconds: float = Field(10.0, ge=0, le=600)
+    debug_headers: bool = False
+    max_concurrent_streams: int = Field(1000, ge=1)
+
+    @field_validator("grpc_address", "http_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return _check_address(v)
+
+
+class LogConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    decisions: bool = True  # one line per decision
+
+
+class StoreConfig(Model):
+    """Where shared state lives. Empty ``redis_url`` selects the in-process memory store."""
+
+    redis_url: str = ""
+    timeout_ms: int = Field(50, ge=1, le=60_000)
+    connect_timeout_ms: int = Field(500, ge=1, le=60_000)
+    max_connections: int = Field(64, ge=1, le=10_000)
+    key_prefix: str = "authz:"
+    required_for_readiness: bool = True
+    health_interval_seconds: float = Field(2.0, gt=0, le=300)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if v and not re.match(r"^(redis|rediss|unix)://", v):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class ReloadConfig(Model):
+    poll_seconds: float = Field(2.0, ge=0, le=3600)  # 0 disables watching (SIGHUP still reloads)
+
+
+class Config(Model):
+    version: Literal[1] = 1
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
+    store: StoreConfig = StoreConfig()
+    reload: ReloadConfig = ReloadConfig()
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: in a security policy the second one silently
+    winning is how a rule gets lost."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be scalars", key_node.start_mark)
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        result[key] = loader.construct_object(value_node, deep=deep)
+    return result
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append((path, f"environment variable {name} is not set and has no default"))
+            return ""
+        return _ENV_REF.sub(sub, value) if "${" in value else value
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_config(text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None
+                 ) -> Config:
+    """Parse and validate YAML text. Raises ``ConfigError`` listing every problem with its path."""
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - strict SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [(where, f"invalid YAML: {problem}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("", "the top level must be a mapping")])
+    problems: list[tuple[str, str]] = []
+    raw = _interpolate(raw, os.environ if env is None else env, "", problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return validate_config(raw, source=source)
+
+
+def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append((_loc_to_path(err["loc"]), message))
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> tuple[Config, str]:
+    """Read, parse and validate a config file. Returns the config and the SHA-256 of the file."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), [("", f"file larger than {MAX_CONFIG_BYTES} bytes")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not UTF-8: {exc}")]) from None
+    return parse_config(text, source=str(path)), hashlib.sha256(data).hexdigest()

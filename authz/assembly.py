@@ -1,0 +1,16 @@
+"""Build the pipeline from config. The order of the stages is decided here and nowhere else."""
+
+from __future__ import annotations
+
+from authz.config import Config
+from authz.pipeline import Pipeline, Stage
+from authz.store import Store
+
+
+def build_pipeline(config: Config, store: Store) -> Pipeline:
+    """identity → policy → limits → routing → redaction → metering → audit.
+
+    Stages arrive issue by issue; each is built from its config section and the shared store.
+    """
+    stages: list[Stage] = []
+    return Pipeline(stages)

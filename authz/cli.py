@@ -1,0 +1,88 @@
+"""The ``authz`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from authz import __version__
+from authz.errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from authz.config import load_config
+    from authz.logs import setup_logging
+    from authz.runtime import Runtime
+    from authz.server import serve
+
+    try:
+        config, sha = load_config(args.config)
+    except ConfigError as exc:
+        print(f"authz: refusing to start, the config is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+    runtime = Runtime(args.config, config=config, sha256=sha)
+    try:
+        return asyncio.run(serve(runtime, grpc_address=args.grpc_address,
+                                 http_address=args.http_address))
+    except OSError as exc:
+        print(f"authz: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from authz.assembly import build_pipeline
+    from authz.config import load_config
+    from authz.store import MemoryStore
+
+    failed = False
+    for path in args.files:
+        try:
+            config, sha = load_config(path)
+            build_pipeline(config, MemoryStore())  # compiles everything a reload would
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+            continue
+        if not args.quiet:
+            print(f"{path}: ok (sha256 {sha[:12]})")
+    return 1 if failed else 0
+
+
+def _dev_token(argv: Sequence[str]) -> int:
+    from authz.demo.issuer import dev_token_main
+
+    return dev_token_main(list(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authz", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"authz {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the sidecar (ext_authz + ext_proc gRPC, HTTP metrics)")
+    p.add_argument("--config", "-c", required=True, help="policy/config YAML file")
+    p.add_argument("--grpc-address", help="override server.grpc_address (HOST:PORT)")
+    p.add_argument("--http-address", help="override server.http_address (HOST:PORT)")
+    p.add_argument("--log-format", choices=["json", "text"], help="override log.format")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("check-config", help="validate config files; exit 1 if any is invalid")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_check_config)
+
+    sub.add_parser("dev-token", help="mint a token from the local dev issuer (see --help)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dev-token"]:
+        return _dev_token(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)

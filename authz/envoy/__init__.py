@@ -1,0 +1,1 @@
+"""Adapters between Envoy's protos and our own model: proto in, proto out, nothing else."""

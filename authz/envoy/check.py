@@ -1,0 +1,98 @@
+"""ext_authz adapter: ``CheckRequest`` → ``Request``; a decision → ``CheckResponse``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from authz.model import Context, Request
+from authz.responses import Denial
+
+PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+METADATA_NAMESPACE = "envoy.filters.http.ext_authz"  # where ext_proc finds what Check decided
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _header_value(h: base_pb2.HeaderValue) -> str:
+    # Envoy sends raw_value (bytes) in newer versions; decode leniently, headers can be non-UTF-8.
+    return h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+
+
+def request_from_check(msg: auth_pb2.CheckRequest) -> Request:
+    attrs = msg.attributes
+    http = attrs.request.http
+    header_lists: dict[str, tuple[str, ...]] = {}
+    if http.header_map.headers:  # encode_raw_headers: one entry per header line
+        lists: dict[str, list[str]] = {}
+        for h in http.header_map.headers:
+            lists.setdefault(h.key.lower(), []).append(_header_value(h))
+        header_lists = {k: tuple(v) for k, v in lists.items()}
+        headers = {k: ",".join(v) for k, v in lists.items()}
+    else:
+        headers = {k.lower(): v for k, v in http.headers.items()}
+    body = http.raw_body if http.raw_body else http.body.encode("utf-8")
+    addr = attrs.source.address.socket_address
+    return Request(
+        id=http.id or headers.get("x-request-id", ""),
+        method=http.method or headers.get(":method", ""),
+        scheme=http.scheme or headers.get(":scheme", ""),
+        host=http.host or headers.get(":authority", ""),
+        path=http.path or headers.get(":path", ""),
+        headers=headers,
+        header_lists=header_lists,
+        body=body,
+        body_truncated=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
+        protocol=http.protocol,
+        source_address=addr.address,
+        context_extensions=dict(attrs.context_extensions),
+    )
+
+
+def _header_options(headers: Mapping[str, str]) -> list[base_pb2.HeaderValueOption]:
+    return [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v),
+                                       append_action=_OVERWRITE)
+            for k, v in headers.items()]
+
+
+def to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(data)
+    return s
+
+
+def allow_response(ctx: Context, *, extra_response_headers: Mapping[str, str] | None = None
+                   ) -> auth_pb2.CheckResponse:
+    m = ctx.mutations
+    ok = auth_pb2.OkHttpResponse(
+        headers=_header_options(m.set_headers),
+        headers_to_remove=sorted(m.remove_headers),
+        response_headers_to_add=_header_options({**m.response_headers,
+                                                 **(extra_response_headers or {})}),
+    )
+    response = auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
+    if ctx.metadata:
+        response.dynamic_metadata.CopyFrom(to_struct(ctx.metadata))
+    return response
+
+
+def deny_response(denial: Denial, *, metadata: Mapping[str, Any] | None = None
+                  ) -> auth_pb2.CheckResponse:
+    code = code_pb2.UNAUTHENTICATED if denial.status == 401 else code_pb2.PERMISSION_DENIED
+    response = auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code),
+        denied_response=auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=denial.status),
+            headers=_header_options(denial.headers),
+            body=denial.body.decode("utf-8", "replace"),
+        ),
+    )
+    if metadata:
+        response.dynamic_metadata.CopyFrom(to_struct(metadata))
+    return response

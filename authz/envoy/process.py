@@ -1,0 +1,113 @@
+"""ext_proc adapter: ``ProcessingRequest`` pieces → our model; mutations → ``ProcessingResponse``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import json_format
+
+from authz.envoy.check import METADATA_NAMESPACE
+from authz.model import Mutations, Request
+from authz.responses import Denial
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+Mode = processing_mode_pb2.ProcessingMode
+
+
+def headers_dict(headers: pb.HttpHeaders) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in headers.headers.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        key = h.key.lower()
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def request_from_headers(headers: Mapping[str, str]) -> Request:
+    return Request(
+        id=headers.get("x-request-id", ""),
+        method=headers.get(":method", ""),
+        scheme=headers.get(":scheme", ""),
+        host=headers.get(":authority", ""),
+        path=headers.get(":path", ""),
+        headers=dict(headers),
+    )
+
+
+def check_metadata(msg: pb.ProcessingRequest) -> dict[str, Any] | None:
+    """What ``Check`` left for this request (forwarded by Envoy's metadata_options)."""
+    if not msg.HasField("metadata_context"):
+        return None
+    fm = msg.metadata_context.filter_metadata
+    if METADATA_NAMESPACE not in fm:
+        return None
+    return json_format.MessageToDict(fm[METADATA_NAMESPACE])
+
+
+def _header_mutation(m: Mutations, body_length: int | None) -> pb.HeaderMutation | None:
+    set_headers = dict(m.set_headers)
+    if body_length is not None:
+        # Envoy rejects a buffered body mutation whose content-length disagrees (NOTES.md).
+        set_headers["content-length"] = str(body_length)
+    if not set_headers and not m.remove_headers:
+        return None
+    return pb.HeaderMutation(
+        set_headers=[base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=_OVERWRITE)
+            for k, v in set_headers.items()],
+        remove_headers=sorted(m.remove_headers),
+    )
+
+
+def common_response(m: Mutations, *, body_phase: bool = False) -> pb.CommonResponse:
+    body_length = len(m.body) if (m.body is not None and body_phase) else None
+    common = pb.CommonResponse()
+    hm = _header_mutation(m, body_length)
+    if hm is not None:
+        common.header_mutation.CopyFrom(hm)
+    if m.body is not None and body_phase:
+        common.body_mutation.CopyFrom(pb.BodyMutation(body=m.body))
+    if m.clear_route_cache:
+        common.clear_route_cache = True
+    return common
+
+
+def headers_response(phase: str, m: Mutations, *, mode: Mode | None = None
+                     ) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse(**{phase: pb.HeadersResponse(response=common_response(m))})
+    if mode is not None:
+        response.mode_override.CopyFrom(mode)
+    return response
+
+
+def body_response(phase: str, m: Mutations) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        **{phase: pb.BodyResponse(response=common_response(m, body_phase=True))})
+
+
+def trailers_response(phase: str) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(**{phase: pb.TrailersResponse()})
+
+
+def immediate_response(denial: Denial) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=denial.status),
+        headers=pb.HeaderMutation(set_headers=[
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()),
+                                       append_action=_OVERWRITE)
+            for k, v in denial.headers.items()]),
+        body=denial.body,
+        details=denial.headers.get("x-authz-reason", "denied"),
+    ))
+
+
+def body_mode(*, request_body: bool, response_body: bool) -> Mode:
+    return Mode(
+        request_body_mode=Mode.BUFFERED if request_body else Mode.NONE,
+        response_body_mode=Mode.BUFFERED if response_body else Mode.NONE,
+    )

@@ -1,0 +1,176 @@
+"""The gRPC servicers Envoy calls. Thin: adapt the proto, run the pipeline, adapt back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
+from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as proc_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as proc_grpc
+
+from authz import metrics
+from authz.envoy import check as check_adapter
+from authz.envoy import process as proc_adapter
+from authz.errors import BadRequest, Deny, InternalError
+from authz.model import Context, Exchange, Mutations, Request
+from authz.responses import render_denial
+from authz.runtime import Runtime
+
+log = logging.getLogger("authz.decision")
+proc_log = logging.getLogger("authz.process")
+
+
+class AuthorizationServicer(auth_grpc.AuthorizationServicer):
+    """envoy.service.auth.v3.Authorization/Check."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._seconds = metrics.RPC_SECONDS.labels(rpc="check")
+        self._inflight = metrics.INFLIGHT.labels(rpc="check")
+
+    async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+                    ) -> auth_pb2.CheckResponse:
+        started = time.perf_counter()
+        self._inflight.inc()
+        pipeline = self.runtime.pipeline
+        config = self.runtime.config
+        req: Request | None = None
+        try:
+            try:
+                req = check_adapter.request_from_check(request)
+            except Exception as exc:  # a proto we cannot read is the client's problem, not a crash
+                raise BadRequest("the request could not be read", reason="request.unreadable") from exc
+            ctx = Context(request=req)
+            await pipeline.run("on_request", ctx)
+            extra = {"x-authz-check": "allow"} if config.server.debug_headers else None
+            response = check_adapter.allow_response(ctx, extra_response_headers=extra)
+            self._record("allow", "ok", 200, req, ctx)
+            return response
+        except Deny as deny:
+            denial = render_denial(deny, req)
+            self._record("deny", deny.reason, deny.status, req, None, message=deny.message)
+            return check_adapter.deny_response(denial)
+        except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed, clearly
+            log.exception("Check failed unexpectedly")
+            deny = InternalError()
+            self._record("deny", deny.reason, deny.status, req, None)
+            return check_adapter.deny_response(render_denial(deny, req))
+        finally:
+            self._inflight.dec()
+            self._seconds.observe(time.perf_counter() - started)
+
+    def _record(self, decision: str, reason: str, status: int, req: Request | None,
+                ctx: Context | None, *, message: str = "") -> None:
+        metrics.DECISIONS.labels(decision=decision, reason=reason).inc()
+        if not self.runtime.config.log.decisions or not log.isEnabledFor(logging.INFO):
+            return
+        fields: dict[str, object] = {"event": "decision", "decision": decision, "reason": reason,
+                                     "status": status}
+        if req is not None:
+            fields.update(request_id=req.id, method=req.method, host=req.host, path=req.path_only)
+        if ctx is not None:
+            if not ctx.principal.anonymous:
+                fields["subject"] = ctx.principal.subject
+                fields["client"] = ctx.principal.client
+            fields.update({k: v for k, v in ctx.facts.items() if k in ("rule", "route", "tool",
+                                                                         "model", "dry_run")})
+        if message:
+            fields["message"] = message
+        log.info("%s %s", decision, reason, extra={"fields": fields})
+
+
+class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
+    """envoy.service.ext_proc.v3.ExternalProcessor/Process: one stream per HTTP request."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._seconds = metrics.RPC_SECONDS.labels(rpc="process")
+        self._inflight = metrics.INFLIGHT.labels(rpc="process")
+
+    async def Process(self, request_iterator: AsyncIterator[proc_pb2.ProcessingRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[proc_pb2.ProcessingResponse]:
+        pipeline = self.runtime.pipeline  # one pipeline for the whole exchange, even across reloads
+        debug = self.runtime.config.server.debug_headers
+        ex: Exchange | None = None
+        outcome = "completed"
+        self._inflight.inc()
+        try:
+            async for msg in request_iterator:
+                started = time.perf_counter()
+                kind = msg.WhichOneof("request")
+                try:
+                    if ex is None:
+                        ex = self._exchange(msg, kind)
+                    else:
+                        meta = proc_adapter.check_metadata(msg)
+                        if meta and not ex.check:
+                            ex.check = meta
+                    ex.phases.append(kind)
+                    ex.mutations = Mutations()
+                    response = await self._handle(pipeline, ex, msg, kind, debug)
+                except Deny as deny:
+                    outcome = "denied"
+                    proc_log.info("process denied %s", deny.reason, extra={"fields": {
+                        "event": "process_denied", "reason": deny.reason, "status": deny.status,
+                        "request_id": ex.request.id if ex else "", "phase": kind}})
+                    metrics.DECISIONS.labels(decision="deny", reason=deny.reason).inc()
+                    yield proc_adapter.immediate_response(
+                        render_denial(deny, ex.request if ex else None))
+                    return
+                finally:
+                    self._seconds.observe(time.perf_counter() - started)
+                yield response
+        except Exception:
+            outcome = "error"
+            proc_log.exception("Process stream failed")
+            yield proc_adapter.immediate_response(render_denial(InternalError(), ex.request if ex else None))
+        finally:
+            self._inflight.dec()
+            if ex is not None and ex.response_status == 0 and outcome == "completed":
+                outcome = "incomplete"  # the client or upstream went away before a response
+            metrics.PROCESS_STREAMS.labels(outcome=outcome).inc()
+            if ex is not None:
+                ex.facts.setdefault("outcome", outcome)
+                await pipeline.complete(ex)
+
+    def _exchange(self, msg: proc_pb2.ProcessingRequest, kind: str) -> Exchange:
+        headers = proc_adapter.headers_dict(msg.request_headers) if kind == "request_headers" else {}
+        return Exchange(request=proc_adapter.request_from_headers(headers),
+                        check=proc_adapter.check_metadata(msg) or {})
+
+    async def _handle(self, pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest, kind: str,
+                      debug: bool) -> proc_pb2.ProcessingResponse:
+        if kind == "request_headers":
+            mode = None
+            if pipeline.needs_request_body or pipeline.needs_response_body:
+                mode = proc_adapter.body_mode(request_body=pipeline.needs_request_body,
+                                              response_body=pipeline.needs_response_body)
+            return proc_adapter.headers_response("request_headers", ex.mutations, mode=mode)
+        if kind == "request_body":
+            ex.request_body += msg.request_body.body
+            if msg.request_body.end_of_stream:
+                await pipeline.run("on_request_body", ex)
+            return proc_adapter.body_response("request_body", ex.mutations)
+        if kind == "response_headers":
+            headers = proc_adapter.headers_dict(msg.response_headers)
+            try:
+                ex.response_status = int(headers.get(":status", "0"))
+            except ValueError:
+                ex.response_status = 0
+            ex.response_headers = headers
+            await pipeline.run("on_response_headers", ex)
+            if debug:
+                ex.mutations.set_header("x-authz-process", ",".join(ex.phases))
+            return proc_adapter.headers_response("response_headers", ex.mutations)
+        if kind == "response_body":
+            ex.response_body += msg.response_body.body
+            if msg.response_body.end_of_stream:
+                await pipeline.run("on_response_body", ex)
+            return proc_adapter.body_response("response_body", ex.mutations)
+        if kind in ("request_trailers", "response_trailers"):
+            return proc_adapter.trailers_response(kind)
+        raise BadRequest(f"unexpected ext_proc message {kind!r}", reason="process.unexpected_message")

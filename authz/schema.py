@@ -1,0 +1,12 @@
+"""The base class of every config section (kept apart from ``authz.config`` so that stage
+packages can define their sections without importing the loader, which imports them)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Model(BaseModel):
+    """Unknown keys are errors; loaded objects are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -1,0 +1,139 @@
+"""``authz serve``: one grpc.aio server (ext_authz, ext_proc, health, reflection) and one HTTP
+server (metrics, health, published documents), sharing one event loop and one runtime.
+
+Shutdown on SIGTERM: mark not-ready (gRPC health NOT_SERVING, /readyz 503), keep answering for
+``drain_seconds`` so Envoy and Kubernetes notice, then stop accepting RPCs and give in-flight
+ones ``grace_seconds`` to finish. A second signal skips the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+import grpc
+from aiohttp import web
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from authz import __version__, metrics
+from authz.config import Config
+from authz.envoy.servicers import AuthorizationServicer, ExternalProcessorServicer
+from authz.http import build_app
+from authz.runtime import Runtime
+
+log = logging.getLogger("authz.server")
+
+SERVICE_NAMES = (
+    external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+    external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name,
+)
+
+
+class Server:
+    def __init__(self, runtime: Runtime, *, grpc_address: str, http_address: str) -> None:
+        self.runtime = runtime
+        self.grpc_address = grpc_address
+        self.http_address = http_address
+        self.grpc_port = 0
+        self.http_port = 0
+        self._stop = asyncio.Event()
+        self._fast_stop = False
+        self.health: health.aio.HealthServicer | None = None
+
+    async def start(self) -> None:
+        cfg: Config = self.runtime.config
+        self.grpc = grpc.aio.server(options=[
+            ("grpc.max_concurrent_streams", cfg.server.max_concurrent_streams),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ])
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self.runtime), self.grpc)
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessorServicer(self.runtime), self.grpc)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        self.grpc_port = self.grpc.add_insecure_port(self.grpc_address)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen for gRPC on {self.grpc_address}")
+        await self.grpc.start()
+        await self._set_serving(True)
+
+        host, _, port = self.http_address.rpartition(":")
+        self._http_runner = web.AppRunner(build_app(self.runtime), access_log=None,
+                                          handle_signals=False)
+        await self._http_runner.setup()
+        site = web.TCPSite(self._http_runner, host.strip("[]"), int(port), reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
+        log.info("authz %s listening: grpc %s:%d, http %s:%d (instance %s)", __version__,
+                 self.grpc_address.rpartition(":")[0], self.grpc_port, host, self.http_port,
+                 instance_id(cfg), extra={"fields": {"event": "listening", "grpc_port": self.grpc_port,
+                                                     "http_port": self.http_port}})
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            self._fast_stop = True
+            log.warning("second stop signal: skipping the drain")
+        self._stop.set()
+
+    async def wait_and_stop(self) -> None:
+        await self._stop.wait()
+        cfg = self.runtime.config.server
+        self.runtime.draining = True
+        metrics.COMPONENT_UP.labels(component="draining").set(0)
+        await self._set_serving(False)
+        if cfg.drain_seconds and not self._fast_stop:
+            log.info("draining for %.1fs before stopping", cfg.drain_seconds)
+            try:
+                await asyncio.wait_for(self._wait_fast_stop(), timeout=cfg.drain_seconds)
+            except TimeoutError:
+                pass
+        log.info("stopping: giving in-flight requests up to %.1fs", cfg.grace_seconds)
+        await self.grpc.stop(0 if self._fast_stop else cfg.grace_seconds)
+        await self._http_runner.cleanup()
+        await self.runtime.close()
+        log.info("stopped")
+
+    async def _wait_fast_stop(self) -> None:
+        while not self._fast_stop:
+            await asyncio.sleep(0.05)
+
+
+def instance_id(cfg: Config) -> str:
+    return cfg.server.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def serve(runtime: Runtime, *, grpc_address: str | None = None,
+                http_address: str | None = None) -> int:
+    await runtime.start()
+    cfg = runtime.config
+    server = Server(runtime, grpc_address=grpc_address or cfg.server.grpc_address,
+                    http_address=http_address or cfg.server.http_address)
+    await server.start()
+    metrics.BUILD_INFO.info({"version": __version__})
+    metrics.COMPONENT_UP.labels(component="draining").set(1)
+    runtime.start_background()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+    loop.add_signal_handler(signal.SIGINT, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+        runtime.reload(cause="SIGHUP")))
+    await server.wait_and_stop()
+    return 0

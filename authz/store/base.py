@@ -1,0 +1,43 @@
+"""The store interface. Keys are namespaced by the store's prefix; values are bytes."""
+
+from __future__ import annotations
+
+import abc
+
+from authz.errors import AuthzError
+
+
+class StoreUnavailable(AuthzError):  # noqa: N818
+    """The store could not answer in time. Stages decide per limit whether to fail closed."""
+
+
+class Store(abc.ABC):
+    backend: str = "abstract"
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: bytes, *, ttl: float | None = None,
+                  only_if_absent: bool = False) -> bool:
+        """Store ``value``; with ``only_if_absent`` only when the key does not exist.
+        Returns whether it was written."""
+
+    @abc.abstractmethod
+    async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        """Add ``amount`` atomically and return the new value. ``ttl`` applies when the key is
+        created by this call (an existing key keeps its expiry)."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires; None if it has no expiry or does not exist."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
