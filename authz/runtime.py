@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from authz import metrics
@@ -46,8 +47,10 @@ class ComponentHealth:
 
 class Runtime:
     def __init__(self, config_path: str | os.PathLike[str], *, config: Config | None = None,
-                 sha256: str = "") -> None:
+                 sha256: str = "",
+                 pipeline_factory: Callable[[Config, Store], Pipeline] = build_pipeline) -> None:
         self.config_path = Path(config_path)
+        self._pipeline_factory = pipeline_factory
         self._initial = (config, sha256)
         self.current: Generation | None = None
         self.draining = False
@@ -86,7 +89,7 @@ class Runtime:
         else:
             store = build_store(config.store)
         try:
-            pipeline = build_pipeline(config, store)
+            pipeline = self._pipeline_factory(config, store)
         except Exception:
             if previous is None or store is not previous.store:
                 await store.close()

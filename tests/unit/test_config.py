@@ -1,0 +1,76 @@
+import pytest
+
+from authz.config import load_config, parse_config
+from authz.errors import ConfigError
+
+
+def problems(text: str, env=None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env=env or {})
+    return dict(info.value.problems)
+
+
+def test_empty_file_gives_secure_defaults():
+    cfg = parse_config("", env={})
+    assert cfg.store.redis_url == ""
+    assert cfg.server.debug_headers is False
+    assert cfg.log.format == "json"
+
+
+def test_unknown_keys_are_reported_with_their_path():
+    found = problems("server:\n  grpc_adress: 1\nstore:\n  pool: 3\n")
+    assert found == {"server.grpc_adress": "unknown key", "store.pool": "unknown key"}
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems("version: 2\nstore:\n  timeout_ms: 0\n  redis_url: http://x\n"
+                     "server:\n  grpc_address: nope\n")
+    assert set(found) == {"version", "store.timeout_ms", "store.redis_url", "server.grpc_address"}
+
+
+def test_duplicate_keys_are_refused_with_the_line():
+    found = problems("store:\n  timeout_ms: 5\n  timeout_ms: 6\n")
+    (where, message), = found.items()
+    assert "line 3" in where and "duplicate key 'timeout_ms'" in message
+
+
+def test_invalid_yaml_names_the_line():
+    found = problems("store: [unclosed\n")
+    (where, message), = found.items()
+    assert where.startswith("line") and "invalid YAML" in message
+
+
+def test_top_level_must_be_a_mapping():
+    assert problems("- a\n- b\n") == {"": "the top level must be a mapping"}
+
+
+def test_environment_interpolation():
+    cfg = parse_config("store:\n  redis_url: ${REDIS_URL:-}\n", env={})
+    assert cfg.store.redis_url == ""
+    cfg = parse_config("store:\n  redis_url: ${REDIS_URL:-}\n", env={"REDIS_URL": "redis://h:1/0"})
+    assert cfg.store.redis_url == "redis://h:1/0"
+    assert problems("store:\n  redis_url: ${NOPE}\n") == {
+        "store.redis_url": "environment variable NOPE is not set and has no default"}
+
+
+def test_config_is_frozen():
+    cfg = parse_config("", env={})
+    with pytest.raises(Exception):
+        cfg.store.timeout_ms = 1  # type: ignore[misc]
+
+
+def test_load_config_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bin.yaml"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(bad)
+
+
+def test_reference_config_is_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cfg, sha = load_config(root / "deploy/authz/authz.yaml")
+    assert len(sha) == 64

@@ -1,0 +1,82 @@
+"""Reload: atomic swap, last good config kept on a bad file, ConfigMap-style symlink swaps."""
+
+import asyncio
+import os
+
+from authz import metrics
+from authz.runtime import Runtime
+
+GOOD = "store:\n  timeout_ms: {t}\nreload:\n  poll_seconds: 0.05\n"
+
+
+def reload_count(result: str) -> float:
+    return metrics.CONFIG_RELOADS.labels(result=result)._value.get()
+
+
+async def wait_for(predicate, timeout=5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_bad_reload_keeps_the_last_good_config(tmp_path):
+    path = tmp_path / "authz.yaml"
+    path.write_text(GOOD.format(t=50))
+    rt = Runtime(path)
+    await rt.start()
+    first = rt.current
+    failures = reload_count("failure")
+
+    path.write_text("store:\n  timeout_mss: 10\n")
+    assert await rt.reload() is False
+    assert rt.current is first
+    assert "store.timeout_mss: unknown key" in rt.last_reload_error
+    assert reload_count("failure") == failures + 1
+    ready, components = rt.readiness()
+    assert ready and components["config"]["last_reload_error"]
+
+    path.write_text(GOOD.format(t=70))
+    assert await rt.reload() is True
+    assert rt.config.store.timeout_ms == 70 and rt.current is not first
+    assert rt.last_reload_error == ""
+    await rt.close()
+
+
+async def test_watcher_follows_a_configmap_symlink_swap(tmp_path):
+    # Kubernetes mounts a ConfigMap as authz.yaml -> ..data/authz.yaml, ..data -> ..<timestamp>;
+    # an update writes a new timestamped dir and atomically renames the ..data symlink.
+    def write_version(name: str, text: str) -> None:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "authz.yaml").write_text(text)
+        tmp_link = tmp_path / "..data_tmp"
+        os.symlink(name, tmp_link)
+        os.replace(tmp_link, tmp_path / "..data")
+
+    write_version("..v1", GOOD.format(t=50))
+    os.symlink("..data/authz.yaml", tmp_path / "authz.yaml")
+    rt = Runtime(tmp_path / "authz.yaml")
+    await rt.start()
+    rt.start_background()
+
+    write_version("..v2", GOOD.format(t=60))
+    await wait_for(lambda: rt.config.store.timeout_ms == 60)
+
+    write_version("..v3", "store: [broken\n")
+    await wait_for(lambda: rt.last_reload_error != "")
+    assert rt.config.store.timeout_ms == 60
+    assert "invalid YAML" in rt.last_reload_error
+    await rt.close()
+
+
+async def test_draining_makes_the_runtime_unready(tmp_path):
+    path = tmp_path / "authz.yaml"
+    path.write_text("")
+    rt = Runtime(path)
+    await rt.start()
+    assert rt.readiness()[0]
+    rt.draining = True
+    ready, components = rt.readiness()
+    assert not ready and components["draining"] == {"ok": False}
+    await rt.close()
