@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from authz.config import Config
 from authz.pipeline import Pipeline, Stage
+from authz.policy.stage import PolicyStage
+from authz.routing import RoutingStage
 from authz.store import Store
 
 
@@ -12,5 +14,8 @@ def build_pipeline(config: Config, store: Store) -> Pipeline:
 
     Stages arrive issue by issue; each is built from its config section and the shared store.
     """
-    stages: list[Stage] = []
+    stages: list[Stage] = [
+        PolicyStage(config.policy),
+        RoutingStage(config.routing),
+    ]
     return Pipeline(stages)

@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from authz.errors import ConfigError
+from authz.policy.config import PolicyConfig, RoutingConfig
 from authz.schema import Model
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
@@ -84,6 +85,8 @@ class Config(Model):
     log: LogConfig = LogConfig()
     store: StoreConfig = StoreConfig()
     reload: ReloadConfig = ReloadConfig()
+    policy: PolicyConfig = PolicyConfig()
+    routing: RoutingConfig = RoutingConfig()
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -146,7 +149,7 @@ def parse_config(text: str, *, source: str = "<config>", env: Mapping[str, str] 
                  ) -> Config:
     """Parse and validate YAML text. Raises ``ConfigError`` listing every problem with its path."""
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - strict SafeLoader subclass
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -116,6 +116,10 @@ class Context:
     mutations: Mutations = dataclasses.field(default_factory=Mutations)
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    action: Any = None  # authz.policy.actions.Action once the policy stage parsed the request
+    # Ask Process (ext_proc) to buffer and hand us this request's bodies.
+    process_request_body: bool = False
+    process_response_body: bool = False
 
 
 @dataclasses.dataclass(slots=True)

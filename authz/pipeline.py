@@ -62,18 +62,17 @@ Hook = Callable[[Any], Awaitable[None]]
 class Pipeline:
     """Runs stages in order for each phase. Immutable once built; reload swaps the whole object."""
 
-    def __init__(self, stages: Sequence[Stage], *, needs_request_body: bool = False,
-                 needs_response_body: bool = False) -> None:
+    def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = tuple(stages)
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate stage names: {names}")
-        self._hooks: dict[str, tuple[tuple[str, Hook], ...]] = {
-            hook: tuple((s.name, getattr(s, hook)) for s in self.stages if s.implements(hook))
+        # Resolved once: (stage name, bound hook, its latency histogram child).
+        self._hooks: dict[str, tuple[tuple[str, Hook, Any], ...]] = {
+            hook: tuple((s.name, getattr(s, hook), metrics.STAGE_SECONDS.labels(stage=s.name, phase=hook))
+                        for s in self.stages if s.implements(hook))
             for hook in HOOKS
         }
-        self.needs_request_body = needs_request_body
-        self.needs_response_body = needs_response_body
 
     def has(self, hook: str) -> bool:
         return bool(self._hooks[hook])
@@ -81,7 +80,7 @@ class Pipeline:
     async def run(self, hook: str, subject: Context | Exchange) -> None:
         """Run every stage's ``hook`` in order. Raises ``Deny``; any other error becomes
         ``InternalError`` (fail closed) after being logged with its traceback."""
-        for name, fn in self._hooks[hook]:
+        for name, fn, seconds in self._hooks[hook]:
             started = time.perf_counter()
             try:
                 await fn(subject)
@@ -91,12 +90,11 @@ class Pipeline:
                 log.exception("stage %s crashed in %s", name, hook)
                 raise InternalError(reason="internal_error", details={"stage": name}) from exc
             finally:
-                metrics.STAGE_SECONDS.labels(stage=name, phase=hook).observe(
-                    time.perf_counter() - started)
+                seconds.observe(time.perf_counter() - started)
 
     async def complete(self, ex: Exchange) -> None:
         """Run ``on_complete`` for every stage, even if one fails: cleanup must not be skipped."""
-        for name, fn in self._hooks["on_complete"]:
+        for name, fn, _ in self._hooks["on_complete"]:
             try:
                 await fn(ex)
             except Exception:

@@ -43,7 +43,7 @@ class Server:
         self.grpc_port = 0
         self.http_port = 0
         self._stop = asyncio.Event()
-        self._fast_stop = False
+        self._fast_stop = asyncio.Event()
         self.health: health.aio.HealthServicer | None = None
 
     async def start(self) -> None:
@@ -89,7 +89,7 @@ class Server:
 
     def request_stop(self) -> None:
         if self._stop.is_set():
-            self._fast_stop = True
+            self._fast_stop.set()
             log.warning("second stop signal: skipping the drain")
         self._stop.set()
 
@@ -99,21 +99,17 @@ class Server:
         self.runtime.draining = True
         metrics.COMPONENT_UP.labels(component="draining").set(0)
         await self._set_serving(False)
-        if cfg.drain_seconds and not self._fast_stop:
+        if cfg.drain_seconds and not self._fast_stop.is_set():
             log.info("draining for %.1fs before stopping", cfg.drain_seconds)
             try:
-                await asyncio.wait_for(self._wait_fast_stop(), timeout=cfg.drain_seconds)
+                await asyncio.wait_for(self._fast_stop.wait(), timeout=cfg.drain_seconds)
             except TimeoutError:
                 pass
         log.info("stopping: giving in-flight requests up to %.1fs", cfg.grace_seconds)
-        await self.grpc.stop(0 if self._fast_stop else cfg.grace_seconds)
+        await self.grpc.stop(0 if self._fast_stop.is_set() else cfg.grace_seconds)
         await self._http_runner.cleanup()
         await self.runtime.close()
         log.info("stopped")
-
-    async def _wait_fast_stop(self) -> None:
-        while not self._fast_stop:
-            await asyncio.sleep(0.05)
 
 
 def instance_id(cfg: Config) -> str:

@@ -11,7 +11,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from authz.model import Context, Request
+from authz.model import ANONYMOUS, Context, Principal, Request
 from authz.responses import Denial
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
@@ -77,9 +77,41 @@ def allow_response(ctx: Context, *, extra_response_headers: Mapping[str, str] | 
                                                  **(extra_response_headers or {})}),
     )
     response = auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
-    if ctx.metadata:
-        response.dynamic_metadata.CopyFrom(to_struct(ctx.metadata))
+    metadata = check_metadata(ctx)
+    if metadata:
+        response.dynamic_metadata.CopyFrom(to_struct(metadata))
     return response
+
+
+def check_metadata(ctx: Context) -> dict[str, Any]:
+    """What Process (ext_proc) needs to know about this request, as Envoy dynamic metadata."""
+    metadata = dict(ctx.metadata)
+    if ctx.process_request_body or ctx.process_response_body:
+        metadata["process"] = {"request_body": ctx.process_request_body,
+                               "response_body": ctx.process_response_body}
+    if not ctx.principal.anonymous:
+        metadata["principal"] = principal_metadata(ctx.principal)
+    return metadata
+
+
+def principal_metadata(p: Principal) -> dict[str, Any]:
+    out: dict[str, Any] = {"subject": p.subject, "issuer": p.issuer, "credential": p.credential,
+                           "roles": sorted(p.roles), "scopes": sorted(p.scopes)}
+    for key in ("client", "tenant", "email"):
+        value = getattr(p, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def principal_from_metadata(data: Mapping[str, Any] | None, claims: Mapping[str, Any] | None = None
+                            ) -> Principal:
+    if not data or "subject" not in data:
+        return ANONYMOUS
+    return Principal(subject=str(data["subject"]), issuer=str(data.get("issuer", "")),
+                     email=data.get("email"), tenant=data.get("tenant"), client=data.get("client"),
+                     roles=frozenset(data.get("roles", ())), scopes=frozenset(data.get("scopes", ())),
+                     claims=dict(claims or {}), credential=str(data.get("credential", "jwt")))
 
 
 def deny_response(denial: Denial, *, metadata: Mapping[str, Any] | None = None

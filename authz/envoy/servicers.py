@@ -145,10 +145,13 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
     async def _handle(self, pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest, kind: str,
                       debug: bool) -> proc_pb2.ProcessingResponse:
         if kind == "request_headers":
+            # Check decided per request whether bodies need to be seen (redaction, metering,
+            # tools/list filtering); everything else streams through without buffering.
+            want = ex.check.get("process") or {}
             mode = None
-            if pipeline.needs_request_body or pipeline.needs_response_body:
-                mode = proc_adapter.body_mode(request_body=pipeline.needs_request_body,
-                                              response_body=pipeline.needs_response_body)
+            if want.get("request_body") or want.get("response_body"):
+                mode = proc_adapter.body_mode(request_body=bool(want.get("request_body")),
+                                              response_body=bool(want.get("response_body")))
             return proc_adapter.headers_response("request_headers", ex.mutations, mode=mode)
         if kind == "request_body":
             ex.request_body += msg.request_body.body

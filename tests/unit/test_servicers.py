@@ -155,7 +155,7 @@ async def test_process_denial_becomes_an_immediate_response(server):
 
 
 async def test_health_and_reflection_are_served(server):
-    srv, channel = server
+    _, channel = server
     stub = health_pb2_grpc.HealthStub(channel)
     for name in ("", "envoy.service.auth.v3.Authorization",
                  "envoy.service.ext_proc.v3.ExternalProcessor"):

@@ -1,0 +1,1 @@
+"""Policy: what a request is about (MCP, LLM API, HTTP) and whether this user may do it."""

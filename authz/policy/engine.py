@@ -1,0 +1,182 @@
+"""The policy engine: compiled rules, first match decides, every decision explains itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+from authz.model import Principal, Request
+from authz.policy import actions as a
+from authz.policy import config as c
+from authz.policy.conditions import CompiledConditions, Glob, host_without_port
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy decision as plain data (for the response, the log, audit and ``authz explain``)."""
+
+    allowed: bool
+    reason: str                      # stable code: policy.allowed, policy.no_rule, ...
+    rule: str | None = None
+    message: str = ""
+    status: int = 200
+    scopes: tuple[str, ...] = ()     # for insufficient_scope challenges
+    dry_run: bool = False            # denied by policy but allowed because of dry-run
+    rewrite_model: str | None = None
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def explain(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"allowed": self.allowed, "reason": self.reason, "rule": self.rule}
+        if self.message:
+            out["message"] = self.message
+        if self.dry_run:
+            out["dry_run"] = True
+        if self.scopes:
+            out["required_scopes"] = list(self.scopes)
+        if self.rewrite_model:
+            out["rewrite_model"] = self.rewrite_model
+        out["inputs"] = self.inputs
+        return out
+
+
+class CompiledRule:
+    def __init__(self, cfg: c.Rule) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        m = cfg.match
+        self._hosts = Glob(m.hosts, ignore_case=True)
+        self._paths = Glob(m.paths)
+        self._methods = frozenset(m.methods)
+        self._mcp = m.mcp
+        if m.mcp is not None:
+            self._mcp_methods = Glob(m.mcp.methods)
+            self._tools, self._resources = Glob(m.mcp.tools), Glob(m.mcp.resources)
+            self._prompts = Glob(m.mcp.prompts)
+        self._llm = m.llm
+        if m.llm is not None:
+            self._apis = frozenset(m.llm.apis)
+            self._models = Glob(m.llm.models)
+        self.require = CompiledConditions(cfg.require)
+
+    def matches(self, request: Request, action: a.Action) -> bool:
+        if self._hosts and not self._hosts(host_without_port(request.host).lower()):
+            return False
+        if self._paths and not self._paths(request.path_only):
+            return False
+        if self._methods and request.method.upper() not in self._methods:
+            return False
+        if self._mcp is not None:
+            if action.protocol != "mcp":
+                return False
+            if self._mcp_methods and not self._mcp_methods(action.kind):
+                return False
+            if self._tools and not (action.kind == "tools/call" and self._tools(action.name or "")):
+                return False
+            if self._resources and not (action.kind.startswith("resources/")
+                                        and self._resources(action.name or "")):
+                return False
+            if self._prompts and not (action.kind == "prompts/get" and self._prompts(action.name or "")):
+                return False
+        if self._llm is not None:
+            if action.protocol != "llm":
+                return False
+            if self._apis and action.kind not in self._apis:
+                return False
+            if self._models and not (action.model and self._models(action.model)):
+                return False
+        return True
+
+
+class Policy:
+    def __init__(self, cfg: c.PolicyConfig) -> None:
+        self.cfg = cfg
+        self.rules = tuple(CompiledRule(r) for r in cfg.rules)
+        self._protocols = tuple((Glob(p.paths), Glob(p.hosts, ignore_case=True), p.protocol)
+                                for p in cfg.protocols)
+        self.public = Glob(cfg.public_paths)
+
+    def protocol_of(self, request: Request) -> str:
+        path = request.path_only
+        host = host_without_port(request.host).lower()
+        for paths, hosts, protocol in self._protocols:
+            if paths(path) and (not hosts or hosts(host)):
+                return protocol
+        return "http"
+
+    def action_of(self, request: Request) -> a.Action:
+        """Parse what the request is about. Raises ``Deny`` (400/413) on a malformed body."""
+        protocol = self.protocol_of(request)
+        if protocol == "mcp":
+            return a.mcp_action(request)
+        if protocol == "llm":
+            return a.llm_action(request)
+        return a.http_action(request)
+
+    def evaluate(self, principal: Principal, request: Request, action: a.Action,
+                 now: datetime.datetime | None = None) -> Decision:
+        now = now or datetime.datetime.now(datetime.UTC)
+        inputs = {"principal": _principal_inputs(principal), "action": action.describe(),
+                  "method": request.method, "host": request.host, "path": request.path_only}
+        decision = self._first_match(principal, request, action, now, inputs)
+        if decision.rewrite_model is None:
+            return decision
+        # The rule said "not this model, but that one": try the rules once more with it.
+        if decision.rewrite_model != action.model:
+            rewritten = dataclasses.replace(action, model=decision.rewrite_model)
+            second = self._first_match(principal, request, rewritten, now, inputs)
+            if second.allowed and second.rewrite_model is None:
+                return dataclasses.replace(
+                    second, rewrite_model=decision.rewrite_model, reason="policy.model_rewritten",
+                    message=f"model {action.model} rewritten to {decision.rewrite_model} "
+                            f"by rule {decision.rule}")
+        return self._deny(decision.rule, decision.reason, decision.message, decision.status, (),
+                          False, inputs)
+
+    def _first_match(self, principal: Principal, request: Request, action: a.Action,
+                     now: datetime.datetime, inputs: dict[str, Any]) -> Decision:
+        for rule in self.rules:
+            if not rule.matches(request, action):
+                continue
+            dry = rule.cfg.dry_run or self.cfg.dry_run
+            if rule.cfg.effect == "deny":
+                return self._deny(rule.id, rule.cfg.reason or "policy.denied",
+                                  rule.cfg.message or f"denied by rule {rule.id}", 403, (), dry, inputs)
+            failure = rule.require.first_failure(principal, request, now)
+            if failure is None:
+                return Decision(True, "policy.allowed", rule.id, inputs=inputs)
+            if rule.cfg.otherwise is not None and failure.status != 401:
+                return Decision(True, failure.reason, rule.id, message=failure.message,
+                                status=failure.status, rewrite_model=rule.cfg.otherwise.rewrite_model,
+                                inputs=inputs)
+            return self._deny(rule.id, failure.reason, rule.cfg.message or failure.message,
+                              failure.status, failure.scopes, dry, inputs)
+        if self.cfg.default == "allow":
+            return Decision(True, "policy.default_allow", None, inputs=inputs)
+        return self._deny(None, "policy.no_rule", "no policy rule allows this request", 403, (),
+                          self.cfg.dry_run, inputs)
+
+    @staticmethod
+    def _deny(rule: str | None, reason: str, message: str, status: int, scopes: tuple[str, ...],
+              dry_run: bool, inputs: dict[str, Any]) -> Decision:
+        if dry_run:
+            return Decision(True, reason, rule, message=message, status=status, scopes=scopes,
+                            dry_run=True, inputs=inputs)
+        return Decision(False, reason, rule, message=message, status=status, scopes=scopes,
+                        inputs=inputs)
+
+    def may_call_tool(self, principal: Principal, request: Request, tool: str,
+                      now: datetime.datetime | None = None) -> bool:
+        """Would ``tools/call`` of ``tool`` be allowed? Used to filter ``tools/list``."""
+        action = a.Action(protocol="mcp", kind="tools/call", name=tool)
+        decision = self._first_match(principal, request, action,
+                                     now or datetime.datetime.now(datetime.UTC), {})
+        # In dry-run nothing is refused, so nothing is hidden either.
+        return decision.allowed and decision.rewrite_model is None
+
+
+def _principal_inputs(p: Principal) -> dict[str, Any]:
+    if p.anonymous:
+        return {"anonymous": True}
+    return {"subject": p.subject, "issuer": p.issuer, "client": p.client, "tenant": p.tenant,
+            "roles": sorted(p.roles), "scopes": sorted(p.scopes), "credential": p.credential}

@@ -1,0 +1,188 @@
+"""The policy stage: parse what the request is about, decide, and say why.
+
+In ``Check`` it denies, allows, or allows with a model rewrite. In ``Process`` it applies what
+``Check`` decided to bodies: rewrites ``model`` in the request body and removes the tools a
+user may not call from a ``tools/list`` answer (so a client never shows what it can't use).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter
+
+from authz.envoy.check import principal_from_metadata
+from authz.errors import Deny, Forbidden, Unauthenticated
+from authz.model import Context, Exchange, Request
+from authz.pipeline import Stage
+from authz.policy import actions
+from authz.policy.config import PolicyConfig
+from authz.policy.engine import Decision, Policy
+
+log = logging.getLogger("authz.policy")
+
+DRY_RUN_DENIALS = Counter("authz_policy_dry_run_denials_total",
+                          "Requests policy would have denied, allowed because of dry-run.", ["reason"])
+TOOLS_HIDDEN = Counter("authz_mcp_tools_hidden_total",
+                       "Tools removed from tools/list answers because the user may not call them.")
+
+# Builds a WWW-Authenticate value: (request, error or None, scopes, description) -> header.
+Challenge = Callable[[Request, str | None, tuple[str, ...], str], str]
+
+
+def default_challenge(request: Request, error: str | None, scopes: tuple[str, ...],
+                      description: str) -> str:
+    parts = []
+    if error:
+        parts.append(f'error="{error}"')
+    if scopes:
+        parts.append(f'scope="{" ".join(scopes)}"')
+    if description:
+        parts.append(f'error_description="{description}"')
+    return "Bearer " + ", ".join(parts) if parts else "Bearer"
+
+
+class PolicyStage(Stage):
+    name = "policy"
+
+    def __init__(self, cfg: PolicyConfig, *, challenge: Challenge = default_challenge) -> None:
+        self.cfg = cfg
+        self.policy = Policy(cfg)
+        self.challenge = challenge
+        self._claim_paths = sorted({p for r in self.policy.rules for p in r.require.claim_paths()})
+
+    # --- Check -----------------------------------------------------------------------------------
+
+    async def on_request(self, ctx: Context) -> None:
+        request = ctx.request
+        if self.policy.public(request.path_only):
+            ctx.facts["rule"] = "public"
+            return
+        action = self.policy.action_of(request)  # raises 400/413 on a malformed body
+        ctx.action = action
+        if action.name is not None and action.protocol == "mcp":
+            ctx.facts["tool" if action.kind == "tools/call" else "target"] = action.name
+        if action.model is not None:
+            ctx.facts["model"] = action.model
+        ctx.metadata["action"] = action.describe()
+
+        decision = self.policy.evaluate(ctx.principal, request, action)
+        ctx.facts["policy"] = decision.explain()
+        ctx.facts["rule"] = decision.rule or "-"
+        if decision.dry_run:
+            ctx.facts["dry_run"] = decision.reason
+            DRY_RUN_DENIALS.labels(reason=decision.reason).inc()
+            log.warning("dry-run: would deny %s (%s)", decision.reason, decision.message, extra={
+                "fields": {"event": "dry_run_denial", "request_id": request.id, "rule": decision.rule,
+                           "reason": decision.reason}})
+        if not decision.allowed:
+            raise self._denial(decision, request, action)
+        if decision.rewrite_model:
+            ctx.metadata["rewrite_model"] = decision.rewrite_model
+            ctx.facts["model"] = decision.rewrite_model
+            ctx.facts["requested_model"] = action.model
+            ctx.process_request_body = True
+        if action.protocol == "mcp" and action.kind == "tools/list" and self.cfg.filter_tools_list:
+            ctx.process_response_body = True
+            ctx.metadata["filter_tools"] = True
+            if self._claim_paths:
+                ctx.metadata["claims"] = {p: ctx.principal.claims.get(p) for p in self._claim_paths
+                                          if p in ctx.principal.claims}
+            # The answer must be readable to be filtered: no compression for this one.
+            ctx.mutations.remove_header("accept-encoding")
+
+    def _denial(self, decision: Decision, request: Request, action: actions.Action) -> Deny:
+        details: dict[str, Any] = {"rule": decision.rule}
+        if action.protocol == "mcp" and action.kind not in ("http.get", "http.delete"):
+            details["jsonrpc_id"] = action.jsonrpc_id
+            details["jsonrpc_code"] = -32001
+        headers: dict[str, str] = {}
+        if decision.status == 401:
+            headers["www-authenticate"] = self.challenge(request, None, (), "")
+            return Unauthenticated(decision.message, reason=decision.reason, headers=headers,
+                                   details=details)
+        if decision.reason == "policy.insufficient_scope":
+            details["required_scopes"] = list(decision.scopes)
+            headers["www-authenticate"] = self.challenge(
+                request, "insufficient_scope", decision.scopes, decision.message)
+        return Forbidden(decision.message, reason=decision.reason, headers=headers, details=details)
+
+    # --- Process ---------------------------------------------------------------------------------
+
+    async def on_request_body(self, ex: Exchange) -> None:
+        model = ex.check.get("rewrite_model")
+        if not model:
+            return
+        try:
+            body = actions.parse_json(ex.request_body)
+        except ValueError:
+            return  # Check already refused unparseable bodies; nothing sensible to rewrite
+        if isinstance(body, dict) and body.get("model") != model:
+            body["model"] = model
+            ex.mutations.replace_body(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+            ex.facts["model_rewritten"] = model
+
+    async def on_response_body(self, ex: Exchange) -> None:
+        if not ex.check.get("filter_tools") or not ex.response_body:
+            return
+        principal = principal_from_metadata(ex.check.get("principal"), ex.check.get("claims"))
+        content_type = ex.response_headers.get("content-type", "")
+        if "text/event-stream" in content_type:
+            new, hidden = _filter_sse(ex.response_body, lambda m: self._filter_message(m, principal, ex))
+        else:
+            new, hidden = _filter_json(ex.response_body, lambda m: self._filter_message(m, principal, ex))
+        if hidden:
+            TOOLS_HIDDEN.inc(hidden)
+            ex.facts["tools_hidden"] = hidden
+            ex.mutations.replace_body(new)
+
+    def _filter_message(self, msg: Any, principal, ex: Exchange) -> int:
+        result = msg.get("result") if isinstance(msg, dict) else None
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(tools, list):
+            return 0
+        kept = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
+                and self.policy.may_call_tool(principal, ex.request, t["name"])]
+        hidden = len(tools) - len(kept)
+        if hidden:
+            result["tools"] = kept
+        return hidden
+
+
+def _filter_json(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
+    try:
+        msg = json.loads(body)
+    except (ValueError, RecursionError):
+        return body, 0
+    hidden = filt(msg)
+    if not hidden:
+        return body, 0
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode(), hidden
+
+
+def _filter_sse(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
+    """Filter each SSE event's ``data:`` JSON; keep every other line byte for byte."""
+    text = body.decode("utf-8", "replace")
+    events = text.split("\n\n")
+    total = 0
+    out = []
+    for event in events:
+        lines = event.split("\n")
+        data_idx = [i for i, line in enumerate(lines) if line.startswith("data:")]
+        if len(data_idx) == 1:
+            i = data_idx[0]
+            payload = lines[i][5:].lstrip(" ")
+            try:
+                msg = json.loads(payload)
+            except (ValueError, RecursionError):
+                msg = None
+            if msg is not None:
+                hidden = filt(msg)
+                if hidden:
+                    total += hidden
+                    lines[i] = "data: " + json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+        out.append("\n".join(lines))
+    return "\n\n".join(out).encode(), total
