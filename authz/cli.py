@@ -57,6 +57,16 @@ def _dev_token(argv: Sequence[str]) -> int:
     return dev_token_main(list(argv))
 
 
+def _explain(argv: Sequence[str]) -> int:
+    from authz.explain import main as explain_main
+
+    return explain_main(argv)
+
+
+# Subcommands with their own argument parsers: everything after the name is theirs.
+DELEGATED = {"dev-token": _dev_token, "explain": _explain}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"authz {__version__}")
@@ -77,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("dev-token", help="mint a token from the local dev issuer (see --help)",
                    add_help=False)
+    sub.add_parser("explain", help="evaluate the policy against a sample request offline (see --help)",
+                   add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["dev-token"]:
-        return _dev_token(argv[1:])
+    if argv[:1] and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -1,0 +1,40 @@
+import json
+from pathlib import Path
+
+from authz.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = str(ROOT / "deploy/authz/authz.yaml")
+
+
+def test_check_config_accepts_the_reference_config(capsys):
+    assert main(["check-config", REFERENCE]) == 0
+    assert "ok (sha256" in capsys.readouterr().out
+
+
+def test_check_config_lists_every_problem_with_its_path(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("store:\n  timeout_ms: 0\npolicy:\n  rules:\n    - {id: a, match: {pathz: [x]}}\n")
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "store.timeout_ms" in err and "policy.rules[0].match.pathz: unknown key" in err
+
+
+def test_explain_allow_and_deny(capsys):
+    call = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_calendar","arguments":{}}}'
+    assert main(["explain", "-c", REFERENCE, "--path", "/mcp", "--sub", "oscar",
+                 "--scopes", "tools:calendar", "--body", call]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["decision"] == "allow" and out["policy"]["rule"] == "calendar"
+
+    assert main(["explain", "-c", REFERENCE, "--path", "/v1/chat/completions", "--sub", "oscar",
+                 "--roles", "accounting", "--body", '{"model":"gpt-medical","messages":[]}']) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["reason"] == "policy.role_required" and out["policy"]["rule"] == "medical-models"
+
+
+def test_explain_routes_a_doctor_to_the_medical_upstream(capsys):
+    assert main(["explain", "-c", REFERENCE, "--path", "/v1/chat/completions", "--sub", "dana",
+                 "--roles", "doctor", "--body", '{"model":"gpt-medical","messages":[]}']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["route"] == "medical" and out["upstream_headers"]["x-authz-route"] == "medical"
