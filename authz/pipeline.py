@@ -7,6 +7,7 @@ A stage is a small object that implements any of these async hooks:
 - ``on_response_headers(ex: Exchange)`` ext_proc response headers
 - ``on_response_body(ex: Exchange)``    ext_proc response body: metering, tools/list filtering
 - ``on_complete(ex: Exchange)``         the exchange ended (normally or not): settle, audit
+- ``on_decision(ctx, deny)``            ``Check`` decided (``deny`` is None when allowed): audit
 
 A hook returns nothing: it edits the context (principal, mutations, facts) or raises ``Deny``.
 Which hooks a stage implements is resolved once when the pipeline is built, so the per-request
@@ -26,7 +27,8 @@ from authz.model import Context, Exchange
 
 log = logging.getLogger("authz.pipeline")
 
-HOOKS = ("on_request", "on_request_body", "on_response_headers", "on_response_body", "on_complete")
+HOOKS = ("on_request", "on_request_body", "on_response_headers", "on_response_body", "on_complete",
+         "on_decision")
 
 
 class Stage:
@@ -47,6 +49,9 @@ class Stage:
         raise NotImplementedError
 
     async def on_complete(self, ex: Exchange) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def on_decision(self, ctx: Context, deny: Deny | None) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def implements(self, hook: str) -> bool:
@@ -99,6 +104,20 @@ class Pipeline:
                 await fn(ex)
             except Exception:
                 log.exception("stage %s failed in on_complete", name)
+
+    async def decided(self, ctx: Context, deny: Deny | None) -> None:
+        """Tell every stage how ``Check`` ended. A stage may still refuse an allowed request by
+        raising ``Deny`` (audit that cannot record, configured to fail closed); other errors are
+        logged and do not change the answer."""
+        for name, fn, _ in self._hooks["on_decision"]:
+            try:
+                await fn(ctx, deny)
+            except Deny:
+                if deny is None:
+                    raise
+                log.exception("stage %s raised while recording a denial", name)
+            except Exception:
+                log.exception("stage %s failed in on_decision", name)
 
     async def close(self) -> None:
         for stage in self.stages:

@@ -39,25 +39,33 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
         pipeline = self.runtime.pipeline
         config = self.runtime.config
         req: Request | None = None
+        ctx: Context | None = None
+        deny: Deny | None = None
         try:
-            try:
-                req = check_adapter.request_from_check(request)
-            except Exception as exc:  # a proto we cannot read is the client's problem, not a crash
-                raise BadRequest("the request could not be read", reason="request.unreadable") from exc
+            req = check_adapter.request_from_check(request)
+        except Exception:  # a proto we cannot read is the client's problem, not a crash
+            log.warning("unreadable CheckRequest", exc_info=True)
+            deny = BadRequest("the request could not be read", reason="request.unreadable")
+        if req is not None:
             ctx = Context(request=req)
-            await pipeline.run("on_request", ctx)
-            extra = {"x-authz-check": "allow"} if config.server.debug_headers else None
-            response = check_adapter.allow_response(ctx, extra_response_headers=extra)
-            self._record("allow", "ok", 200, req, ctx)
-            return response
-        except Deny as deny:
-            denial = render_denial(deny, req)
-            self._record("deny", deny.reason, deny.status, req, None, message=deny.message)
-            return check_adapter.deny_response(denial)
-        except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed, clearly
-            log.exception("Check failed unexpectedly")
-            deny = InternalError()
-            self._record("deny", deny.reason, deny.status, req, None)
+            try:
+                await pipeline.run("on_request", ctx)
+            except Deny as exc:
+                deny = exc
+            except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed
+                log.exception("Check failed unexpectedly")
+                deny = InternalError()
+            try:
+                await pipeline.decided(ctx, deny)
+            except Deny as exc:  # only when a stage refuses an allowed request (audit fail-closed)
+                deny = exc
+        try:
+            if deny is None and ctx is not None:
+                extra = {"x-authz-check": "allow"} if config.server.debug_headers else None
+                self._record("allow", "ok", 200, req, ctx)
+                return check_adapter.allow_response(ctx, extra_response_headers=extra)
+            assert deny is not None
+            self._record("deny", deny.reason, deny.status, req, ctx, message=deny.message)
             return check_adapter.deny_response(render_denial(deny, req))
         finally:
             self._inflight.dec()
