@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from authz.errors import ConfigError
+from authz.limits.config import LimitsConfig
 from authz.policy.config import PolicyConfig, RoutingConfig
 from authz.schema import Model
 
@@ -64,6 +65,7 @@ class StoreConfig(Model):
     connect_timeout_ms: int = Field(500, ge=1, le=60_000)
     max_connections: int = Field(64, ge=1, le=10_000)
     key_prefix: str = "authz:"
+    cluster: bool = False  # a Redis Cluster: redis_url names any one node
     required_for_readiness: bool = True
     health_interval_seconds: float = Field(2.0, gt=0, le=300)
 
@@ -87,6 +89,7 @@ class Config(Model):
     reload: ReloadConfig = ReloadConfig()
     policy: PolicyConfig = PolicyConfig()
     routing: RoutingConfig = RoutingConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 # --- loading -------------------------------------------------------------------------------------

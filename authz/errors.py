@@ -27,7 +27,7 @@ class AuthzError(Exception):
     """Base of every error authz raises on purpose."""
 
 
-class Deny(AuthzError):  # noqa: N818 - a denial is a decision, not an "error" to the caller
+class Deny(AuthzError):
     """A request is refused. Subclasses fix ``status`` and a default ``reason``."""
 
     status: int = 403

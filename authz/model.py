@@ -117,9 +117,17 @@ class Context:
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     action: Any = None  # authz.policy.actions.Action once the policy stage parsed the request
-    # Ask Process (ext_proc) to buffer and hand us this request's bodies.
-    process_request_body: bool = False
-    process_response_body: bool = False
+    # What Process (ext_proc) should see of this request's bodies: "" (nothing), "streamed"
+    # (chunks pass through as they come) or "buffered" (the whole body, which may be rewritten).
+    request_body_mode: str = ""
+    response_body_mode: str = ""
+
+    def want_body(self, which: str, mode: str) -> None:
+        """Ask for a body; "buffered" wins over "streamed" when two stages ask."""
+        assert which in ("request", "response") and mode in ("streamed", "buffered")
+        attr = f"{which}_body_mode"
+        if getattr(self, attr) != "buffered":
+            setattr(self, attr, mode)
 
 
 @dataclasses.dataclass(slots=True)
@@ -135,7 +143,13 @@ class Exchange:
     request_body: bytes = b""
     response_status: int = 0
     response_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    response_body: bytes = b""
+    response_body: bytes = b""   # the whole body, in buffered mode
+    response_chunk: bytes = b""  # the piece being handled now (all of it in buffered mode)
+    response_end: bool = False
     mutations: Mutations = dataclasses.field(default_factory=Mutations)
-    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)  # for audit: JSON-safe only
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage-private working state
     phases: list[str] = dataclasses.field(default_factory=list)
+
+    def body_mode(self, which: str) -> str:
+        return str((self.check.get("process") or {}).get(f"{which}_body", ""))

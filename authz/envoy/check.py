@@ -86,9 +86,9 @@ def allow_response(ctx: Context, *, extra_response_headers: Mapping[str, str] | 
 def check_metadata(ctx: Context) -> dict[str, Any]:
     """What Process (ext_proc) needs to know about this request, as Envoy dynamic metadata."""
     metadata = dict(ctx.metadata)
-    if ctx.process_request_body or ctx.process_response_body:
-        metadata["process"] = {"request_body": ctx.process_request_body,
-                               "response_body": ctx.process_response_body}
+    if ctx.request_body_mode or ctx.response_body_mode:
+        metadata["process"] = {"request_body": ctx.request_body_mode,
+                               "response_body": ctx.response_body_mode}
     if not ctx.principal.anonymous:
         metadata["principal"] = principal_metadata(ctx.principal)
     return metadata

@@ -106,8 +106,9 @@ def immediate_response(denial: Denial) -> pb.ProcessingResponse:
     ))
 
 
-def body_mode(*, request_body: bool, response_body: bool) -> Mode:
-    return Mode(
-        request_body_mode=Mode.BUFFERED if request_body else Mode.NONE,
-        response_body_mode=Mode.BUFFERED if response_body else Mode.NONE,
-    )
+_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "buffered": Mode.BUFFERED}
+
+
+def body_mode(*, request_body: str, response_body: str) -> Mode:
+    return Mode(request_body_mode=_BODY_MODES[request_body],
+                response_body_mode=_BODY_MODES[response_body])

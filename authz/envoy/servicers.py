@@ -155,11 +155,10 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
         if kind == "request_headers":
             # Check decided per request whether bodies need to be seen (redaction, metering,
             # tools/list filtering); everything else streams through without buffering.
-            want = ex.check.get("process") or {}
+            request_mode, response_mode = ex.body_mode("request"), ex.body_mode("response")
             mode = None
-            if want.get("request_body") or want.get("response_body"):
-                mode = proc_adapter.body_mode(request_body=bool(want.get("request_body")),
-                                              response_body=bool(want.get("response_body")))
+            if request_mode or response_mode:
+                mode = proc_adapter.body_mode(request_body=request_mode, response_body=response_mode)
             return proc_adapter.headers_response("request_headers", ex.mutations, mode=mode)
         if kind == "request_body":
             ex.request_body += msg.request_body.body
@@ -178,9 +177,11 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
                 ex.mutations.set_header("x-authz-process", ",".join(ex.phases))
             return proc_adapter.headers_response("response_headers", ex.mutations)
         if kind == "response_body":
-            ex.response_body += msg.response_body.body
-            if msg.response_body.end_of_stream:
-                await pipeline.run("on_response_body", ex)
+            ex.response_chunk = msg.response_body.body
+            ex.response_end = msg.response_body.end_of_stream
+            if ex.body_mode("response") == "buffered":
+                ex.response_body += ex.response_chunk
+            await pipeline.run("on_response_body", ex)
             return proc_adapter.body_response("response_body", ex.mutations)
         if kind in ("request_trailers", "response_trailers"):
             return proc_adapter.trailers_response(kind)

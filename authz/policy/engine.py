@@ -40,11 +40,10 @@ class Decision:
         return out
 
 
-class CompiledRule:
-    def __init__(self, cfg: c.Rule) -> None:
-        self.cfg = cfg
-        self.id = cfg.id
-        m = cfg.match
+class CompiledMatch:
+    """Does a request (and what it is about) fit a ``match`` section?"""
+
+    def __init__(self, m: c.Match) -> None:
         self._hosts = Glob(m.hosts, ignore_case=True)
         self._paths = Glob(m.paths)
         self._methods = frozenset(m.methods)
@@ -57,9 +56,8 @@ class CompiledRule:
         if m.llm is not None:
             self._apis = frozenset(m.llm.apis)
             self._models = Glob(m.llm.models)
-        self.require = CompiledConditions(cfg.require)
 
-    def matches(self, request: Request, action: a.Action) -> bool:
+    def __call__(self, request: Request, action: a.Action) -> bool:
         if self._hosts and not self._hosts(host_without_port(request.host).lower()):
             return False
         if self._paths and not self._paths(request.path_only):
@@ -86,6 +84,14 @@ class CompiledRule:
             if self._models and not (action.model and self._models(action.model)):
                 return False
         return True
+
+
+class CompiledRule:
+    def __init__(self, cfg: c.Rule) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.matches = CompiledMatch(cfg.match)
+        self.require = CompiledConditions(cfg.require)
 
 
 class Policy:

@@ -84,9 +84,9 @@ class PolicyStage(Stage):
             ctx.metadata["rewrite_model"] = decision.rewrite_model
             ctx.facts["model"] = decision.rewrite_model
             ctx.facts["requested_model"] = action.model
-            ctx.process_request_body = True
+            ctx.want_body("request", "buffered")
         if action.protocol == "mcp" and action.kind == "tools/list" and self.cfg.filter_tools_list:
-            ctx.process_response_body = True
+            ctx.want_body("response", "buffered")
             ctx.metadata["filter_tools"] = True
             if self._claim_paths:
                 ctx.metadata["claims"] = {p: ctx.principal.claims.get(p) for p in self._claim_paths
@@ -126,7 +126,7 @@ class PolicyStage(Stage):
             ex.facts["model_rewritten"] = model
 
     async def on_response_body(self, ex: Exchange) -> None:
-        if not ex.check.get("filter_tools") or not ex.response_body:
+        if not ex.check.get("filter_tools") or not ex.response_end or not ex.response_body:
             return
         principal = principal_from_metadata(ex.check.get("principal"), ex.check.get("claims"))
         content_type = ex.response_headers.get("content-type", "")

@@ -17,7 +17,8 @@ def build_store(cfg) -> Store:  # cfg: authz.config.StoreConfig
     if cfg.redis_url:
         return RedisStore(cfg.redis_url, timeout=cfg.timeout_ms / 1000,
                           connect_timeout=cfg.connect_timeout_ms / 1000,
-                          max_connections=cfg.max_connections, prefix=cfg.key_prefix)
+                          max_connections=cfg.max_connections, prefix=cfg.key_prefix,
+                          cluster=cfg.cluster)
     logging.getLogger("authz.store").warning(
         "no store.redis_url configured: using the in-process memory store; rate limits, budgets "
         "and approvals are then per process and are not shared between replicas")

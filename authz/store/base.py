@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 from authz.errors import AuthzError
+from authz.limits.algorithm import BatchResult, RateOp, ReserveOp
 
 
-class StoreUnavailable(AuthzError):  # noqa: N818
+class StoreUnavailable(AuthzError):
     """The store could not answer in time. Stages decide per limit whether to fail closed."""
 
 
@@ -34,6 +36,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires; None if it has no expiry or does not exist."""
+
+    @abc.abstractmethod
+    async def apply_limits(self, rates: Sequence[RateOp], reserves: Sequence[ReserveOp]
+                           ) -> BatchResult:
+        """Check and consume every limit of one request atomically (all or nothing), in one
+        round trip. See ``authz.limits.algorithm`` for the semantics."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from authz.limits import algorithm as alg
 from authz.store.base import Store
 
 
@@ -12,9 +13,10 @@ class MemoryStore(Store):
     backend = "memory"
 
     def __init__(self, *, prefix: str = "", clock: Callable[[], float] = time.monotonic,
-                 sweep_every: int = 1024) -> None:
+                 wall_clock: Callable[[], float] = time.time, sweep_every: int = 1024) -> None:
         self._prefix = prefix
         self._clock = clock
+        self._wall = wall_clock
         self._data: dict[str, tuple[bytes | int, float | None]] = {}
         self._ops = 0
         self._sweep_every = sweep_every
@@ -80,9 +82,38 @@ class MemoryStore(Store):
             return None
         return max(0.0, entry[1] - self._clock())
 
+    async def apply_limits(self, rates: Sequence[alg.RateOp], reserves: Sequence[alg.ReserveOp]
+                           ) -> alg.BatchResult:
+        # No await inside: atomic with respect to every other coroutine, like the Lua script.
+        now_us = int(self._wall() * 1_000_000)
+        rate_results, new_tats = [], []
+        for op in rates:
+            entry = self._live(self._prefix + op.key)
+            tat = float(entry[0]) if entry is not None else None
+            result, new_tat = alg.evaluate_rate(tat, now_us, op)
+            rate_results.append(result)
+            new_tats.append(new_tat)
+        budget_results = []
+        for op in reserves:
+            entry = self._live(self._prefix + op.key)
+            budget_results.append(alg.evaluate_budget(int(entry[0]) if entry else 0, op))
+        allowed = all(r.allowed for r in rate_results) and all(b.allowed for b in budget_results)
+        if allowed:
+            for op, new_tat in zip(rates, new_tats, strict=True):
+                assert new_tat is not None
+                self._data[self._prefix + op.key] = (
+                    repr(new_tat).encode(), self._clock() + alg.rate_ttl_ms(new_tat, now_us) / 1000)
+            for op in reserves:
+                k = self._prefix + op.key
+                entry = self._live(k)
+                expiry = entry[1] if entry else self._clock() + op.ttl_seconds
+                self._data[k] = ((int(entry[0]) if entry else 0) + op.amount, expiry)
+        return alg.BatchResult(allowed, tuple(rate_results), tuple(budget_results))
+
     async def ping(self) -> None:
         return None
 
-    def __len__(self) -> int:
+    def size(self) -> int:
+        """Live keys (not __len__: an empty store must not be falsy)."""
         self._sweep()
         return len(self._data)

@@ -71,7 +71,7 @@ async def test_memory_expiry_with_fake_clock():
     assert await s.get("x") == b"v"
     clock.now += 5
     assert await s.get("x") is None
-    assert len(s) == 0
+    assert s.size() == 0
 
 
 async def test_memory_incr_on_non_integer_fails_clearly():

@@ -222,11 +222,12 @@ async def filtered_tools(body: bytes, content_type: str, principal: Principal) -
     ctx = Context(request=mcp_request({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
                   principal=principal)
     await s.on_request(ctx)
-    assert ctx.process_response_body and "accept-encoding" in ctx.mutations.remove_headers
+    assert ctx.response_body_mode == "buffered" and "accept-encoding" in ctx.mutations.remove_headers
     from authz.envoy.check import check_metadata
 
     ex = Exchange(request=ctx.request, check=json.loads(json.dumps(check_metadata(ctx))),
-                  response_headers={"content-type": content_type}, response_body=body)
+                  response_headers={"content-type": content_type}, response_body=body,
+                  response_chunk=body, response_end=True)
     await s.on_response_body(ex)
     new = ex.mutations.body if ex.mutations.body is not None else body
     if content_type == "text/event-stream":
@@ -255,7 +256,7 @@ async def test_model_rewrite_in_the_request_body():
     ctx = Context(request=Request(id="r", method="POST", scheme="http", host="h",
                                   path="/v1/chat/completions", headers={}, body=body), principal=OSCAR)
     await s.on_request(ctx)
-    assert ctx.metadata["rewrite_model"] == "gpt-general" and ctx.process_request_body
+    assert ctx.metadata["rewrite_model"] == "gpt-general" and ctx.request_body_mode == "buffered"
     ex = Exchange(request=ctx.request, check=ctx.metadata, request_body=body)
     await s.on_request_body(ex)
     rewritten = json.loads(ex.mutations.body)

@@ -1,0 +1,1 @@
+"""Limits: per-user rate limits and token/cost budgets, exact under concurrency."""

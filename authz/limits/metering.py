@@ -1,0 +1,103 @@
+"""Reading what an LLM call really used from the upstream's answer: JSON or an SSE stream.
+
+Understands OpenAI chat/completions (``usage`` in the body, or in the final stream chunk),
+the OpenAI Responses API (``response.completed`` event), embeddings, and Anthropic messages
+(``message_start`` carries input usage, ``message_delta`` the cumulative output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+MAX_EVENT_BYTES = 1024 * 1024  # one SSE event larger than this is skipped, not buffered forever
+
+
+@dataclasses.dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0     # all prompt tokens, cached ones included
+    output_tokens: int = 0
+    cached_tokens: int = 0    # the part of input_tokens served from a prompt cache
+    seen: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cached_tokens": self.cached_tokens, "total_tokens": self.total}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _usage_objects(obj: Any) -> list[dict]:
+    if not isinstance(obj, dict):
+        return []
+    found = []
+    for holder in (obj, obj.get("response"), obj.get("message")):
+        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+            found.append(holder["usage"])
+    return found
+
+
+def merge_usage(usage: Usage, u: dict) -> None:
+    """Fold one ``usage`` object in. Fields only grow: streamed events repeat or accumulate."""
+    if "prompt_tokens" in u or "completion_tokens" in u:  # OpenAI chat/completions, embeddings
+        inp, out = _int(u.get("prompt_tokens")), _int(u.get("completion_tokens"))
+        details = u.get("prompt_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    elif "cache_read_input_tokens" in u or "cache_creation_input_tokens" in u or (
+            "input_tokens" in u and "input_tokens_details" not in u and "total_tokens" not in u):
+        # Anthropic: input_tokens excludes cache reads and cache writes.
+        cached = _int(u.get("cache_read_input_tokens"))
+        inp = _int(u.get("input_tokens")) + cached + _int(u.get("cache_creation_input_tokens"))
+        out = _int(u.get("output_tokens"))
+    else:  # OpenAI Responses API
+        inp, out = _int(u.get("input_tokens")), _int(u.get("output_tokens"))
+        details = u.get("input_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    usage.input_tokens = max(usage.input_tokens, inp)
+    usage.output_tokens = max(usage.output_tokens, out)
+    usage.cached_tokens = max(usage.cached_tokens, min(cached, usage.input_tokens))
+    usage.seen = True
+
+
+class UsageMeter:
+    """Feed it the response as it streams by; it keeps at most one partial SSE event."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self._pending = b""
+        self._skipping = False
+
+    def feed_json(self, body: bytes) -> None:
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError):
+            return
+        for u in _usage_objects(obj):
+            merge_usage(self.usage, u)
+
+    def feed_sse(self, chunk: bytes, *, end: bool = False) -> None:
+        data = self._pending + chunk
+        data = data.replace(b"\r\n", b"\n")
+        events = data.split(b"\n\n")
+        self._pending = b"" if end else events.pop()
+        if len(self._pending) > MAX_EVENT_BYTES:
+            self._pending, self._skipping = b"", True
+        for event in events:
+            if self._skipping:  # the tail of an oversized event
+                self._skipping = False
+                continue
+            self._event(event)
+
+    def _event(self, event: bytes) -> None:
+        payload = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
+                             if line.startswith(b"data:"))
+        if not payload or payload == b"[DONE]" or b"usage" not in payload:
+            return
+        self.feed_json(payload)

@@ -1,0 +1,336 @@
+"""The limits stage: rate limits and budget reservations in Check, metering and settlement in
+Process.
+
+Check: every rate limit and budget that applies to the request is checked and consumed in one
+store call (one Redis round trip); a refusal is a 429 with ``Retry-After`` and the IETF
+``RateLimit`` / ``RateLimit-Policy`` fields. A budget reserves an estimate (prompt size plus the
+most the request may generate), so concurrent requests cannot overshoot by more than one
+request's worth.
+
+Process: the response streams by (never buffered for this), its ``usage`` is read, and the
+reservation is settled to what was really used: also when the upstream failed (released) or the
+client went away mid-stream (kept: the tokens were probably generated).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+from typing import Any
+
+from prometheus_client import Counter
+
+from authz.errors import TooManyRequests, Unavailable
+from authz.limits import algorithm as alg
+from authz.limits.config import Budget, LimitsConfig, RateLimit
+from authz.limits.metering import Usage, UsageMeter
+from authz.model import Context, Exchange
+from authz.pipeline import Stage
+from authz.policy.actions import parse_json
+from authz.policy.conditions import CompiledConditions, Glob
+from authz.policy.engine import CompiledMatch
+from authz.store import Store, StoreUnavailable
+
+log = logging.getLogger("authz.limits")
+
+RATE_DECISIONS = Counter("authz_rate_limit_decisions_total",
+                         "Rate limit checks by limit id and outcome.", ["limit", "outcome"])
+BUDGET_DECISIONS = Counter("authz_budget_decisions_total",
+                           "Budget reservations by budget id and outcome.", ["budget", "outcome"])
+BUDGET_CONSUMED = Counter("authz_budget_consumed_total",
+                          "Settled consumption by budget id and unit (tokens, or micro-units of "
+                          "currency).", ["budget", "unit"])
+STORE_FAILURES = Counter("authz_limits_store_failures_total",
+                         "Limit checks the store could not answer, by what was done about it.",
+                         ["action"])
+
+MICRO = 1_000_000  # costs are kept as integer micro-units of currency
+
+
+def _safe(value: str) -> str:
+    # Key parts come from tokens; keep hash tags and separators unambiguous.
+    return value.replace("{", "(").replace("}", ")").replace(":", ";").replace("|", "/")
+
+
+def period_bounds(period: str, now: datetime.datetime) -> tuple[str, datetime.datetime]:
+    """The period's id and its end (UTC)."""
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("%Y-%m-%d"), start + datetime.timedelta(days=1)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + datetime.timedelta(days=32)).replace(day=1)
+    return start.strftime("%Y-%m"), end
+
+
+class _Selected:
+    def __init__(self, match, when) -> None:
+        self.match = CompiledMatch(match)
+        self.when = CompiledConditions(when)
+
+    def applies(self, ctx: Context, now: datetime.datetime) -> bool:
+        return (ctx.action is not None and self.match(ctx.request, ctx.action)
+                and self.when.first_failure(ctx.principal, ctx.request, now) is None)
+
+
+class LimitsStage(Stage):
+    name = "limits"
+
+    def __init__(self, cfg: LimitsConfig, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self._rates = tuple((r, _Selected(r.match, r.when)) for r in cfg.rate_limits)
+        self._budgets = tuple((b, _Selected(b.match, b.when)) for b in cfg.budgets)
+        self._prices = tuple((Glob((name,)), price) for name, price in cfg.prices.items())
+
+    # --- key building ----------------------------------------------------------------------------
+
+    @staticmethod
+    def dimensions(ctx: Context) -> dict[str, str | None]:
+        p = ctx.principal
+        action = ctx.action
+        model = ctx.metadata.get("rewrite_model") or getattr(action, "model", None)
+        return {
+            "user": None if p.anonymous else p.subject,
+            "tenant": p.tenant,
+            "client": p.client,
+            "route": ctx.facts.get("route"),
+            "tool": action.name if action is not None and action.kind == "tools/call" else None,
+            "model": model,
+        }
+
+    @staticmethod
+    def key_for(kind: str, limit_id: str, dims: tuple[str, ...], values: dict[str, str | None]
+                ) -> str | None:
+        parts = []
+        for d in dims:
+            v = values.get(d)
+            if v is None:
+                return None  # a limit keyed by a dimension this request lacks does not apply
+            parts.append(f"{d}={_safe(v)}")
+        # The hash tag is the dimension values: every key of one user shares a Redis slot.
+        return f"{kind}:{{{'|'.join(parts)}}}:{limit_id}"
+
+    # --- Check -----------------------------------------------------------------------------------
+
+    async def on_request(self, ctx: Context) -> None:
+        if not self._rates and not self._budgets:
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        values = self.dimensions(ctx)
+        rates: list[tuple[RateLimit, alg.RateOp]] = []
+        for limit, sel in self._rates:
+            if not sel.applies(ctx, now):
+                continue
+            key = self.key_for("rl", limit.id, limit.key, values)
+            if key is None:
+                continue
+            count, window = limit.count_and_window
+            rates.append((limit, alg.RateOp(key, window * 1_000_000 / count, limit.burst or count)))
+        reserves: list[tuple[Budget, alg.ReserveOp]] = []
+        model = values["model"]
+        if ctx.action is not None and ctx.action.protocol == "llm" and model:
+            for budget, sel in self._budgets:
+                if not sel.applies(ctx, now):
+                    continue
+                key = self.key_for("bg", budget.id, budget.key, values)
+                if key is None:
+                    continue
+                period_id, end = period_bounds(budget.period, now)
+                amount = self._estimate(ctx, budget, model)
+                limit = int(budget.limit if budget.unit == "tokens" else budget.limit * MICRO)
+                ttl = int((end - now).total_seconds()) + 86400
+                reserves.append((budget, alg.ReserveOp(f"{key}:{period_id}", limit, amount, ttl)))
+        if not rates and not reserves:
+            return
+        try:
+            result = await self.store.apply_limits([op for _, op in rates], [op for _, op in reserves])
+        except StoreUnavailable as exc:
+            self._store_failed(ctx, exc, [r for r, _ in rates] + [b for b, _ in reserves])
+            return
+        self._decide(ctx, now, rates, reserves, result)
+
+    def _estimate(self, ctx: Context, budget: Budget, model: str) -> int:
+        est = self.cfg.estimate
+        prompt = math.ceil(len(ctx.request.body) / est.bytes_per_token)
+        output = 0
+        if ctx.action.kind != "embeddings":
+            asked = None
+            try:
+                body = parse_json(ctx.request.body) if ctx.request.body else {}
+            except ValueError:
+                body = {}
+            if isinstance(body, dict):
+                for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+                    value = body.get(field)
+                    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                        asked = value
+                        break
+            output = min(asked or est.default_max_tokens, est.max_output_tokens)
+        if budget.unit == "tokens":
+            return prompt + output
+        price = self.price_for(model)
+        if price is None:
+            return 0
+        return math.ceil(prompt * price.input + output * price.output)
+
+    def price_for(self, model: str):
+        for glob, price in self._prices:
+            if glob(model):
+                return price
+        return None
+
+    def _store_failed(self, ctx: Context, exc: StoreUnavailable, limits: list) -> None:
+        closed = [limit.id for limit in limits if limit.on_store_error == "fail_closed"]
+        if closed:
+            STORE_FAILURES.labels(action="fail_closed").inc()
+            log.error("limit store unavailable, failing closed for %s: %s", ", ".join(closed), exc)
+            raise Unavailable("rate limits and budgets cannot be checked right now; try again shortly",
+                              reason="limits.store_unavailable", headers={"retry-after": "1"})
+        STORE_FAILURES.labels(action="fail_open").inc()
+        log.warning("limit store unavailable, failing open: %s", exc)
+        ctx.facts["limits"] = {"store": "unavailable", "fail_open": [limit.id for limit in limits]}
+
+    def _decide(self, ctx: Context, now: datetime.datetime, rates, reserves, result: alg.BatchResult
+                ) -> None:
+        facts: dict[str, Any] = {}
+        items = []
+        for (limit, _), r in zip(rates, result.rates, strict=True):
+            items.append(f'"{limit.id}";r={r.remaining};t={math.ceil(r.reset_us / 1e6)}')
+            facts[limit.id] = {"allowed": r.allowed, "remaining": r.remaining}
+        for (budget, op), b in zip(reserves, result.budgets, strict=True):
+            facts[budget.id] = {"allowed": b.allowed, "reserved": op.amount, "used": b.used,
+                                "remaining": b.remaining, "unit": budget.unit}
+        ctx.facts["limits"] = facts
+        headers = {}
+        if items:
+            headers["ratelimit-policy"] = ", ".join(
+                f'"{limit.id}";q={limit.count_and_window[0]};w={limit.count_and_window[1]}'
+                for limit, _ in rates)
+            headers["ratelimit"] = ", ".join(items)
+        if result.allowed:
+            for limit, _ in rates:
+                RATE_DECISIONS.labels(limit=limit.id, outcome="allowed").inc()
+            for budget, _ in reserves:
+                BUDGET_DECISIONS.labels(budget=budget.id, outcome="reserved").inc()
+            if self.cfg.headers_on_allowed:
+                ctx.mutations.response_headers.update(headers)
+            if reserves:
+                self._prepare_metering(ctx, reserves)
+            return
+        refused_rates = [(limit, r) for (limit, _), r in zip(rates, result.rates, strict=True)
+                         if not r.allowed]
+        for limit, r in zip([limit for limit, _ in rates], result.rates, strict=True):
+            RATE_DECISIONS.labels(limit=limit.id, outcome="allowed" if r.allowed else "limited").inc()
+        if refused_rates:
+            retry = max(math.ceil(r.retry_after_us / 1e6) for _, r in refused_rates)
+            headers["retry-after"] = str(max(1, retry))
+            ids = ", ".join(limit.id for limit, _ in refused_rates)
+            raise TooManyRequests(f"rate limit exceeded ({ids}); retry in {headers['retry-after']}s",
+                                  reason="rate_limited", headers=headers,
+                                  details={"limits": [limit.id for limit, _ in refused_rates]})
+        refused = [budget for (budget, _), b in zip(reserves, result.budgets, strict=True) if not b.allowed]
+        for budget in refused:
+            BUDGET_DECISIONS.labels(budget=budget.id, outcome="exceeded").inc()
+        ends = [period_bounds(b.period, now)[1] for b in refused]
+        headers["retry-after"] = str(max(1, math.ceil((min(ends) - now).total_seconds())))
+        raise TooManyRequests(
+            f"budget exhausted ({', '.join(b.id for b in refused)}); it renews at the start of the "
+            f"next {refused[0].period} (UTC)", reason="budget.exceeded", headers=headers,
+            details={"budgets": [b.id for b in refused]})
+
+    def _prepare_metering(self, ctx: Context, reserves) -> None:
+        action = ctx.action
+        ctx.metadata["budget"] = {
+            "reservations": [{"id": b.id, "key": op.key, "amount": op.amount, "unit": b.unit}
+                             for b, op in reserves],
+            "model": ctx.metadata.get("rewrite_model") or action.model,
+            "stream": action.stream,
+        }
+        ctx.want_body("response", "streamed")
+        if action.stream and action.kind in ("chat.completions", "completions"):
+            # OpenAI only reports usage in a stream when asked; ask, or spend goes unmetered.
+            ctx.metadata["include_usage"] = True
+            ctx.want_body("request", "buffered")
+
+    # --- Process ---------------------------------------------------------------------------------
+
+    async def on_request_body(self, ex: Exchange) -> None:
+        if not ex.check.get("include_usage"):
+            return
+        if ex.mutations.body is not None:
+            raw = ex.mutations.body  # another stage already rewrote it this phase
+        else:
+            raw = ex.request_body
+        try:
+            body = parse_json(raw)
+        except ValueError:
+            return
+        if not isinstance(body, dict):
+            return
+        options = body.get("stream_options")
+        if not isinstance(options, dict):
+            options = {}
+        if options.get("include_usage") is True:
+            return
+        options["include_usage"] = True
+        body["stream_options"] = options
+        ex.mutations.replace_body(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+
+    async def on_response_body(self, ex: Exchange) -> None:
+        if "budget" not in ex.check:
+            return
+        meter = ex.state.get("meter")
+        if meter is None:
+            meter = ex.state["meter"] = UsageMeter()
+        if "text/event-stream" in ex.response_headers.get("content-type", ""):
+            meter.feed_sse(ex.response_chunk, end=ex.response_end)
+        else:
+            buf = ex.state.get("json", b"") + ex.response_chunk
+            if len(buf) <= 8 * 1024 * 1024:
+                ex.state["json"] = buf
+            if ex.response_end:
+                meter.feed_json(ex.state.pop("json", b""))
+
+    async def on_complete(self, ex: Exchange) -> None:
+        budget = ex.check.get("budget")
+        if not budget:
+            return
+        meter: UsageMeter | None = ex.state.get("meter")
+        if meter is not None and "json" in ex.state:  # stream ended without end_of_stream
+            meter.feed_json(ex.state.pop("json"))
+        usage = meter.usage if meter is not None else Usage()
+        status = ex.response_status
+        for r in budget.get("reservations", []):
+            reserved = int(r["amount"])
+            if usage.seen:
+                actual = self._cost(r["unit"], str(budget.get("model") or ""), usage)
+                why = "metered"
+            elif status == 0 or status >= 400:
+                actual, why = 0, "released"   # nothing was generated (or billed) for an error
+            else:
+                actual, why = reserved, "kept"  # answered but no usage seen: assume the worst
+            delta = actual - reserved
+            try:
+                if delta:
+                    await self.store.incr(r["key"], delta, ttl=self.cfg.reservation_ttl_seconds)
+            except StoreUnavailable as exc:
+                log.error("could not settle budget %s (delta %d): %s", r["id"], delta, exc)
+                why = "settle_failed"
+            BUDGET_CONSUMED.labels(budget=r["id"], unit=r["unit"]).inc(max(actual, 0))
+            ex.facts.setdefault("budgets", {})[r["id"]] = {"reserved": reserved, "actual": actual,
+                                                          "unit": r["unit"], "settled": why}
+        if usage.seen:
+            ex.facts["usage"] = usage.as_dict()
+
+    def _cost(self, unit: str, model: str, usage: Usage) -> int:
+        if unit == "tokens":
+            return usage.total
+        price = self.price_for(model)
+        if price is None:
+            return 0
+        cached_price = price.cached_input if price.cached_input is not None else price.input
+        uncached = max(0, usage.input_tokens - usage.cached_tokens)
+        return math.ceil(uncached * price.input + usage.cached_tokens * cached_price
+                         + usage.output_tokens * price.output)
