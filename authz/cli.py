@@ -63,8 +63,14 @@ def _explain(argv: Sequence[str]) -> int:
     return explain_main(argv)
 
 
+def _limits(argv: Sequence[str]) -> int:
+    from authz.limits.show import main as limits_main
+
+    return limits_main(argv)
+
+
 # Subcommands with their own argument parsers: everything after the name is theirs.
-DELEGATED = {"dev-token": _dev_token, "explain": _explain}
+DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dev-token", help="mint a token from the local dev issuer (see --help)",
                    add_help=False)
     sub.add_parser("explain", help="evaluate the policy against a sample request offline (see --help)",
+                   add_help=False)
+    sub.add_parser("limits", help="limits show --user NAME: usage, remaining quota and budget",
                    add_help=False)
     return parser
 

@@ -44,6 +44,10 @@ class Store(abc.ABC):
         round trip. See ``authz.limits.algorithm`` for the semantics."""
 
     @abc.abstractmethod
+    async def time_us(self) -> int:
+        """The clock limits are measured with (Redis: the server's ``TIME``)."""
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
 

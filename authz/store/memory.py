@@ -110,6 +110,9 @@ class MemoryStore(Store):
                 self._data[k] = ((int(entry[0]) if entry else 0) + op.amount, expiry)
         return alg.BatchResult(allowed, tuple(rate_results), tuple(budget_results))
 
+    async def time_us(self) -> int:
+        return int(self._wall() * 1_000_000)
+
     async def ping(self) -> None:
         return None
 

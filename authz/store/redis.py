@@ -129,6 +129,10 @@ class RedisStore(Store):
                                for k in range(base, base + 3 * len(reserves), 3))
         return alg.BatchResult(raw[0] == 1, rate_results, budget_results)
 
+    async def time_us(self) -> int:
+        seconds, micros = await self._run("time", self.client.time())
+        return int(seconds) * 1_000_000 + int(micros)
+
     async def ping(self) -> None:
         await self._run("ping", self.client.ping())
 

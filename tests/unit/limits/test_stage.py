@@ -157,3 +157,23 @@ def test_cost_budget_needs_prices():
         parse_config("limits:\n  budgets:\n    - {id: c, unit: cost, limit: 1}\n", env={})
     with pytest.raises(ConfigError, match="expected a rate"):
         parse_config("limits:\n  rate_limits:\n    - {id: r, rate: lots}\n", env={})
+
+
+
+async def test_limits_show_reports_usage_from_redis(tmp_path, redis_url, capsys):
+    from authz.limits.show import main, usage
+
+    cfg = tmp_path / "authz.yaml"
+    cfg.write_text(f"store: {{redis_url: '{redis_url}', key_prefix: 'show{id(tmp_path)}:'}}\n" + CONFIG)
+    from authz.config import load_config
+
+    config, _ = load_config(cfg)
+    store = RedisStore(redis_url, timeout=2, prefix=config.store.key_prefix)
+    s = LimitsStage(config.limits, store)
+    await s.on_request(chat_ctx({"model": "gpt-x", "max_tokens": 50}))
+    rows = {r["id"]: r for r in await usage(str(cfg), {"user": "oscar", "tenant": "acme"})}
+    assert rows["per-user"]["remaining"] == 1
+    assert rows["daily-tokens"]["used"] > 50 and rows["daily-tokens"]["limit"] == 1000
+    assert rows["daily-cost"]["unit"] == "cost"
+    await store.close()
+    assert main(["show"]) == 2
