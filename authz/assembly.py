@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from authz.config import Config
+from authz.identity.metadata import metadata_url
+from authz.identity.stage import build_identity_stage
 from authz.limits.stage import LimitsStage
 from authz.pipeline import Pipeline, Stage
-from authz.policy.stage import PolicyStage
+from authz.policy.stage import PolicyStage, challenge_for
 from authz.routing import RoutingStage
 from authz.store import Store
 
@@ -13,10 +15,12 @@ from authz.store import Store
 def build_pipeline(config: Config, store: Store) -> Pipeline:
     """identity → policy → routing → limits → redaction → audit.
 
-    Stages arrive issue by issue; each is built from its config section and the shared store.
+    Each stage is built from its config section (and the shared store); nothing here touches the
+    network, so a reload can build a new pipeline without disturbing the one serving.
     """
     stages: list[Stage] = [
-        PolicyStage(config.policy),
+        build_identity_stage(config.identity),
+        PolicyStage(config.policy, challenge=challenge_for(metadata_url(config.identity))),
         RoutingStage(config.routing),
         LimitsStage(config.limits, store),
     ]

@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from authz.errors import ConfigError
+from authz.identity.config import IdentityConfig
 from authz.limits.config import LimitsConfig
 from authz.policy.config import PolicyConfig, RoutingConfig
 from authz.schema import Model
@@ -87,6 +88,7 @@ class Config(Model):
     log: LogConfig = LogConfig()
     store: StoreConfig = StoreConfig()
     reload: ReloadConfig = ReloadConfig()
+    identity: IdentityConfig = IdentityConfig()
     policy: PolicyConfig = PolicyConfig()
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from authz.identity.metadata import protected_resource_metadata
+from authz.identity.stage import assertion_jwks
 from authz.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -27,10 +29,34 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def resource_metadata(request: web.Request) -> web.Response:
+    """RFC 9728 protected-resource metadata (Envoy routes the well-known path here)."""
+    doc = protected_resource_metadata(request.app[RUNTIME].config.identity, request.path)
+    if doc is None:
+        return web.json_response({"error": "not_found", "message": "no protected resource is "
+                                  "configured for this path (identity.resource)"}, status=404)
+    return web.json_response(doc, headers={"cache-control": "public, max-age=300"})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    """Public keys of the gateway-signed identity assertions (and of audit checkpoints)."""
+    keys = list(assertion_jwks().get("keys", []))
+    for extra in request.app[EXTRA_JWKS]:
+        keys.extend(extra().get("keys", []))
+    return web.json_response({"keys": keys}, headers={"cache-control": "public, max-age=60"})
+
+
+EXTRA_JWKS = web.AppKey("extra_jwks", list)
+
+
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/.well-known/oauth-protected-resource", resource_metadata)
+    app.router.add_get("/.well-known/oauth-protected-resource/{tail:.*}", resource_metadata)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app[EXTRA_JWKS] = []
     return app

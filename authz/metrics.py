@@ -45,3 +45,23 @@ STORE_SECONDS = Histogram(
 COMPONENT_UP = Gauge(
     "authz_component_up", "1 if the component is healthy (config, store, draining).",
     ["component"])
+
+# Identity. The ``issuer`` label is the configured issuer *name*: bounded by the config.
+JWKS_FETCHES = Counter(
+    "authz_jwks_fetches_total",
+    "Fetches of an issuer's discovery document and JWK set, by result "
+    "(ok, http_error, timeout, network_error, invalid).",
+    ["issuer", "result"])
+JWKS_REFETCH_SUPPRESSED = Counter(
+    "authz_jwks_refetch_suppressed_total",
+    "Unknown-kid refetches skipped because the issuer was fetched too recently.",
+    ["issuer"])
+JWKS_KEYS = Gauge("authz_jwks_keys", "Usable keys currently held per issuer.", ["issuer"])
+JWKS_LAST_SUCCESS = Gauge(
+    "authz_jwks_last_success_timestamp_seconds",
+    "Unix time of the last successful JWK set fetch per issuer.", ["issuer"])
+TOKEN_CACHE = Counter(
+    "authz_identity_token_cache_total", "Verified-token cache lookups by result (hit, miss).",
+    ["result"])
+ASSERTIONS_SIGNED = Counter(
+    "authz_identity_assertions_signed_total", "Identity assertions signed for backends.")

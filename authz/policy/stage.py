@@ -16,6 +16,7 @@ from prometheus_client import Counter
 
 from authz.envoy.check import principal_from_metadata
 from authz.errors import Deny, Forbidden, Unauthenticated
+from authz.identity.challenge import bearer_challenge
 from authz.model import Context, Exchange, Request
 from authz.pipeline import Stage
 from authz.policy import actions
@@ -29,20 +30,19 @@ DRY_RUN_DENIALS = Counter("authz_policy_dry_run_denials_total",
 TOOLS_HIDDEN = Counter("authz_mcp_tools_hidden_total",
                        "Tools removed from tools/list answers because the user may not call them.")
 
-# Builds a WWW-Authenticate value: (request, error or None, scopes, description) -> header.
-Challenge = Callable[[Request, str | None, tuple[str, ...], str], str]
+# Builds a WWW-Authenticate value: (error or None, scopes, description) -> header value.
+Challenge = Callable[[str | None, tuple[str, ...], str], str]
 
 
-def default_challenge(request: Request, error: str | None, scopes: tuple[str, ...],
-                      description: str) -> str:
-    parts = []
-    if error:
-        parts.append(f'error="{error}"')
-    if scopes:
-        parts.append(f'scope="{" ".join(scopes)}"')
-    if description:
-        parts.append(f'error_description="{description}"')
-    return "Bearer " + ", ".join(parts) if parts else "Bearer"
+def challenge_for(resource_metadata: str | None) -> Challenge:
+    """Challenges that point MCP clients at the protected-resource metadata (RFC 9728)."""
+    def challenge(error: str | None, scopes: tuple[str, ...], description: str) -> str:
+        return bearer_challenge(resource_metadata=resource_metadata, error=error,
+                                description=description, scope=" ".join(scopes) or None)
+    return challenge
+
+
+default_challenge = challenge_for(None)
 
 
 class PolicyStage(Stage):
@@ -101,13 +101,13 @@ class PolicyStage(Stage):
             details["jsonrpc_code"] = -32001
         headers: dict[str, str] = {}
         if decision.status == 401:
-            headers["www-authenticate"] = self.challenge(request, None, (), "")
+            headers["www-authenticate"] = self.challenge(None, (), "")
             return Unauthenticated(decision.message, reason=decision.reason, headers=headers,
                                    details=details)
         if decision.reason == "policy.insufficient_scope":
             details["required_scopes"] = list(decision.scopes)
             headers["www-authenticate"] = self.challenge(
-                request, "insufficient_scope", decision.scopes, decision.message)
+                "insufficient_scope", decision.scopes, decision.message)
         return Forbidden(decision.message, reason=decision.reason, headers=headers, details=details)
 
     # --- Process ---------------------------------------------------------------------------------

@@ -207,8 +207,9 @@ async def test_insufficient_scope_is_a_403_challenge_with_a_jsonrpc_error():
     with pytest.raises(Forbidden) as info:
         await s.on_request(ctx)
     deny = info.value
-    assert deny.headers["www-authenticate"].startswith('Bearer error="insufficient_scope", '
-                                                       'scope="invoices:write"')
+    assert deny.headers["www-authenticate"] == (
+        'Bearer error="insufficient_scope", error_description="missing scope(s): invoices:write", '
+        'scope="invoices:write"')
     assert deny.details["jsonrpc_id"] == 9 and deny.details["required_scopes"] == ["invoices:write"]
 
 

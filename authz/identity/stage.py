@@ -1,0 +1,279 @@
+"""The identity stage: who is calling, proven to the backend.
+
+For every request, in this order:
+
+1. remove every identity header the sidecar owns (and the configured spoofable extras), so a
+   client that sends ``x-authz-user: ceo`` or ``x-user-id: ceo`` gets nothing for it;
+2. RFC 9728 metadata paths pass without credentials;
+3. read exactly one credential: ``Authorization: Bearer <jwt>`` (scheme case-insensitive),
+   ``Authorization: <api_keys.scheme> <key>`` or the API-key header. None on an anonymous path
+   is fine; none elsewhere, two, or a comma inside one (Envoy joins repeated headers with ",")
+   is a 401. A credential sent to an anonymous path is still checked;
+4. set ``ctx.principal``, the verified identity headers and the signed assertion;
+5. remove ``Authorization`` (and our API-key header) before the upstream, unless the path opts in
+   to passthrough: MCP forbids token passthrough.
+
+Rejections carry ``WWW-Authenticate: Bearer resource_metadata=..., error=..., error_description=...``
+with fixed texts; ``ctx.facts["identity"]`` records safe facts for audit, never the credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from authz import metrics
+from authz.assertion import AssertionSigner, KeyRing
+from authz.errors import ConfigError
+from authz.identity.apikeys import ApiKeyStore, ConfigApiKeys, check_key_syntax
+from authz.identity.cache import TokenCache
+from authz.identity.challenge import bearer_challenge
+from authz.identity.config import AssertionConfig, IdentityConfig
+from authz.identity.errors import (
+    ApiKeyInvalid,
+    CredentialsBadScheme,
+    CredentialsMalformed,
+    CredentialsMissing,
+    CredentialsMultiple,
+    IdentityError,
+    TokenTooLarge,
+)
+from authz.identity.jwks import HttpClient, SessionFactory, build_key_source
+from authz.identity.metadata import is_metadata_path, metadata_url
+from authz.identity.paths import path_matches
+from authz.identity.tokens import IssuerVerifier, TokenVerifier
+from authz.model import ANONYMOUS, Context, Mutations, Principal, Request
+from authz.pipeline import Stage
+
+log = logging.getLogger("authz.identity")
+
+# RFC 6750 §2.1 b64token
+_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+# Header values we pass as they are; anything else is percent-encoded (UTF-8).
+_PLAIN_VALUE = re.compile(r"^[ -$&-~]*$")  # printable ASCII without "%"
+_PLAIN_ITEM = re.compile(r"^[!-$&-+\--~]*$")  # ... and without "," and space (list items)
+
+# Signing keys outlive config generations: a reload that changes the key rotates it (the old one
+# stays published until its assertions expired) and a generated key survives reloads.
+DEFAULT_KEYRING = KeyRing()
+
+
+def header_value(value: str) -> str:
+    """A header-safe rendering: printable ASCII stays, "%" / control / non-ASCII are
+    percent-encoded (the signed assertion carries the exact values)."""
+    return value if _PLAIN_VALUE.match(value) else quote(value, safe=" !\"#$&'()*+,/:;<=>?@[\\]^_`{|}~")
+
+
+def header_list(values: frozenset[str]) -> str:
+    """A comma-separated list; items containing "," or whitespace are percent-encoded."""
+    return ",".join(v if _PLAIN_ITEM.match(v) else quote(v, safe="!\"#$&'()*+/:;<=>?@[\\]^_`{|}~")
+                    for v in sorted(values))
+
+
+class IdentityStage(Stage):
+    name = "identity"
+
+    def __init__(self, cfg: IdentityConfig, *, verifier: TokenVerifier,
+                 api_keys: ApiKeyStore | None = None, signer: AssertionSigner | None = None,
+                 http: HttpClient | None = None) -> None:
+        self.cfg = cfg
+        self.verifier = verifier
+        self.api_keys = api_keys
+        self.signer = signer
+        self._http = http
+        h = cfg.headers
+        self._owned = tuple(dict.fromkeys((*h.owned(), *h.strip)))
+        self._owned_set = frozenset(self._owned)
+        self._api_header = cfg.api_keys.header if api_keys is not None else None
+        self._api_scheme = cfg.api_keys.scheme.lower() if api_keys is not None else None
+        self._metadata_url = metadata_url(cfg)
+        self._scope = " ".join(cfg.challenge_scopes) or None
+        self._max_header = cfg.max_token_bytes + 64
+
+    # --- the hook --------------------------------------------------------------------------------
+
+    async def on_request(self, ctx: Context) -> None:
+        m = ctx.mutations
+        for name in self._owned_set & m.set_headers.keys():
+            del m.set_headers[name]
+        m.remove_headers.update(self._owned)
+        request = ctx.request
+        path = request.path_only
+        if not self.cfg.enabled or is_metadata_path(path):
+            self._strip_credentials(m, path)
+            ctx.principal = ANONYMOUS
+            ctx.facts["identity"] = {"credential": "anonymous"}
+            return
+        try:
+            principal, facts = await self._authenticate(request, path)
+        except IdentityError as exc:
+            exc.headers["www-authenticate"] = self.challenge(exc)
+            raise
+        ctx.principal = principal
+        ctx.facts["identity"] = facts
+        if not principal.anonymous:
+            self._set_identity(m, principal, request)
+            ctx.metadata["identity"] = {k: v for k, v in (
+                ("subject", principal.subject), ("issuer", facts.get("issuer")),
+                ("client", principal.client), ("tenant", principal.tenant),
+                ("credential", principal.credential)) if v}
+        self._strip_credentials(m, path)
+
+    def challenge(self, exc: IdentityError) -> str:
+        return bearer_challenge(resource_metadata=self._metadata_url, error=exc.error_code,
+                                description=exc.message, scope=self._scope)
+
+    # --- credentials -----------------------------------------------------------------------------
+
+    async def _authenticate(self, request: Request, path: str) -> tuple[Principal, dict[str, Any]]:
+        authorization = request.header_values("authorization")
+        api_values = request.header_values(self._api_header) if self._api_header else ()
+        count = len(authorization) + len(api_values)
+        if count == 0:
+            if path_matches(path, self.cfg.anonymous_paths):
+                return ANONYMOUS, {"credential": "anonymous"}
+            raise CredentialsMissing()
+        if count > 1:
+            raise CredentialsMultiple()
+        if api_values:
+            return await self._api_key(api_values[0].strip(" \t"))
+        value = authorization[0]
+        if len(value) > self._max_header:
+            raise TokenTooLarge()
+        scheme, _, credentials = value.strip(" \t").partition(" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip(" ")
+        if scheme == "bearer":
+            return await self._bearer(credentials)
+        if scheme and scheme == self._api_scheme:
+            if not credentials:
+                raise CredentialsMalformed()
+            return await self._api_key(credentials)
+        if not value.strip():
+            raise CredentialsMalformed()
+        raise CredentialsBadScheme()
+
+    async def _bearer(self, token: str) -> tuple[Principal, dict[str, Any]]:
+        if not token:
+            raise CredentialsMalformed("the Bearer scheme needs a token")
+        if "," in token:  # Envoy joined two Authorization headers
+            raise CredentialsMultiple()
+        if not _B64TOKEN.match(token):
+            raise CredentialsMalformed("the bearer token has invalid characters")
+        verified = await self.verifier.verify(token)
+        p = verified.principal
+        facts: dict[str, Any] = {"credential": "jwt", "issuer": verified.issuer_name,
+                                 "subject": p.subject, "cache_hit": verified.cache_hit}
+        if p.client:
+            facts["client"] = p.client
+        return p, facts
+
+    async def _api_key(self, key: str) -> tuple[Principal, dict[str, Any]]:
+        assert self.api_keys is not None
+        if "," in key:
+            raise CredentialsMultiple()
+        check_key_syntax(key)
+        match = await self.api_keys.lookup(key)
+        if match is None:
+            raise ApiKeyInvalid()
+        p = match.principal
+        facts: dict[str, Any] = {"credential": "api_key", "api_key": match.name,
+                                 "subject": p.subject}
+        if p.client:
+            facts["client"] = p.client
+        return p, facts
+
+    # --- mutations -------------------------------------------------------------------------------
+
+    def _set_identity(self, m: Mutations, p: Principal, request: Request) -> None:
+        h = self.cfg.headers
+        m.set_header(h.user, header_value(p.subject))
+        if p.issuer:
+            m.set_header(h.issuer, header_value(p.issuer))
+        if p.email:
+            m.set_header(h.email, header_value(p.email))
+        if p.tenant:
+            m.set_header(h.tenant, header_value(p.tenant))
+        if p.client:
+            m.set_header(h.client, header_value(p.client))
+        if p.roles:
+            m.set_header(h.roles, header_list(p.roles))
+        if p.scopes:
+            m.set_header(h.scopes, header_list(p.scopes))
+        if self.signer is not None:
+            m.set_header(h.assertion, self.signer.sign(p, request))
+            metrics.ASSERTIONS_SIGNED.inc()
+
+    def _strip_credentials(self, m: Mutations, path: str) -> None:
+        if path_matches(path, self.cfg.passthrough_authorization_paths):
+            return
+        m.remove_header("authorization")
+        if self._api_header:
+            m.remove_header(self._api_header)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The assertion signing keys as a JWKS (empty when assertions are off)."""
+        return self.signer.jwks() if self.signer is not None else {"keys": []}
+
+    async def warm(self) -> None:
+        """Fetch every remote issuer's keys now (optional; otherwise the first token does)."""
+        for issuer in self.verifier.issuers:
+            await issuer.keys.warm()
+
+    async def close(self) -> None:
+        await self.verifier.close()
+        if self._http is not None:
+            await self._http.close()
+
+
+def build_signer(cfg: AssertionConfig, *, keyring: KeyRing,
+                 clock: Callable[[], float] = time.time) -> AssertionSigner:
+    try:
+        keys = cfg.signing_keys()
+    except ValueError as exc:
+        raise ConfigError("identity.assertion", [("identity.assertion.key_files", str(exc))]) from None
+    if keys:
+        active, published = keys[0], keys[1:]
+    else:
+        had = keyring.active
+        active, published = keyring.generated(cfg.algorithm), []
+        if had is None or had.kid != active.kid:
+            log.warning("identity.assertion.key_files is empty: signing assertions with an "
+                        "in-memory %s key (kid %s); it changes when the process restarts",
+                        cfg.algorithm, active.kid)
+    # Keep the previous key published until the last assertion it signed has expired.
+    keyring.install(active, published, retire_after=cfg.lifetime_seconds + 60)
+    return AssertionSigner(issuer=cfg.issuer, keyring=keyring, lifetime=cfg.lifetime_seconds,
+                           audience=cfg.audience, clock=clock)
+
+
+def build_identity_stage(cfg: IdentityConfig, *, http_session_factory: SessionFactory | None = None,
+                         keyring: KeyRing | None = None, clock: Callable[[], float] = time.time
+                         ) -> IdentityStage:
+    """Build the stage from its config section. Nothing touches the network here; remote keys
+    are fetched on first use (or by ``await stage.warm()``). The stage owns the HTTP session it
+    creates from ``http_session_factory`` and closes it in ``close()``."""
+    http = HttpClient(http_session_factory)
+    issuers = [IssuerVerifier(i, audiences=cfg.audiences_for(i),
+                              keys=build_key_source(i, http=http, clock=clock))
+               for i in cfg.issuers]
+    tc = cfg.token_cache
+    cache = TokenCache(tc.max_entries, max_ttl=tc.max_ttl_seconds, clock=clock) if tc.enabled else None
+    verifier = TokenVerifier(issuers, max_token_bytes=cfg.max_token_bytes, cache=cache, clock=clock)
+    api_keys = ConfigApiKeys(cfg.api_keys.keys) if cfg.api_keys.enabled else None
+    signer = None
+    if cfg.enabled and cfg.assertion.enabled:
+        signer = build_signer(cfg.assertion, keyring=keyring or DEFAULT_KEYRING, clock=clock)
+    return IdentityStage(cfg, verifier=verifier, api_keys=api_keys, signer=signer, http=http)
+
+
+def assertion_jwks() -> dict[str, list[dict[str, str]]]:
+    """The JWKS to serve at ``/.well-known/jwks.json``: every assertion key this process
+    publishes (active, pre-published and retiring), across config reloads."""
+    return DEFAULT_KEYRING.jwks()
