@@ -176,4 +176,9 @@ async def test_limits_show_reports_usage_from_redis(tmp_path, redis_url, capsys)
     assert rows["daily-tokens"]["used"] > 50 and rows["daily-tokens"]["limit"] == 1000
     assert rows["daily-cost"]["unit"] == "cost"
     await store.close()
-    assert main(["show"]) == 2
+    assert main([]) == 2
+    import asyncio
+
+    assert await asyncio.to_thread(main, ["show", "-c", str(cfg), "--user", "oscar", "--tenant", "acme"]) == 0
+    out = capsys.readouterr().out
+    assert "per-user" in out and "daily-tokens" in out and "used" in out
