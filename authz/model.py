@@ -32,11 +32,11 @@ class Request:
     source_address: str = ""
     header_lists: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     context_extensions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    path_only: str = dataclasses.field(init=False)  # the path without its query string
 
-    @property
-    def path_only(self) -> str:
-        """The path without its query string."""
-        return self.path.split("?", 1)[0]
+    def __post_init__(self) -> None:
+        # Read by every stage: split once.
+        object.__setattr__(self, "path_only", self.path.split("?", 1)[0])
 
     @property
     def query(self) -> str:

@@ -85,12 +85,14 @@ def allow_response(ctx: Context, *, extra_response_headers: Mapping[str, str] | 
 
 def check_metadata(ctx: Context) -> dict[str, Any]:
     """What Process (ext_proc) needs to know about this request, as Envoy dynamic metadata."""
+    # Only what a Process stage will read: building a Struct costs ~1 µs per field, on every
+    # request. Stages that need the principal in Process put it there themselves.
+    if not ctx.metadata and not ctx.request_body_mode and not ctx.response_body_mode:
+        return {}
     metadata = dict(ctx.metadata)
     if ctx.request_body_mode or ctx.response_body_mode:
         metadata["process"] = {"request_body": ctx.request_body_mode,
                                "response_body": ctx.response_body_mode}
-    if not ctx.principal.anonymous:
-        metadata["principal"] = principal_metadata(ctx.principal)
     return metadata
 
 

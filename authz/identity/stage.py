@@ -117,10 +117,6 @@ class IdentityStage(Stage):
         ctx.facts["identity"] = facts
         if not principal.anonymous:
             self._set_identity(m, principal, request)
-            ctx.metadata["identity"] = {k: v for k, v in (
-                ("subject", principal.subject), ("issuer", facts.get("issuer")),
-                ("client", principal.client), ("tenant", principal.tenant),
-                ("credential", principal.credential)) if v}
         self._strip_credentials(m, path)
 
     def challenge(self, exc: IdentityError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 from authz.model import Principal, Request
@@ -40,48 +41,52 @@ class Decision:
         return out
 
 
+Predicate = Callable[[Request, a.Action], bool]
+
+
 class CompiledMatch:
-    """Does a request (and what it is about) fit a ``match`` section?"""
+    """Does a request (and what it is about) fit a ``match`` section? Built once as a tuple of
+    the predicates the section names, cheapest and most selective first."""
 
     def __init__(self, m: c.Match) -> None:
-        self._hosts = Glob(m.hosts, ignore_case=True)
-        self._paths = Glob(m.paths)
-        self._methods = frozenset(m.methods)
-        self._mcp = m.mcp
+        checks: list[Predicate] = []
         if m.mcp is not None:
-            self._mcp_methods = Glob(m.mcp.methods)
-            self._tools, self._resources = Glob(m.mcp.tools), Glob(m.mcp.resources)
-            self._prompts = Glob(m.mcp.prompts)
-        self._llm = m.llm
+            checks.append(lambda r, act: act.protocol == "mcp")
+            if m.mcp.methods:
+                methods = Glob(m.mcp.methods)
+                checks.append(lambda r, act: methods(act.kind))
+            if m.mcp.tools:
+                tools = Glob(m.mcp.tools)
+                checks.append(lambda r, act: act.kind == "tools/call" and tools(act.name or ""))
+            if m.mcp.resources:
+                resources = Glob(m.mcp.resources)
+                checks.append(lambda r, act: act.kind.startswith("resources/")
+                              and resources(act.name or ""))
+            if m.mcp.prompts:
+                prompts = Glob(m.mcp.prompts)
+                checks.append(lambda r, act: act.kind == "prompts/get" and prompts(act.name or ""))
         if m.llm is not None:
-            self._apis = frozenset(m.llm.apis)
-            self._models = Glob(m.llm.models)
+            checks.append(lambda r, act: act.protocol == "llm")
+            if m.llm.apis:
+                apis = frozenset(m.llm.apis)
+                checks.append(lambda r, act: act.kind in apis)
+            if m.llm.models:
+                models = Glob(m.llm.models)
+                checks.append(lambda r, act: bool(act.model) and models(act.model))
+        if m.methods:
+            methods_http = frozenset(m.methods)
+            checks.append(lambda r, act: r.method.upper() in methods_http)
+        if m.paths:
+            paths = Glob(m.paths)
+            checks.append(lambda r, act: paths(r.path_only))
+        if m.hosts:
+            hosts = Glob(m.hosts, ignore_case=True)
+            checks.append(lambda r, act: hosts(host_without_port(r.host).lower()))
+        self._checks = tuple(checks)
 
     def __call__(self, request: Request, action: a.Action) -> bool:
-        if self._hosts and not self._hosts(host_without_port(request.host).lower()):
-            return False
-        if self._paths and not self._paths(request.path_only):
-            return False
-        if self._methods and request.method.upper() not in self._methods:
-            return False
-        if self._mcp is not None:
-            if action.protocol != "mcp":
-                return False
-            if self._mcp_methods and not self._mcp_methods(action.kind):
-                return False
-            if self._tools and not (action.kind == "tools/call" and self._tools(action.name or "")):
-                return False
-            if self._resources and not (action.kind.startswith("resources/")
-                                        and self._resources(action.name or "")):
-                return False
-            if self._prompts and not (action.kind == "prompts/get" and self._prompts(action.name or "")):
-                return False
-        if self._llm is not None:
-            if action.protocol != "llm":
-                return False
-            if self._apis and action.kind not in self._apis:
-                return False
-            if self._models and not (action.model and self._models(action.model)):
+        for check in self._checks:
+            if not check(request, action):
                 return False
         return True
 

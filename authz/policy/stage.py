@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from authz.envoy.check import principal_from_metadata
+from authz.envoy.check import principal_from_metadata, principal_metadata
 from authz.errors import Deny, Forbidden, Unauthenticated
 from authz.identity.challenge import bearer_challenge
 from authz.model import Context, Exchange, Request
@@ -67,7 +67,6 @@ class PolicyStage(Stage):
             ctx.facts["tool" if action.kind == "tools/call" else "target"] = action.name
         if action.model is not None:
             ctx.facts["model"] = action.model
-        ctx.metadata["action"] = action.describe()
 
         decision = self.policy.evaluate(ctx.principal, request, action)
         ctx.facts["policy"] = decision.explain()
@@ -88,6 +87,7 @@ class PolicyStage(Stage):
         if action.protocol == "mcp" and action.kind == "tools/list" and self.cfg.filter_tools_list:
             ctx.want_body("response", "buffered")
             ctx.metadata["filter_tools"] = True
+            ctx.metadata["principal"] = principal_metadata(ctx.principal)
             if self._claim_paths:
                 ctx.metadata["claims"] = {p: ctx.principal.claims.get(p) for p in self._claim_paths
                                           if p in ctx.principal.claims}
