@@ -40,7 +40,9 @@ def request_from_check(msg: auth_pb2.CheckRequest) -> Request:
     body = http.raw_body if http.raw_body else http.body.encode("utf-8")
     addr = attrs.source.address.socket_address
     return Request(
-        id=http.id or headers.get("x-request-id", ""),
+        # x-request-id (not Envoy's internal stream id) is what the access log, Process, the
+        # upstream and the audit record all see: one id for one request everywhere.
+        id=headers.get("x-request-id") or http.id,
         method=http.method or headers.get(":method", ""),
         scheme=http.scheme or headers.get(":scheme", ""),
         host=http.host or headers.get(":authority", ""),

@@ -44,3 +44,69 @@ def stack() -> Iterator[Running]:
     finally:
         running.http.close()
         s.stop()
+
+
+class ThreadedIssuer:
+    """authz.identity.testing.FakeIssuer on its own event loop thread, usable from sync tests:
+    mint tokens, rotate keys, take it down."""
+
+    def __init__(self, audience: str) -> None:
+        import asyncio
+        import threading
+
+        from authz.identity.testing import FakeIssuer
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.fake = FakeIssuer(audience=audience)
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
+
+    def __getattr__(self, name: str):
+        return getattr(self.fake, name)
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class RawResponse:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = body
+        self.text = body.decode("utf-8", "replace")
+
+
+def raw_request(port: int, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"",
+                timeout: float = 10) -> RawResponse:
+    """HTTP/1.1 exactly as written: for hostile inputs a well-behaved client refuses to send
+    (header values with trailing spaces, repeated headers, odd schemes)."""
+    import socket
+
+    lines = [f"{method} {path} HTTP/1.1", f"host: 127.0.0.1:{port}", "connection: close",
+             f"content-length: {len(body)}"] + [f"{k}: {v}" for k, v in headers]
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        k, _, v = line.partition(":")
+        parsed[k.strip().lower()] = v.strip()
+    if parsed.get("transfer-encoding") == "chunked":
+        out, buf = b"", rest
+        while buf:
+            size_line, _, buf = buf.partition(b"\r\n")
+            size = int(size_line or b"0", 16)
+            if size == 0:
+                break
+            out, buf = out + buf[:size], buf[size + 2:]
+        rest = out
+    return RawResponse(int(status_line.split()[1]), parsed, rest)
