@@ -6,21 +6,73 @@ never from request input, so cardinality stays bounded however hostile the traff
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import bisect
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Info
+from prometheus_client.core import HistogramMetricFamily
 
 # Latency buckets centred on what a sidecar hop should cost (tens of µs to tens of ms).
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0)
+
+class FastHistogram:
+    """A histogram for the request path: no locks (one event loop thread writes it), a bisect
+    and two additions per observation, exported like any prometheus_client histogram. The
+    stock Histogram takes a lock per bucket update, which costs more than a policy decision."""
+
+    class Child:
+        __slots__ = ("bounds", "counts", "sum")
+
+        def __init__(self, bounds: Sequence[float]) -> None:
+            self.bounds = bounds
+            self.counts = [0] * (len(bounds) + 1)
+            self.sum = 0.0
+
+        def observe(self, value: float) -> None:
+            self.counts[bisect.bisect_left(self.bounds, value)] += 1
+            self.sum += value
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(sorted(buckets))
+        self._children: dict[tuple[str, ...], FastHistogram.Child] = {}
+        REGISTRY.register(self)
+
+    def labels(self, **labels: str) -> FastHistogram.Child:
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = FastHistogram.Child(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, child in list(self._children.items()):
+            counts = list(child.counts)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric(list(key), buckets, child.sum)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
 
 BUILD_INFO = Info("authz_build", "Version of the running authz sidecar.")
 
 DECISIONS = Counter(
     "authz_decisions_total", "Check decisions by outcome and stable reason code.",
     ["decision", "reason"])
-RPC_SECONDS = Histogram(
+RPC_SECONDS = FastHistogram(
     "authz_rpc_duration_seconds", "Time spent answering Envoy, per RPC and phase.",
     ["rpc"], buckets=LATENCY_BUCKETS)
-STAGE_SECONDS = Histogram(
+STAGE_SECONDS = FastHistogram(
     "authz_stage_duration_seconds", "Time spent in each pipeline stage, per hook.",
     ["stage", "phase"], buckets=LATENCY_BUCKETS)
 INFLIGHT = Gauge("authz_inflight_requests", "RPCs being processed right now.", ["rpc"])
@@ -38,7 +90,7 @@ CONFIG_INFO = Gauge(
 
 STORE_ERRORS = Counter(
     "authz_store_errors_total", "Store operations that failed or timed out.", ["backend", "op"])
-STORE_SECONDS = Histogram(
+STORE_SECONDS = FastHistogram(
     "authz_store_operation_duration_seconds", "Store round trip time.", ["backend", "op"],
     buckets=LATENCY_BUCKETS)
 

@@ -20,21 +20,27 @@ METADATA_NAMESPACE = "envoy.filters.http.ext_authz"  # where ext_proc finds what
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def _header_value(h: base_pb2.HeaderValue) -> str:
-    # Envoy sends raw_value (bytes) in newer versions; decode leniently, headers can be non-UTF-8.
-    return h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-
-
 def request_from_check(msg: auth_pb2.CheckRequest) -> Request:
     attrs = msg.attributes
     http = attrs.request.http
     header_lists: dict[str, tuple[str, ...]] = {}
-    if http.header_map.headers:  # encode_raw_headers: one entry per header line
-        lists: dict[str, list[str]] = {}
-        for h in http.header_map.headers:
-            lists.setdefault(h.key.lower(), []).append(_header_value(h))
-        header_lists = {k: tuple(v) for k, v in lists.items()}
-        headers = {k: ",".join(v) for k, v in lists.items()}
+    raw_headers = http.header_map.headers
+    if raw_headers:  # encode_raw_headers: one entry per header line; repeats kept apart
+        headers: dict[str, str] = {}
+        repeated: dict[str, list[str]] | None = None
+        for h in raw_headers:  # the hottest loop of a Check: one pass, lists only for repeats
+            key = h.key.lower()
+            raw = h.raw_value
+            value = raw.decode("utf-8", "replace") if raw else h.value
+            if key in headers:
+                if repeated is None:
+                    repeated = {}
+                repeated.setdefault(key, [headers[key]]).append(value)
+                headers[key] = f"{headers[key]},{value}"
+            else:
+                headers[key] = value
+        if repeated:
+            header_lists = {k: tuple(v) for k, v in repeated.items()}
     else:
         headers = {k.lower(): v for k, v in http.headers.items()}
     body = http.raw_body if http.raw_body else http.body.encode("utf-8")
@@ -53,7 +59,7 @@ def request_from_check(msg: auth_pb2.CheckRequest) -> Request:
         body_truncated=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
         protocol=http.protocol,
         source_address=addr.address,
-        context_extensions=dict(attrs.context_extensions),
+        context_extensions=dict(attrs.context_extensions) if len(attrs.context_extensions) else {},
     )
 
 
