@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from authz.audit.stage import build_audit_stage
 from authz.config import Config
 from authz.identity.metadata import metadata_url
 from authz.identity.stage import build_identity_stage
@@ -22,6 +23,8 @@ def build_pipeline(config: Config, store: Store) -> Pipeline:
         build_identity_stage(config.identity),
         PolicyStage(config.policy, challenge=challenge_for(metadata_url(config.identity))),
         RoutingStage(config.routing),
-        LimitsStage(config.limits, store),
+        LimitsStage(config.limits, store, meter_all=config.audit.enabled),
     ]
+    if config.audit.enabled:  # last: it records what every other stage decided
+        stages.append(build_audit_stage(config.audit, instance=config.instance_id))
     return Pipeline(stages)

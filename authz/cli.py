@@ -69,8 +69,14 @@ def _limits(argv: Sequence[str]) -> int:
     return limits_main(argv)
 
 
+def _audit(argv: Sequence[str]) -> int:
+    from authz.audit.cli import main as audit_main
+
+    return audit_main(argv)
+
+
 # Subcommands with their own argument parsers: everything after the name is theirs.
-DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits}
+DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits, "audit": _audit}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("limits", help="limits show --user NAME: usage, remaining quota and budget",
                    add_help=False)
+    sub.add_parser("audit", help="audit verify | explain | export | keygen (see --help)", add_help=False)
     return parser
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from authz.audit.config import AuditConfig
 from authz.errors import ConfigError
 from authz.identity.config import IdentityConfig
 from authz.limits.config import LimitsConfig
@@ -40,7 +41,7 @@ class ServerConfig(Model):
 
     grpc_address: str = "127.0.0.1:9001"
     http_address: str = "127.0.0.1:9002"
-    instance_id: str = ""  # defaults to hostname-pid; names this replica in logs and audit
+    instance_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,128}$")  # default: the host name
     drain_seconds: float = Field(5.0, ge=0, le=600)
     grace_seconds: float = Field(10.0, ge=0, le=600)
     debug_headers: bool = False
@@ -92,6 +93,15 @@ class Config(Model):
     policy: PolicyConfig = PolicyConfig()
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
+    audit: AuditConfig = AuditConfig()
+
+    @property
+    def instance_id(self) -> str:
+        """Names this replica in logs and its audit chain. The host name by default: a pod's
+        restarted container keeps it, so its chain continues."""
+        import socket
+
+        return self.server.instance_id or socket.gethostname()
 
 
 # --- loading -------------------------------------------------------------------------------------

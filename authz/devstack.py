@@ -225,6 +225,7 @@ class Stack:
             "AUTHZ_DEV_DIR": str(self.workdir / "dev"),
             "AUTHZ_DEV_ISSUER": self.issuer_url,
             "AUTHZ_ASSERTION_JWKS_URL": f"http://127.0.0.1:{self.ports.authz_http}/.well-known/jwks.json",
+            "AUTHZ_AUDIT_DIR": str(self.workdir / "audit"),
             **(env or {}),
         }
         self.procs: dict[str, ManagedProcess] = {}

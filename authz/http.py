@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from authz.audit.log import all_logs
 from authz.identity.metadata import protected_resource_metadata
 from authz.identity.stage import assertion_jwks
 from authz.runtime import Runtime
@@ -40,7 +41,7 @@ async def resource_metadata(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     """Public keys of the gateway-signed identity assertions (and of audit checkpoints)."""
-    keys = list(assertion_jwks().get("keys", []))
+    keys = list(assertion_jwks().get("keys", [])) + [log.jwk() for log in all_logs()]
     for extra in request.app[EXTRA_JWKS]:
         keys.extend(extra().get("keys", []))
     return web.json_response({"keys": keys}, headers={"cache-control": "public, max-age=60"})

@@ -119,6 +119,14 @@ class Pipeline:
             except Exception:
                 log.exception("stage %s failed in on_decision", name)
 
+    async def start(self) -> None:
+        """Start what stages run in the background (the audit writer). Called once the
+        pipeline is about to serve, inside the event loop."""
+        for stage in self.stages:
+            start = getattr(stage, "start", None)
+            if start is not None:
+                await start()
+
     async def close(self) -> None:
         for stage in self.stages:
             try:

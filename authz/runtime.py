@@ -90,6 +90,7 @@ class Runtime:
             store = build_store(config.store)
         try:
             pipeline = self._pipeline_factory(config, store)
+            await pipeline.start()
         except Exception:
             if previous is None or store is not previous.store:
                 await store.close()

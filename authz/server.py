@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
-import socket
 
 import grpc
 from aiohttp import web
@@ -114,7 +112,7 @@ class Server:
 
 
 def instance_id(cfg: Config) -> str:
-    return cfg.server.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return cfg.instance_id
 
 
 async def serve(runtime: Runtime, *, grpc_address: str | None = None,

@@ -164,6 +164,8 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
             ex.request_body += msg.request_body.body
             if msg.request_body.end_of_stream:
                 await pipeline.run("on_request_body", ex)
+                ex.state["forwarded_body"] = (ex.mutations.body if ex.mutations.body is not None
+                                              else ex.request_body)
             return proc_adapter.body_response("request_body", ex.mutations)
         if kind == "response_headers":
             headers = proc_adapter.headers_dict(msg.response_headers)

@@ -47,6 +47,7 @@ STORE_FAILURES = Counter("authz_limits_store_failures_total",
                          ["action"])
 
 MICRO = 1_000_000  # costs are kept as integer micro-units of currency
+METERED_APIS = frozenset({"chat.completions", "completions", "responses", "embeddings", "messages"})
 
 
 def _safe(value: str) -> str:
@@ -77,9 +78,10 @@ class _Selected:
 class LimitsStage(Stage):
     name = "limits"
 
-    def __init__(self, cfg: LimitsConfig, store: Store) -> None:
+    def __init__(self, cfg: LimitsConfig, store: Store, *, meter_all: bool = False) -> None:
         self.cfg = cfg
         self.store = store
+        self.meter_all = meter_all  # read usage of every LLM answer (for audit), not only budgeted ones
         self._rates = tuple((r, _Selected(r.match, r.when)) for r in cfg.rate_limits)
         self._budgets = tuple((b, _Selected(b.match, b.when)) for b in cfg.budgets)
         self._prices = tuple((Glob((name,)), price) for name, price in cfg.prices.items())
@@ -115,6 +117,13 @@ class LimitsStage(Stage):
     # --- Check -----------------------------------------------------------------------------------
 
     async def on_request(self, ctx: Context) -> None:
+        await self._limit(ctx)
+        action = ctx.action
+        if (self.meter_all and "budget" not in ctx.metadata and action is not None and action.protocol == "llm"
+                and action.model and action.kind in METERED_APIS):
+            self._prepare_metering(ctx, [])
+
+    async def _limit(self, ctx: Context) -> None:
         if not self._rates and not self._budgets:
             return
         now = datetime.datetime.now(datetime.UTC)

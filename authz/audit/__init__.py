@@ -1,0 +1,1 @@
+"""Audit: a tamper-evident, signed record of every decision, verifiable offline."""

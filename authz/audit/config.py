@@ -1,0 +1,24 @@
+"""The ``audit:`` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from authz.schema import Model
+
+
+class AuditConfig(Model):
+    enabled: bool = False                  # the reference config turns it on; see README
+    sink: Literal["file", "stdout"] = "file"
+    directory: str = "audit"               # file sink: one sub-directory per instance
+    rotate_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    checkpoint_every_records: int = Field(1000, ge=1, le=1_000_000)
+    checkpoint_every_seconds: float = Field(5.0, gt=0, le=3600)
+    queue_size: int = Field(10_000, ge=1, le=10_000_000)
+    # What a request does when the writer cannot keep up: wait up to block_ms, then refuse
+    # (503 audit.unavailable); or refuse at once. Records are never dropped silently.
+    on_full: Literal["block", "fail_closed"] = "block"
+    block_ms: int = Field(50, ge=0, le=10_000)
+    signing_key_file: str | None = None    # Ed25519 private key, PEM (authz audit keygen)

@@ -1,0 +1,272 @@
+"""The audit log: a hash chain of JSON lines, sealed by Ed25519-signed checkpoints.
+
+Every record carries ``seq`` (1, 2, 3 ... per instance, across files and restarts), ``prev`` (the
+hash of the record before it) and ``hash`` (SHA-256 of its RFC 8785 canonical form without
+``hash``). Every N records or T seconds a ``checkpoint`` record signs the chain up to itself, and
+the file is flushed and fsynced: a crash loses at most what came after the last checkpoint, and
+``authz audit verify`` says exactly what that is. A process start opens a new *segment* whose
+first record links to the last record the directory already holds, so a restart continues the
+chain; a clean stop writes a final checkpoint that closes the segment.
+
+Requests never wait for the disk: they put a dict on a bounded queue; one writer task hashes,
+signs and writes (file I/O in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from prometheus_client import Counter, Gauge
+
+from authz.audit.canonical import canonical
+from authz.audit.config import AuditConfig
+
+log = logging.getLogger("authz.audit")
+
+RECORDS = Counter("authz_audit_records_total", "Audit records written, by type.", ["type"])
+QUEUE_DEPTH = Gauge("authz_audit_queue_depth", "Audit records waiting for the writer.")
+CHECKPOINT_LAG = Gauge("authz_audit_checkpoint_lag_seconds",
+                       "Seconds since the last signed checkpoint (records after it are unsealed).")
+WRITE_FAILURES = Counter("authz_audit_write_failures_total", "Audit writes that failed.")
+REFUSED = Counter("authz_audit_refused_total",
+                  "Requests refused, or records lost after the answer, because the queue was full.",
+                  ["when"])
+
+GENESIS = "0" * 64
+FILE_PREFIX = "audit-"
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def checkpoint_message(record: dict[str, Any]) -> bytes:
+    return canonical({k: v for k, v in record.items() if k not in ("hash", "sig")})
+
+
+def public_jwk(key: ed25519.Ed25519PublicKey, kid: str) -> dict[str, str]:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
+            "kid": kid, "use": "sig", "alg": "EdDSA"}
+
+
+def key_id(key: ed25519.Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "audit-" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_signing_key(path: str | None) -> ed25519.Ed25519PrivateKey:
+    if path is None:
+        log.warning("audit.signing_key_file is not set: checkpoints are signed with a key generated for "
+                    "this process; an auditor can only verify them with the public key published at "
+                    "/.well-known/jwks.json while it runs. Configure a key (authz audit keygen).")
+        return ed25519.Ed25519PrivateKey.generate()
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+class AuditLog:
+    """One writer per directory and instance, shared by pipeline generations across reloads."""
+
+    def __init__(self, cfg: AuditConfig, *, instance: str,
+                 key: ed25519.Ed25519PrivateKey | None = None) -> None:
+        self.cfg = cfg
+        self.instance = instance
+        self.key = key or load_signing_key(cfg.signing_key_file)
+        self.kid = key_id(self.key.public_key())
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(cfg.queue_size)
+        self.segment = secrets.token_hex(8)
+        self.dir = Path(cfg.directory) / instance
+        self._file: Any = None
+        self._path: Path | None = None
+        self._seq = 0
+        self._prev = GENESIS
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._writer: asyncio.Task | None = None
+        self._pending: list[bytes] = []
+        self.users = 0
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def jwk(self) -> dict[str, str]:
+        return public_jwk(self.key.public_key(), self.kid)
+
+    async def start(self) -> None:
+        if self.cfg.sink == "file":
+            await asyncio.to_thread(self._open_directory)
+        self._append({"type": "segment", "segment": self.segment, "instance": self.instance, "kid": self.kid,
+                      "pid": os.getpid(), "continues": self._seq > 0})
+        self._writer = asyncio.get_running_loop().create_task(self._run())
+
+    def _open_directory(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        files = sorted(self.dir.glob(f"{FILE_PREFIX}*.jsonl"))
+        if files:  # continue the chain after the last complete record the directory holds
+            for line in reversed(files[-1].read_bytes().splitlines()):
+                try:
+                    last = json.loads(line)
+                    self._seq, self._prev = int(last["seq"]), str(last["hash"])
+                    break
+                except (ValueError, KeyError, TypeError):
+                    continue
+        self._rotate()
+
+    def _rotate(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        # Names sort in chain order: the first seq the file will hold, zero-padded.
+        self._path = self.dir / f"{FILE_PREFIX}{self._seq + 1:012d}.jsonl"
+        self._file = open(self._path, "ab")
+
+    async def close(self) -> None:
+        """Drain the queue, write the final checkpoint, fsync."""
+        if self._writer is None:
+            return
+        await self.queue.join()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+        self._checkpoint(final=True)
+        self._flush(sync=True)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # --- the request side ------------------------------------------------------------------------
+
+    def offer(self, record: dict[str, Any]) -> bool:
+        """Queue a record without waiting. False when the queue is full."""
+        try:
+            self.queue.put_nowait(record)
+        except asyncio.QueueFull:
+            return False
+        QUEUE_DEPTH.set(self.queue.qsize())
+        return True
+
+    async def put(self, record: dict[str, Any], *, wait_ms: int) -> bool:
+        if self.offer(record):
+            return True
+        if wait_ms <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self.queue.put(record), wait_ms / 1000)
+            return True
+        except TimeoutError:
+            return False
+
+    # --- the writer --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                record = await asyncio.wait_for(self.queue.get(), timeout=self._seconds_to_checkpoint())
+            except TimeoutError:
+                if self._since_checkpoint:
+                    await asyncio.to_thread(self._seal)
+                CHECKPOINT_LAG.set(time.monotonic() - self._last_checkpoint)
+                continue
+            batch = [record]
+            while not self.queue.empty() and len(batch) < 512:
+                batch.append(self.queue.get_nowait())
+            try:
+                for r in batch:
+                    self._append(r)
+                    if self._since_checkpoint >= self.cfg.checkpoint_every_records:
+                        self._checkpoint()
+                await asyncio.to_thread(self._flush, sync=self._since_checkpoint == 0)
+            except OSError:
+                WRITE_FAILURES.inc()
+                log.exception("audit write failed")
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+                QUEUE_DEPTH.set(self.queue.qsize())
+                CHECKPOINT_LAG.set(time.monotonic() - self._last_checkpoint)
+
+    def _seconds_to_checkpoint(self) -> float:
+        return max(0.05, self.cfg.checkpoint_every_seconds - (time.monotonic() - self._last_checkpoint))
+
+    def _seal(self) -> None:
+        self._checkpoint()
+        self._flush(sync=True)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self._seq += 1
+        record = {"v": 1, "seq": self._seq, "ts": _now(), "instance": self.instance, "segment": self.segment,
+                  **record, "prev": self._prev}
+        record["hash"] = record_hash(record)
+        self._prev = record["hash"]
+        self._pending.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        RECORDS.labels(type=record["type"]).inc()
+        if record["type"] != "checkpoint":
+            self._since_checkpoint += 1
+
+    def _checkpoint(self, *, final: bool = False) -> None:
+        self._seq += 1
+        record = {"v": 1, "seq": self._seq, "ts": _now(), "instance": self.instance, "segment": self.segment,
+                  "type": "checkpoint", "kid": self.kid, "records": self._since_checkpoint, "final": final,
+                  "prev": self._prev}
+        record["sig"] = base64.b64encode(self.key.sign(checkpoint_message(record))).decode()
+        record["hash"] = record_hash(record)
+        self._prev = record["hash"]
+        self._pending.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        RECORDS.labels(type="checkpoint").inc()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+
+    def _flush(self, *, sync: bool) -> None:
+        data, self._pending = b"".join(self._pending), []
+        if not data:
+            return
+        if self.cfg.sink == "stdout":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+            return
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+        if sync:
+            os.fsync(self._file.fileno())
+            if self._file.tell() >= self.cfg.rotate_bytes:
+                self._rotate()
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+_logs: dict[tuple[str, str], AuditLog] = {}
+
+
+def shared_log(cfg: AuditConfig, *, instance: str) -> AuditLog:
+    """The process's writer for this directory and instance (created on first use)."""
+    key = (str(Path(cfg.directory).resolve()) if cfg.sink == "file" else "stdout", instance)
+    existing = _logs.get(key)
+    if existing is None or (existing.users == 0 and existing._writer is None):
+        existing = _logs[key] = AuditLog(cfg, instance=instance)
+    return existing
+
+
+def all_logs() -> list[AuditLog]:
+    return list(_logs.values())

@@ -1,0 +1,93 @@
+"""The audit stage: a ``decision`` record for every Check, an ``outcome`` record for every
+exchange Process saw to its end, joined by request id.
+
+Only allow-listed facts go in: who (issuer, subject, tenant, client, credential type), what
+(method, host, path without query, MCP tool or model), the decision and why, limits, redaction
+findings (types and counts), usage, status, and a digest of the body. Never a token, a header
+value or a body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from authz.audit.config import AuditConfig
+from authz.audit.log import REFUSED, AuditLog, shared_log
+from authz.errors import Deny, Unavailable
+from authz.model import Context, Exchange
+from authz.pipeline import Stage
+
+FACT_KEYS = ("rule", "route", "tool", "target", "model", "requested_model", "dry_run", "limits", "redaction",
+             "tools_hidden", "model_rewritten", "budgets", "usage", "outcome")
+
+
+def _safe_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    out = {k: facts[k] for k in FACT_KEYS if k in facts}
+    identity = facts.get("identity")
+    if isinstance(identity, dict):
+        out["identity"] = {k: identity[k] for k in ("issuer", "credential", "cache_hit") if k in identity}
+    policy = facts.get("policy")
+    if isinstance(policy, dict):
+        out["policy"] = {k: policy[k] for k in ("allowed", "reason", "rule", "required_scopes", "dry_run",
+                                                "rewrite_model") if k in policy}
+    return out
+
+
+class AuditStage(Stage):
+    name = "audit"
+
+    def __init__(self, cfg: AuditConfig, log: AuditLog) -> None:
+        self.cfg = cfg
+        self.log = log
+        log.users += 1
+
+    async def start(self) -> None:
+        if self.log._writer is None:
+            await self.log.start()
+
+    async def on_decision(self, ctx: Context, deny: Deny | None) -> None:
+        req = ctx.request
+        p = ctx.principal
+        record: dict[str, Any] = {
+            "type": "decision", "request_id": req.id, "method": req.method, "host": req.host,
+            "path": req.path_only,
+            "principal": None if p.anonymous else {"subject": p.subject, "issuer": p.issuer, "tenant": p.tenant,
+                                                   "client": p.client, "credential": p.credential},
+            "action": ctx.action.describe() if ctx.action is not None else None,
+            "decision": "allow" if deny is None else "deny",
+            "status": 200 if deny is None else deny.status,
+            "reason": "ok" if deny is None else deny.reason,
+            "body_sha256": hashlib.sha256(req.body).hexdigest() if req.body else None,
+            "facts": _safe_facts(ctx.facts),
+        }
+        if await self.log.put(record, wait_ms=self.cfg.block_ms if self.cfg.on_full == "block" else 0):
+            return
+        REFUSED.labels(when="check").inc()
+        if deny is None:  # fail closed: no record, no request
+            raise Unavailable("the audit log cannot keep up; try again shortly", reason="audit.unavailable",
+                              headers={"retry-after": "1"})
+
+    async def on_complete(self, ex: Exchange) -> None:
+        record: dict[str, Any] = {
+            "type": "outcome", "request_id": ex.request.id, "status": ex.response_status,
+            "forwarded_body_sha256": (hashlib.sha256(ex.state["forwarded_body"]).hexdigest()
+                                      if ex.state.get("forwarded_body") else None),
+            "facts": _safe_facts(ex.facts),
+        }
+        if not await self.log.put(record, wait_ms=self.cfg.block_ms):
+            # The answer has already gone out; all that is left is to say so loudly.
+            REFUSED.labels(when="outcome").inc()
+            import logging
+
+            logging.getLogger("authz.audit").error(
+                "audit queue full: the outcome record of request %s was not written", ex.request.id)
+
+    async def close(self) -> None:
+        self.log.users -= 1
+        if self.log.users <= 0:
+            await self.log.close()
+
+
+def build_audit_stage(cfg: AuditConfig, *, instance: str) -> AuditStage:
+    return AuditStage(cfg, shared_log(cfg, instance=instance))

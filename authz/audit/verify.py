@@ -1,0 +1,172 @@
+"""``authz audit verify``: check audit files offline, with only the public key.
+
+Per instance, files are read in chain order and every line is checked: it parses, its hash is
+the hash of its content, it names the previous record's hash, its ``seq`` follows, and every
+checkpoint's Ed25519 signature is good. Edited fields, deleted, inserted, swapped or reordered
+records and replaced signatures all break one of these, and the report names file:line and seq.
+
+What a crash leaves is told apart from tampering: records after a segment's last checkpoint are
+*unsealed* (the segment was not closed), and a last line cut in half is reported as such.
+Exit status: 0 intact and closed, 1 tampering or unreadable, 2 intact but with an unsealed tail.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from authz.audit.log import FILE_PREFIX, GENESIS, checkpoint_message, key_id, record_hash
+
+
+@dataclasses.dataclass
+class Report:
+    problems: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    records: int = 0
+    sealed_through: dict[str, int] = dataclasses.field(default_factory=dict)
+    unsealed: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        if self.problems:
+            return 1
+        return 2 if self.unsealed else 0
+
+    def render(self) -> str:
+        lines = []
+        if self.problems:
+            lines.append(f"TAMPERED: {len(self.problems)} problem(s)")
+            lines += [f"  - {p}" for p in self.problems]
+        for instance, seq in self.sealed_through.items():
+            lines.append(f"instance {instance}: chain intact and signed through seq {seq}")
+        if self.unsealed:
+            lines.append("UNSEALED (written after the last checkpoint; a crash or a truncation):")
+            lines += [f"  - {u}" for u in self.unsealed]
+        lines += self.notes
+        lines.append(f"{self.records} records checked; "
+                     + ("FAIL" if self.problems else "OK" if not self.unsealed else "OK up to the last checkpoint"))
+        return "\n".join(lines)
+
+
+def load_public_key(path: str | Path) -> ed25519.Ed25519PublicKey:
+    data = Path(path).read_bytes()
+    if data.lstrip().startswith(b"{"):  # a JWK (as published on /.well-known/jwks.json)
+        jwk = json.loads(data)
+        if "keys" in jwk:
+            jwk = next(k for k in jwk["keys"] if k.get("crv") == "Ed25519")
+        raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+def audit_files(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(p.rglob(f"{FILE_PREFIX}*.jsonl"))
+        else:
+            out.append(p)
+    return out
+
+
+Row = tuple[Path, int, dict[str, Any] | None, bytes]
+
+
+def read_records(files: list[Path], report: Report | None = None) -> list[Row]:
+    rows = []
+    for f in files:
+        data = f.read_bytes()
+        lines = data.split(b"\n")
+        complete = data.endswith(b"\n")
+        for i, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                rows.append((f, i, json.loads(line), line))
+            except ValueError:
+                partial = i == len(lines) and not complete
+                if report is not None and partial:
+                    report.unsealed.append(f"{f}:{i}: last line is cut off ({len(line)} bytes): a write "
+                                           "interrupted by a crash")
+                    continue
+                rows.append((f, i, None, line))
+    return rows
+
+
+def verify(paths: Iterable[str | Path], public_key: ed25519.Ed25519PublicKey) -> Report:
+    report = Report()
+    kid = key_id(public_key)
+    by_instance: dict[str, list[Path]] = {}
+    for f in audit_files(paths):
+        by_instance.setdefault(f.parent.name, []).append(f)
+    if not by_instance:
+        report.problems.append("no audit files found")
+    for instance, files in by_instance.items():
+        _verify_chain(instance, sorted(files), public_key, kid, report)
+    return report
+
+
+def _verify_chain(instance: str, files: list[Path], key: ed25519.Ed25519PublicKey, kid: str, report: Report) -> None:
+    prev, expected_seq = GENESIS, None
+    last_sealed_seq, since_seal = 0, []
+    segment_open: str | None = None
+    where = ""
+    for f, line_no, rec, _ in read_records(files, report):
+        where = f"{f}:{line_no}"
+        if rec is None:
+            report.problems.append(f"{where}: not a JSON record (edited or corrupted)")
+            continue
+        report.records += 1
+        seq = rec.get("seq")
+        if expected_seq is None:
+            expected_seq = seq if isinstance(seq, int) else 1
+            if rec.get("prev") != GENESIS and seq != 1:
+                report.notes.append(f"{where}: the files start at seq {seq}, not at the beginning of the chain")
+                prev = rec.get("prev")
+        if rec.get("hash") != record_hash(rec):
+            report.problems.append(f"{where} (seq {seq}): content does not match its hash (edited)")
+        if rec.get("prev") != prev:
+            report.problems.append(f"{where} (seq {seq}): does not follow the previous record "
+                                   "(a record was deleted, inserted or moved before it)")
+        if seq != expected_seq:
+            gap = isinstance(seq, int) and seq > expected_seq
+            report.problems.append(f"{where}: seq {seq} where {expected_seq} was expected "
+                                   f"({'gap: records missing' if gap else 'out of order'})")
+        if rec.get("type") == "segment":
+            if segment_open is not None and since_seal:
+                report.unsealed.append(f"segment {segment_open}: {len(since_seal)} record(s) after its last checkpoint "
+                                       f"(seq {since_seal[0]}..{since_seal[-1]}) were never sealed; it was not "
+                                       "closed (crash)")
+            segment_open, since_seal = rec.get("segment"), []
+        elif rec.get("type") == "checkpoint":
+            try:
+                if rec.get("kid") != kid:
+                    raise InvalidSignature
+                key.verify(base64.b64decode(rec.get("sig", "")), checkpoint_message(rec))
+                last_sealed_seq, since_seal = seq, []
+                if rec.get("final"):
+                    segment_open = None
+            except (InvalidSignature, ValueError, TypeError):
+                report.problems.append(f"{where} (seq {seq}): checkpoint signature is not valid for key {kid}")
+        else:
+            since_seal.append(seq)
+        prev = rec.get("hash")
+        expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
+    if segment_open is not None:
+        detail = (f"{len(since_seal)} record(s) (seq {since_seal[0]}..{since_seal[-1]})" if since_seal
+                  else "no records")
+        report.unsealed.append(f"instance {instance}, segment {segment_open}: {detail} after the last checkpoint "
+                               f"(seq {last_sealed_seq}); the chain ends at {where} and the segment has no final "
+                               "checkpoint: the sidecar crashed or is still running, or the file was truncated")
+    report.sealed_through[instance] = last_sealed_seq
