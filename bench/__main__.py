@@ -4,7 +4,9 @@
 - floor      + ext_authz to a do-nothing Python servicer (the gRPC hop: our floor)
 - authz      + ext_authz to the real sidecar with an allow-all config
 - identity   + a bearer token verified per request (cached) and a signed assertion
+- identity-no-assertion   the same without the signed assertion (its cost, separately)
 - policy     + the reference MCP policy on a tools/call body
+- policy+audit  + the audit log (compare with policy: audit is off the request path)
 - ratelimit  + one rate limit in Redis (reports Redis round trips per request)
 
 Every scenario but `envoy` uses the ext_authz settings of deploy/envoy/envoy.yaml (request body
@@ -69,7 +71,8 @@ def allow_all(stack: Stack, redis_url: str | None) -> dict:
     return base_config(identity={"anonymous_paths": ["/"]}, policy={"default": "allow"})
 
 
-def reference(stack: Stack, redis_url: str | None, *, policy: bool) -> dict:
+def reference(stack: Stack, redis_url: str | None, *, policy: bool, audit: bool = False,
+              assertion: bool = True) -> dict:
     cfg = yaml.safe_load(REFERENCE_CONFIG.read_text())
     cfg.update(base_config())
     cfg["server"] = {"debug_headers": False}
@@ -77,6 +80,8 @@ def reference(stack: Stack, redis_url: str | None, *, policy: bool) -> dict:
     if not policy:
         cfg["policy"] = {"default": "allow"}
     cfg["routing"] = {"enabled": False}
+    cfg["audit"] = {"enabled": audit, "directory": str(stack.workdir / "audit")}
+    cfg["identity"]["assertion"]["enabled"] = assertion
     if redis_url:
         cfg["store"] = {"redis_url": redis_url, "timeout_ms": 100}
         cfg["limits"] = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "1000000/s"}]}
@@ -95,7 +100,11 @@ SCENARIOS = [
     Scenario("floor", "noop"),
     Scenario("authz", "authz", allow_all),
     Scenario("identity", "authz", lambda s, r: reference(s, None, policy=False), token_request, issuer=True),
+    Scenario("identity-no-assertion", "authz", lambda s, r: reference(s, None, policy=False, assertion=False),
+             token_request, issuer=True),
     Scenario("policy", "authz", lambda s, r: reference(s, None, policy=True), token_request, issuer=True),
+    Scenario("policy+audit", "authz", lambda s, r: reference(s, None, policy=True, audit=True), token_request,
+             issuer=True),
     Scenario("ratelimit", "authz", lambda s, r: reference(s, r, policy=True), token_request, redis=True,
              issuer=True),
 ]

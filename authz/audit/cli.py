@@ -14,6 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from authz.audit.log import format_time
 from authz.audit.verify import audit_files, load_public_key, read_records, verify
 
 
@@ -41,7 +42,7 @@ def explain(request_id: str, records: list[dict[str, Any]]) -> str:
                 what += f", MCP {action.get('kind')}" + (f" of {action['name']}" if action.get("name") else "")
             elif action.get("model"):
                 what += f", model {action['model']} ({action.get('kind')})"
-            lines.append(f"  at {r['ts']}: {who} asked for {what}.")
+            lines.append(f"  at {format_time(r.get('time_ms'))}: {who} asked for {what}.")
             rule = facts.get("rule") or (facts.get("policy") or {}).get("rule")
             if r["decision"] == "allow":
                 lines.append("  It was ALLOWED" + (f" by rule {rule}" if rule and rule != "-" else "") + ".")
@@ -84,7 +85,7 @@ def export_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         p = r.get("principal") or {}
         a = r.get("action") or {}
         u = facts.get("usage") or {}
-        rows.append({"seq": r["seq"], "ts": r["ts"], "instance": r["instance"], "type": r["type"],
+        rows.append({"seq": r["seq"], "ts": format_time(r.get("time_ms")), "instance": r["instance"], "type": r["type"],
                      "request_id": r.get("request_id"), "decision": r.get("decision"), "status": r.get("status"),
                      "reason": r.get("reason"), "rule": facts.get("rule"), "subject": p.get("subject"),
                      "tenant": p.get("tenant"), "client": p.get("client"), "method": r.get("method"),

@@ -10,6 +10,7 @@ value or a body.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 from authz.audit.config import AuditConfig
@@ -50,8 +51,8 @@ class AuditStage(Stage):
         req = ctx.request
         p = ctx.principal
         record: dict[str, Any] = {
-            "type": "decision", "request_id": req.id, "method": req.method, "host": req.host,
-            "path": req.path_only,
+            "type": "decision", "time_ms": int(time.time() * 1000), "request_id": req.id,
+            "method": req.method, "host": req.host, "path": req.path_only,
             "principal": None if p.anonymous else {"subject": p.subject, "issuer": p.issuer, "tenant": p.tenant,
                                                    "client": p.client, "credential": p.credential},
             "action": ctx.action.describe() if ctx.action is not None else None,
@@ -70,7 +71,8 @@ class AuditStage(Stage):
 
     async def on_complete(self, ex: Exchange) -> None:
         record: dict[str, Any] = {
-            "type": "outcome", "request_id": ex.request.id, "status": ex.response_status,
+            "type": "outcome", "time_ms": int(time.time() * 1000), "request_id": ex.request.id,
+            "status": ex.response_status,
             "forwarded_body_sha256": (hashlib.sha256(ex.state["forwarded_body"]).hexdigest()
                                       if ex.state.get("forwarded_body") else None),
             "facts": _safe_facts(ex.facts),
