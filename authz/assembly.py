@@ -9,6 +9,7 @@ from authz.identity.stage import build_identity_stage
 from authz.limits.stage import LimitsStage
 from authz.pipeline import Pipeline, Stage
 from authz.policy.stage import PolicyStage, challenge_for
+from authz.redaction.stage import build_redaction_stage
 from authz.routing import RoutingStage
 from authz.store import Store
 
@@ -25,6 +26,8 @@ def build_pipeline(config: Config, store: Store) -> Pipeline:
         RoutingStage(config.routing),
         LimitsStage(config.limits, store, meter_all=config.audit.enabled),
     ]
+    if config.redaction.enabled:
+        stages.append(build_redaction_stage(config.redaction, store))
     if config.audit.enabled:  # last: it records what every other stage decided
         stages.append(build_audit_stage(config.audit, instance=config.instance_id))
     return Pipeline(stages)

@@ -75,8 +75,15 @@ def _audit(argv: Sequence[str]) -> int:
     return audit_main(argv)
 
 
+def _approvals(argv: Sequence[str]) -> int:
+    from authz.redaction.cli import main as approvals_main
+
+    return approvals_main(argv)
+
+
 # Subcommands with their own argument parsers: everything after the name is theirs.
-DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits, "audit": _audit}
+DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits, "audit": _audit,
+             "approvals": _approvals}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("limits", help="limits show --user NAME: usage, remaining quota and budget",
                    add_help=False)
     sub.add_parser("audit", help="audit verify | explain | export | keygen (see --help)", add_help=False)
+    sub.add_parser("approvals", help="approvals grant ID: grant a request held for approval", add_help=False)
     return parser
 
 

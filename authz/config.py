@@ -24,6 +24,7 @@ from authz.errors import ConfigError
 from authz.identity.config import IdentityConfig
 from authz.limits.config import LimitsConfig
 from authz.policy.config import PolicyConfig, RoutingConfig
+from authz.redaction.config import RedactionConfig
 from authz.schema import Model
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
@@ -93,6 +94,7 @@ class Config(Model):
     policy: PolicyConfig = PolicyConfig()
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
+    redaction: RedactionConfig = RedactionConfig()
     audit: AuditConfig = AuditConfig()
 
     @property

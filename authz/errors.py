@@ -10,7 +10,8 @@ Exception tree::
     │   ├── PayloadTooLarge       413
     │   ├── TooManyRequests       429
     │   ├── Unavailable           503 (a dependency we fail closed on is down)
-    │   └── InternalError         500 (a stage crashed; we fail closed)
+    │   ├── InternalError         500 (a stage crashed; we fail closed)
+    │   └── Answer                200: the sidecar answers itself (approval grants)
     └── ConfigError               a policy file is invalid; carries every problem with its key path
 
 The ``reason`` string is the same in the response header ``x-authz-reason``, the decision log
@@ -95,6 +96,16 @@ class InternalError(Deny):
     status = 500
     reason = "internal_error"
     default_message = "internal error in the authorization sidecar"
+
+
+class Answer(Deny):
+    """Not a refusal: the sidecar answers the request itself (an approval being granted), with
+    ``details`` as the JSON body. It travels the denial path because that is how ext_authz
+    answers without forwarding."""
+
+    status = 200
+    reason = "answered"
+    default_message = "answered by the authorization sidecar"
 
 
 class ConfigError(AuthzError):

@@ -151,5 +151,9 @@ class Exchange:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage-private working state
     phases: list[str] = dataclasses.field(default_factory=list)
 
+    def request_body_now(self) -> bytes:
+        """The request body as the stages before have left it (each may rewrite it in turn)."""
+        return self.mutations.body if self.mutations.body is not None else self.request_body
+
     def body_mode(self, which: str) -> str:
         return str((self.check.get("process") or {}).get(f"{which}_body", ""))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from authz.errors import Deny
+from authz.errors import Answer, Deny
 from authz.model import Request
 
 REASON_HEADER = "x-authz-reason"
@@ -26,6 +26,9 @@ def render_denial(deny: Deny, request: Request | None) -> Denial:
     headers = {"content-type": "application/json", "cache-control": "no-store",
                REASON_HEADER: deny.reason}
     headers.update({k.lower(): v for k, v in deny.headers.items()})
+    if isinstance(deny, Answer):
+        return Denial(status=deny.status, headers=headers,
+                      body=json.dumps(deny.details, separators=(",", ":"), default=str).encode())
     payload: dict[str, object] = {"error": deny.reason, "message": deny.message}
     if request is not None and request.id:
         payload["request_id"] = request.id

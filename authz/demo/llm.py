@@ -71,9 +71,10 @@ async def _read_json(request: web.Request) -> dict | web.Response:
     return body
 
 
-def _common(request: web.Request) -> dict[str, Any]:
+def _common(request: web.Request, body: Any = None) -> dict[str, Any]:
+    """Who answered and what reached it (headers, and the JSON body as received)."""
     return {"upstream": request.app[NAME],
-            "echo": {"headers": {k.lower(): v for k, v in request.headers.items()}}}
+            "echo": {"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}}
 
 
 async def _sse(request: web.Request, events: list[tuple[str | None, dict | str]]) -> web.StreamResponse:
@@ -117,7 +118,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "id": ident, "object": "chat.completion", "created": created, "model": body["model"],
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
                      "finish_reason": "stop"}],
-        "usage": usage, **_common(request)}, headers={"x-upstream": name})
+        "usage": usage, **_common(request, body)}, headers={"x-upstream": name})
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -129,7 +130,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "model": body.get("model"),
         "choices": [{"index": 0, "text": reply, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
-        **_common(request)}, headers={"x-upstream": request.app[NAME]})
+        **_common(request, body)}, headers={"x-upstream": request.app[NAME]})
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
@@ -152,7 +153,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             ("response.output_text.delta", {"type": "response.output_text.delta", "delta": reply}),
             ("response.completed", {"type": "response.completed", "response": response}),
         ])
-    return web.json_response({**response, **_common(request)}, headers={"x-upstream": name})
+    return web.json_response({**response, **_common(request, body)}, headers={"x-upstream": name})
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
@@ -165,7 +166,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return web.json_response({
         "object": "list", "model": body.get("model"),
         "data": [{"object": "embedding", "index": i, "embedding": [0.0, 0.1, 0.2]} for i in range(len(items))],
-        "usage": {"prompt_tokens": prompt, "total_tokens": prompt}, **_common(request)},
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt}, **_common(request, body)},
         headers={"x-upstream": request.app[NAME]})
 
 
@@ -193,7 +194,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return web.json_response({
         "id": ident, "type": "message", "role": "assistant", "model": body.get("model"),
         "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn",
-        "usage": {"input_tokens": prompt, "output_tokens": out}, **_common(request)},
+        "usage": {"input_tokens": prompt, "output_tokens": out}, **_common(request, body)},
         headers={"x-upstream": name})
 
 

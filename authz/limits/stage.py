@@ -268,12 +268,8 @@ class LimitsStage(Stage):
     async def on_request_body(self, ex: Exchange) -> None:
         if not ex.check.get("include_usage"):
             return
-        if ex.mutations.body is not None:
-            raw = ex.mutations.body  # another stage already rewrote it this phase
-        else:
-            raw = ex.request_body
         try:
-            body = parse_json(raw)
+            body = parse_json(ex.request_body_now())
         except ValueError:
             return
         if not isinstance(body, dict):

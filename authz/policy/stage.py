@@ -117,7 +117,7 @@ class PolicyStage(Stage):
         if not model:
             return
         try:
-            body = actions.parse_json(ex.request_body)
+            body = actions.parse_json(ex.request_body_now())
         except ValueError:
             return  # Check already refused unparseable bodies; nothing sensible to rewrite
         if isinstance(body, dict) and body.get("model") != model:

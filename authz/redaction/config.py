@@ -1,0 +1,118 @@
+"""The ``redaction:`` section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from authz.policy.config import Conditions, Match
+from authz.redaction.detectors import CATEGORIES, PATTERNS, compile_custom
+from authz.schema import Model
+
+Action = Literal["mask", "placeholder", "hash", "block", "allow"]
+NAME = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class Dictionary(Model):
+    """Terms matched case-insensitively as whole words (customer names, project code names)."""
+
+    name: str = Field(pattern=NAME)
+    terms: tuple[str, ...] = ()
+    file: str | None = None          # one term per line; # comments
+    category: str = "pii"
+
+    def all_terms(self) -> list[str]:
+        terms = list(self.terms)
+        if self.file:
+            for line in Path(self.file).read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    terms.append(line)
+        return terms
+
+    @model_validator(mode="after")
+    def _has_terms(self) -> Dictionary:
+        if self.file is not None:
+            try:
+                self.all_terms()
+            except OSError as exc:
+                raise ValueError(f"cannot read {self.file}: {exc.strerror or exc}") from None
+        elif not self.terms:
+            raise ValueError("a dictionary needs terms or a file")
+        return self
+
+
+class CustomPattern(Model):
+    name: str = Field(pattern=NAME)
+    regex: str
+    category: str = "pii"
+
+    @field_validator("regex")
+    @classmethod
+    def _re2(cls, v: str) -> str:
+        compile_custom(v)
+        if re.search(r"\(\?P<", v):
+            raise ValueError("named groups are not allowed in custom patterns")
+        return v
+
+
+class Approval(Model):
+    """Requests carrying these entity types are held until an approver grants them."""
+
+    types: tuple[str, ...]
+    approver_roles: tuple[str, ...]
+    ttl_seconds: int = Field(3600, ge=60, le=7 * 86400)
+
+
+class RedactionRule(Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    match: Match = Match()
+    when: Conditions = Conditions(authenticated=False)
+    # entity type, category (pii, secret) or "default" -> action; the most specific key wins
+    actions: dict[str, Action] = {"default": "mask"}
+    approval: Approval | None = None
+
+
+class RedactionConfig(Model):
+    enabled: bool = False
+    detectors: tuple[str, ...] = tuple(PATTERNS)
+    dictionaries: tuple[Dictionary, ...] = ()
+    patterns: tuple[CustomPattern, ...] = ()
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    hmac_key: str = ""                 # for action: hash (set from a secret: ${AUTHZ_REDACTION_KEY})
+    sensitivity_header: str = Field("x-authz-sensitivity", pattern=r"^[a-z0-9-]{1,64}$")
+    approval_header: str = Field("x-authz-approval", pattern=r"^[a-z0-9-]{1,64}$")
+    approvals_path: str = "/authz/approvals"
+    rules: tuple[RedactionRule, ...] = ()
+
+    @field_validator("detectors")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(v) - set(PATTERNS))
+        if unknown:
+            raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(PATTERNS)}")
+        return v
+
+    def categories(self) -> dict[str, str]:
+        out = dict(CATEGORIES)
+        out.update({d.name: d.category for d in self.dictionaries})
+        out.update({p.name: p.category for p in self.patterns})
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedactionConfig:
+        names = [d.name for d in self.dictionaries] + [p.name for p in self.patterns]
+        clash = sorted({n for n in names if names.count(n) > 1 or n in PATTERNS})
+        if clash:
+            raise ValueError(f"dictionary/pattern names must be unique and not a detector's: {', '.join(clash)}")
+        known = set(self.categories()) | set(self.categories().values()) | {"default"}
+        for rule in self.rules:
+            bad = sorted(set(rule.actions) - known)
+            if bad:
+                raise ValueError(f"rule {rule.id}: unknown entity type(s) in actions: {', '.join(bad)}")
+            if "hash" in rule.actions.values() and not self.hmac_key:
+                raise ValueError(f"rule {rule.id} uses action hash: set redaction.hmac_key")
+        return self

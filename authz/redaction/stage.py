@@ -1,0 +1,214 @@
+"""The redaction stage.
+
+Check (where Envoy hands over the whole body): pick the rule for this route and user, refuse
+bodies too large to scan (413), scan, refuse what must not leave (``block``: 403 naming the
+entity types, never the values), hold what needs approval (403 with an approval id), tag the
+request for the upstream (``x-authz-sensitivity: pii,secret``) and, when something must be
+rewritten, ask Process for the body. Process: rewrite the body (JSON stays valid; the adapter
+fixes Content-Length).
+
+Approvals: ``POST <approvals_path>/<id>/grant`` through Envoy by a user with an approver role
+(or ``authz approvals grant ID`` by an operator). The user's retry carrying the id in
+``x-authz-approval`` passes once, only for the same user and the same body, within the TTL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from authz.errors import Answer, BadRequest, Forbidden, PayloadTooLarge, Unavailable
+from authz.model import Context, Exchange
+from authz.pipeline import Stage
+from authz.policy.conditions import CompiledConditions
+from authz.policy.engine import CompiledMatch
+from authz.redaction.config import RedactionConfig, RedactionRule
+from authz.redaction.detectors import Scanner
+from authz.redaction.redactor import Redactor, categories_of
+from authz.store import Store, StoreUnavailable
+
+FINDINGS = Counter("authz_redaction_findings_total", "Sensitive values found, by entity type.", ["type"])
+ACTIONS = Counter("authz_redaction_requests_total", "Requests scanned, by what was done.", ["action"])
+SCAN_SECONDS = Histogram("authz_redaction_scan_seconds", "Time to scan (and rewrite) one body.",
+                         buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5))
+
+APPROVAL_KEY = "approval:{id}"
+GRANT_KEY = "approval:{id}:granted"
+
+
+class RedactionStage(Stage):
+    name = "redaction"
+
+    def __init__(self, cfg: RedactionConfig, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.categories = cfg.categories()
+        self.scanner = Scanner(cfg.detectors, {d.name: d.all_terms() for d in cfg.dictionaries},
+                               {p.name: p.regex for p in cfg.patterns})
+        self.rules = tuple((r, CompiledMatch(r.match), CompiledConditions(r.when)) for r in cfg.rules)
+        self.by_id = {r.id: r for r in cfg.rules}
+        self.hmac_key = cfg.hmac_key.encode()
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _rule_for(self, ctx: Context) -> RedactionRule | None:
+        if ctx.action is None:
+            return None
+        now = datetime.datetime.now(datetime.UTC)
+        for rule, match, when in self.rules:
+            if match(ctx.request, ctx.action) and when.first_failure(ctx.principal, ctx.request, now) is None:
+                return rule
+        return None
+
+    def _actions(self, rule: RedactionRule):
+        actions = rule.actions
+
+        def action_for(entity: str) -> str:
+            return actions.get(entity) or actions.get(self.categories.get(entity, "pii")) or actions.get(
+                "default", "mask")
+        return action_for
+
+    def redactor(self, rule: RedactionRule) -> Redactor:
+        return Redactor(self.scanner, self._actions(rule), hmac_key=self.hmac_key)
+
+    # --- Check -----------------------------------------------------------------------------------
+
+    async def on_request(self, ctx: Context) -> None:
+        m = ctx.mutations
+        m.remove_header(self.cfg.sensitivity_header)  # only we say what is sensitive
+        m.remove_header(self.cfg.approval_header)     # the upstream never needs it
+        path = ctx.request.path_only
+        if path.startswith(self.cfg.approvals_path + "/"):
+            await self._approvals_endpoint(ctx, path[len(self.cfg.approvals_path) + 1:])
+        rule = self._rule_for(ctx)
+        if rule is None or not ctx.request.body:
+            return
+        body = ctx.request.body
+        if ctx.request.body_truncated or len(body) > self.cfg.max_body_bytes:
+            ACTIONS.labels(action="too_large").inc()
+            raise PayloadTooLarge(f"the body is larger than the {self.cfg.max_body_bytes} bytes the sidecar "
+                                  "scans; it is not forwarded unscanned", reason="body.too_large")
+        started = time.perf_counter()
+        red = self.redactor(rule)
+        red.body(body, ctx.request.header("content-type") or "")
+        SCAN_SECONDS.observe(time.perf_counter() - started)
+        if not red.found:
+            ACTIONS.labels(action="clean").inc()
+            return
+        found = red.summary()
+        for t, n in found.items():
+            FINDINGS.labels(type=t).inc(n)
+        categories = categories_of(found, self.categories)
+        action_for = self._actions(rule)
+        ctx.facts["redaction"] = {"rule": rule.id, "found": found, "categories": categories}
+        blocked = sorted(t for t in found if action_for(t) == "block")
+        if blocked:
+            ACTIONS.labels(action="blocked").inc()
+            raise Forbidden(f"the request carries data that may not leave: {', '.join(blocked)}",
+                            reason="redaction.blocked", details={"entity_types": blocked})
+        if rule.approval is not None:
+            held = sorted(t for t in found if t in rule.approval.types
+                          or self.categories.get(t) in rule.approval.types)
+            if held:
+                await self._require_approval(ctx, rule, held)
+        m.set_header(self.cfg.sensitivity_header, ",".join(categories))
+        if red.changed:
+            ctx.want_body("request", "buffered")
+            ctx.metadata["redact"] = rule.id
+            ACTIONS.labels(action="redacted").inc()
+        else:
+            ACTIONS.labels(action="tagged").inc()
+
+    async def _require_approval(self, ctx: Context, rule: RedactionRule, held: list[str]) -> None:
+        assert rule.approval is not None
+        digest = hashlib.sha256(ctx.request.body).hexdigest()
+        subject = ctx.principal.subject
+        given = ctx.request.header(self.cfg.approval_header)
+        try:
+            if given:
+                pending = await self.store.get(APPROVAL_KEY.format(id=given))
+                record = json.loads(pending) if pending else None
+                if record and record["subject"] == subject and record["digest"] == digest:
+                    # Consume: deleting the grant is atomic, so one grant lets exactly one retry through.
+                    if await self.store.delete(GRANT_KEY.format(id=given)):
+                        await self.store.delete(APPROVAL_KEY.format(id=given))
+                        ctx.facts["redaction"]["approval"] = {"id": given, "approved_by": record.get("approver")}
+                        ACTIONS.labels(action="approved").inc()
+                        return
+            approval_id = secrets.token_urlsafe(12)
+            record = {"subject": subject, "digest": digest, "types": held, "rule": rule.id,
+                      "approver_roles": list(rule.approval.approver_roles), "created": int(time.time())}
+            await self.store.set(APPROVAL_KEY.format(id=approval_id), json.dumps(record).encode(),
+                                 ttl=rule.approval.ttl_seconds)
+        except StoreUnavailable as exc:
+            raise Unavailable("approvals cannot be checked right now", reason="redaction.store_unavailable") from exc
+        ACTIONS.labels(action="held").inc()
+        raise Forbidden(f"this request carries {', '.join(held)} and needs approval by one of the roles "
+                        f"{', '.join(rule.approval.approver_roles)}; retry with header "
+                        f"{self.cfg.approval_header}: {approval_id} once it is granted",
+                        reason="redaction.approval_required",
+                        headers={"x-authz-approval-id": approval_id},
+                        details={"approval_id": approval_id, "entity_types": held})
+
+    async def _approvals_endpoint(self, ctx: Context, rest: str) -> None:
+        approval_id, _, verb = rest.partition("/")
+        if ctx.request.method != "POST" or verb != "grant" or not approval_id:
+            raise BadRequest(f"use POST {self.cfg.approvals_path}/<id>/grant", reason="approvals.bad_request")
+        try:
+            raw = await self.store.get(APPROVAL_KEY.format(id=approval_id))
+            if raw is None:
+                raise Forbidden("no pending approval with that id (expired, used or never issued)",
+                                reason="approvals.unknown")
+            record = json.loads(raw)
+            if ctx.principal.anonymous or not set(record["approver_roles"]) & ctx.principal.roles:
+                raise Forbidden(f"granting needs one of the roles {', '.join(record['approver_roles'])}",
+                                reason="approvals.not_an_approver")
+            if ctx.principal.subject == record["subject"]:
+                raise Forbidden("nobody approves their own request", reason="approvals.self_approval")
+            record["approver"] = ctx.principal.subject
+            ttl = await self.store.ttl(APPROVAL_KEY.format(id=approval_id)) or 60
+            await self.store.set(APPROVAL_KEY.format(id=approval_id), json.dumps(record).encode(), ttl=ttl)
+            await self.store.set(GRANT_KEY.format(id=approval_id), ctx.principal.subject.encode(), ttl=ttl)
+        except StoreUnavailable as exc:
+            raise Unavailable("approvals cannot be granted right now", reason="redaction.store_unavailable") from exc
+        ctx.facts["approval_granted"] = approval_id
+        raise Answer(reason="approvals.granted", details={"approval_id": approval_id, "status": "granted",
+                                                           "for": record["subject"], "types": record["types"]})
+
+    # --- Process ---------------------------------------------------------------------------------
+
+    async def on_request_body(self, ex: Exchange) -> None:
+        rule_id = ex.check.get("redact")
+        if not rule_id:
+            return
+        rule = self.by_id.get(rule_id)
+        if rule is None:  # the config changed between Check and Process: do not forward unscanned
+            raise Unavailable("the redaction policy changed mid-request; retry", reason="redaction.rule_changed")
+        red = self.redactor(rule)
+        new = red.body(ex.request_body_now(), ex.request.header("content-type") or "")
+        if red.changed:
+            ex.mutations.replace_body(new)
+        ex.facts["redaction"] = {"rule": rule.id, "found": red.summary(), "rewritten": red.changed}
+
+
+def build_redaction_stage(cfg: RedactionConfig, store: Store) -> RedactionStage:
+    return RedactionStage(cfg, store)
+
+
+async def grant(store: Store, approval_id: str, *, approver: str) -> dict[str, Any]:
+    """Operator grant (``authz approvals grant``): no role check, the operator is trusted."""
+    raw = await store.get(APPROVAL_KEY.format(id=approval_id))
+    if raw is None:
+        raise KeyError(approval_id)
+    record = json.loads(raw)
+    record["approver"] = approver
+    ttl = await store.ttl(APPROVAL_KEY.format(id=approval_id)) or 60
+    await store.set(APPROVAL_KEY.format(id=approval_id), json.dumps(record).encode(), ttl=ttl)
+    await store.set(GRANT_KEY.format(id=approval_id), approver.encode(), ttl=ttl)
+    return record
