@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "latest.json").write_text(json.dumps(
         {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration_s": args.duration,
          "connections": args.connections, "results": results}, indent=2))
-    print(f"\nwritten to {RESULTS / 'latest.json'}")
+    print(f"\nwritten to {RESULTS / 'latest.json'}\n")
+    from bench import redaction
+
+    redaction.main()
     return 0
 
 

@@ -158,6 +158,15 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
 
 
+def _options() -> re2.Options:
+    # Large dictionaries (thousands of names) need more than RE2's default 8 MiB to keep the
+    # fast DFA; without it RE2 falls back to a slower (still linear) engine and logs about it.
+    options = re2.Options()
+    options.max_mem = 256 << 20
+    options.log_errors = False
+    return options
+
+
 class Scanner:
     """One compiled scan for a set of detectors, dictionaries and custom patterns."""
 
@@ -167,13 +176,13 @@ class Scanner:
         parts = [f"(?P<{name}>{PATTERNS[name]})" for name in PATTERNS if name in detectors]
         for name, pattern in (custom or {}).items():
             parts.append(f"(?P<{name}>{pattern})")
-        self._combined = re2.compile("|".join(parts)) if parts else None
+        self._combined = re2.compile("|".join(parts), _options()) if parts else None
         self._dicts = []
         for name, terms in (dictionaries or {}).items():
             alternation = "|".join(re2.escape(t) for t in sorted({t.strip() for t in terms if t.strip()},
                                                                    key=len, reverse=True))
             if alternation:
-                self._dicts.append((name, re2.compile(rf"(?i)\b(?:{alternation})\b")))
+                self._dicts.append((name, re2.compile(rf"(?i)\b(?:{alternation})\b", _options())))
 
     def scan(self, text: str) -> list[Finding]:
         found: list[Finding] = []
