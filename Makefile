@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint fmt clean venv
+.PHONY: run test bench lint fmt clean venv image
 
 venv: $(STAMP)
 
@@ -35,3 +35,11 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+## image: build the container image (needs docker or podman with a running engine)
+IMAGE ?= authz:0.1.0
+image:
+	@engine=$$(command -v docker || command -v podman); \
+	if [ -z "$$engine" ] || ! $$engine info >/dev/null 2>&1; then \
+	  echo "make image: no container engine is running here (docker/podman); the Dockerfile is validated by make test" >&2; exit 1; fi; \
+	$$engine build -t $(IMAGE) .

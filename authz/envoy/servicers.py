@@ -80,6 +80,9 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
                                      "status": status}
         if req is not None:
             fields.update(request_id=req.id, method=req.method, host=req.host, path=req.path_only)
+            traceparent = req.headers.get("traceparent")
+            if traceparent:
+                fields["traceparent"] = traceparent[:64]
         if ctx is not None:
             if not ctx.principal.anonymous:
                 fields["subject"] = ctx.principal.subject
