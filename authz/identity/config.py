@@ -14,10 +14,10 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from authz.assertion import SigningKey
 from authz.identity import jose
@@ -55,6 +55,15 @@ def check_fetch_url(url: str, *, allow_http: bool) -> str:
     if parts.username or parts.password:
         raise ValueError("must not carry credentials")
     return url
+
+
+def _label(value: str) -> str:
+    if not _LABEL.match(value):
+        raise ValueError("use 1-64 letters, digits, '_', '.' or '-'")
+    return value
+
+
+Label = Annotated[str, AfterValidator(_label)]  # names used as metric labels: bounded
 
 
 def _header_name(value: str) -> str:
@@ -137,7 +146,7 @@ class IssuerConfig(Model):
     ``jwks_uri``, ``jwks`` (inline), ``jwks_file``, ``pem_keys``; none of them means OIDC
     discovery at ``<issuer>/.well-known/openid-configuration``."""
 
-    name: str  # a short label for metrics and logs (bounded, unlike URLs)
+    name: Label  # a short label for metrics and logs (bounded, unlike URLs)
     issuer: str  # the exact "iss" value
     audiences: tuple[str, ...] = ()  # default: the identity section's resource URI
     verify_audience: bool = True
@@ -153,13 +162,6 @@ class IssuerConfig(Model):
     allow_http: bool = False
     jwks_cache: JwksSettings = JwksSettings()
     claims: ClaimsMapping = ClaimsMapping()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _LABEL.match(v):
-            raise ValueError("use 1-64 letters, digits, '_', '.' or '-'")
-        return v
 
     @field_validator("issuer")
     @classmethod
@@ -244,7 +246,7 @@ def _check_jwks_document(document: dict[str, Any]) -> None:
 class ApiKey(Model):
     """A service caller's key, stored as the SHA-256 hex digest of the key (never the key)."""
 
-    name: str  # label for logs and audit
+    name: Label  # label for logs and audit
     sha256: str
     subject: str
     email: str | None = None
@@ -252,13 +254,6 @@ class ApiKey(Model):
     client: str | None = None
     roles: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _LABEL.match(v):
-            raise ValueError("use 1-64 letters, digits, '_', '.' or '-'")
-        return v
 
     @field_validator("sha256")
     @classmethod
