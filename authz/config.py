@@ -26,6 +26,7 @@ from authz.limits.config import LimitsConfig
 from authz.policy.config import PolicyConfig, RoutingConfig
 from authz.redaction.config import RedactionConfig
 from authz.schema import Model
+from authz.tracing import TracingConfig
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
@@ -96,6 +97,7 @@ class Config(Model):
     limits: LimitsConfig = LimitsConfig()
     redaction: RedactionConfig = RedactionConfig()
     audit: AuditConfig = AuditConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @property
     def instance_id(self) -> str:

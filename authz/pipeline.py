@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from authz import metrics
+from authz import metrics, tracing
 from authz.errors import Deny, InternalError
 from authz.model import Context, Exchange
 
@@ -88,7 +88,11 @@ class Pipeline:
         for name, fn, seconds in self._hooks[hook]:
             started = time.perf_counter()
             try:
-                await fn(subject)
+                if tracing.TRACER is None:
+                    await fn(subject)
+                else:
+                    with tracing.stage_span(name, hook):
+                        await fn(subject)
             except Deny:
                 raise
             except Exception as exc:

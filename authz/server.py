@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import __version__, metrics
+from authz import __version__, metrics, tracing
 from authz.config import Config
 from authz.envoy.servicers import AuthorizationServicer, ExternalProcessorServicer
 from authz.http import build_app
@@ -119,6 +119,7 @@ async def serve(runtime: Runtime, *, grpc_address: str | None = None,
                 http_address: str | None = None) -> int:
     await runtime.start()
     cfg = runtime.config
+    tracing.setup(cfg.tracing, instance=cfg.instance_id)  # process-wide; a reload does not change it
     server = Server(runtime, grpc_address=grpc_address or cfg.server.grpc_address,
                     http_address=http_address or cfg.server.http_address)
     await server.start()

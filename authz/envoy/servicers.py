@@ -12,7 +12,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as proc_grpc
 
-from authz import metrics
+from authz import metrics, tracing
 from authz.envoy import check as check_adapter
 from authz.envoy import process as proc_adapter
 from authz.errors import BadRequest, Deny, InternalError
@@ -48,13 +48,17 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
             deny = BadRequest("the request could not be read", reason="request.unreadable")
         if req is not None:
             ctx = Context(request=req)
-            try:
-                await pipeline.run("on_request", ctx)
-            except Deny as exc:
-                deny = exc
-            except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed
-                log.exception("Check failed unexpectedly")
-                deny = InternalError()
+            with tracing.request_span("authz.check", req.headers, {"authz.request_id": req.id}) as span:
+                try:
+                    await pipeline.run("on_request", ctx)
+                except Deny as exc:
+                    deny = exc
+                except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed
+                    log.exception("Check failed unexpectedly")
+                    deny = InternalError()
+                if span is not None:
+                    span.set_attribute("authz.decision", "allow" if deny is None else "deny")
+                    span.set_attribute("authz.reason", "ok" if deny is None else deny.reason)
             try:
                 await pipeline.decided(ctx, deny)
             except Deny as exc:  # only when a stage refuses an allowed request (audit fail-closed)
