@@ -33,7 +33,7 @@ PATTERNS: dict[str, str] = {
     "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
     "slack_token": r"\bxox[abposr]-[A-Za-z0-9-]{10,200}",
     "password": r"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token)\b\s*[:=]\s*"
-                r"[\"']?[^\s\"',;]{4,200}",
+                r"[\"']?[^\s\"',;\x00]{4,200}",
     "email": r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b",
     "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
     "card": r"\b\d(?:[ -]?\d){12,18}\b",
@@ -172,17 +172,19 @@ class Scanner:
 
     def __init__(self, detectors: Iterable[str], dictionaries: dict[str, Iterable[str]] | None = None,
                  custom: dict[str, str] | None = None) -> None:
+        # One alternation, one pass over the text: structured detectors first (at the same
+        # position they win), then custom patterns, then dictionaries (case-insensitive, whole
+        # words, longest term first).
         detectors = list(detectors)
         parts = [f"(?P<{name}>{PATTERNS[name]})" for name in PATTERNS if name in detectors]
         for name, pattern in (custom or {}).items():
             parts.append(f"(?P<{name}>{pattern})")
-        self._combined = re2.compile("|".join(parts), _options()) if parts else None
-        self._dicts = []
         for name, terms in (dictionaries or {}).items():
             alternation = "|".join(re2.escape(t) for t in sorted({t.strip() for t in terms if t.strip()},
                                                                    key=len, reverse=True))
             if alternation:
-                self._dicts.append((name, re2.compile(rf"(?i)\b(?:{alternation})\b", _options())))
+                parts.append(rf"(?P<{name}>(?i:\b(?:{alternation})\b))")
+        self._combined = re2.compile("|".join(parts), _options()) if parts else None
 
     def scan(self, text: str) -> list[Finding]:
         found: list[Finding] = []
@@ -193,17 +195,7 @@ class Scanner:
                 check = VALIDATORS.get(kind)
                 if check is None or check(value):
                     found.append(Finding(kind, m.start(), m.end(), value))
-        for name, regex in self._dicts:
-            for m in regex.finditer(text):
-                found.append(Finding(name, m.start(), m.end(), m.group()))
-        if len(found) > 1:
-            found.sort(key=lambda f: (f.start, -f.end))
-            kept: list[Finding] = []
-            for f in found:  # overlapping findings: the earlier (then longer) one wins
-                if not kept or f.start >= kept[-1].end:
-                    kept.append(f)
-            found = kept
-        return found
+        return found  # in order, never overlapping: one leftmost-first scan
 
     def iter_types(self, text: str) -> Iterator[str]:
         for f in self.scan(text):
