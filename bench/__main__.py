@@ -81,6 +81,8 @@ def reference(stack: Stack, redis_url: str | None, *, policy: bool, audit: bool 
         cfg["policy"] = {"default": "allow"}
     cfg["routing"] = {"enabled": False}
     cfg["audit"] = {"enabled": audit, "directory": str(stack.workdir / "audit")}
+    cfg["redaction"] = {"enabled": False}
+    cfg["limits"] = {}
     cfg["identity"]["assertion"]["enabled"] = assertion
     if redis_url:
         cfg["store"] = {"redis_url": redis_url, "timeout_ms": 100}
