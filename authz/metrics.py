@@ -76,6 +76,22 @@ STAGE_SECONDS = FastHistogram(
     "authz_stage_duration_seconds", "Time spent in each pipeline stage, per hook.",
     ["stage", "phase"], buckets=LATENCY_BUCKETS)
 INFLIGHT = Gauge("authz_inflight_requests", "RPCs being processed right now.", ["rpc"])
+
+
+class InFlight:
+    """A lock-free in-flight count read by the gauge at scrape time (one event loop writes it)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, rpc: str) -> None:
+        self.count = 0
+        INFLIGHT.labels(rpc=rpc).set_function(lambda: self.count)
+
+    def inc(self) -> None:
+        self.count += 1
+
+    def dec(self) -> None:
+        self.count -= 1
 PROCESS_STREAMS = Counter(
     "authz_process_streams_total", "ext_proc streams by how they ended.", ["outcome"])
 

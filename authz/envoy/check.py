@@ -29,7 +29,7 @@ def request_from_check(msg: auth_pb2.CheckRequest) -> Request:
         headers: dict[str, str] = {}
         repeated: dict[str, list[str]] | None = None
         for h in raw_headers:  # the hottest loop of a Check: one pass, lists only for repeats
-            key = h.key.lower()
+            key = h.key  # Envoy's header maps hold lower-case names
             raw = h.raw_value
             value = raw.decode("utf-8", "replace") if raw else h.value
             if key in headers:

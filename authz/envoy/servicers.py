@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
@@ -30,7 +31,8 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._seconds = metrics.RPC_SECONDS.labels(rpc="check")
-        self._inflight = metrics.INFLIGHT.labels(rpc="check")
+        self._inflight = metrics.InFlight("check")
+        self._decisions: dict[tuple[str, str], Any] = {}  # label children, resolved once
 
     async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
                     ) -> auth_pb2.CheckResponse:
@@ -77,7 +79,10 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
 
     def _record(self, decision: str, reason: str, status: int, req: Request | None,
                 ctx: Context | None, *, message: str = "") -> None:
-        metrics.DECISIONS.labels(decision=decision, reason=reason).inc()
+        counter = self._decisions.get((decision, reason))
+        if counter is None:  # reasons are a bounded set of codes, so this dict stays small
+            counter = self._decisions[(decision, reason)] = metrics.DECISIONS.labels(decision=decision, reason=reason)
+        counter.inc()
         if not self.runtime.config.log.decisions or not log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, object] = {"event": "decision", "decision": decision, "reason": reason,
@@ -104,7 +109,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._seconds = metrics.RPC_SECONDS.labels(rpc="process")
-        self._inflight = metrics.INFLIGHT.labels(rpc="process")
+        self._inflight = metrics.InFlight("process")
 
     async def Process(self, request_iterator: AsyncIterator[proc_pb2.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[proc_pb2.ProcessingResponse]:
