@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             results[sc.name] = run_scenario(sc, seconds=args.duration, warmup=args.warmup,
                                             connections=args.connections, workdir=Path(tmp))
     floor = results["floor"]["requests_per_second"]
-    print(f"\n{'scenario':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'of floor':>9}  notes")
+    print(f"\n{'scenario':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'of floor':>9}  notes")
     for name, r in results.items():
         notes = []
         if r["non_2xx"] or r["errors"]:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"Redis round trips/request {r['redis_round_trips_per_request']}")
         rel = r["requests_per_second"] / floor * 100
         r["percent_of_floor"] = round(rel, 1)
-        print(f"{name:<12} {r['requests_per_second']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+        print(f"{name:<22} {r['requests_per_second']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{rel:>8.0f}%  {'; '.join(notes)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(
