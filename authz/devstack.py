@@ -338,7 +338,7 @@ def main() -> int:
               file=sys.stderr)
         return 1
     stack = Stack(ports=ports, workdir=ROOT / ".dev" / "stack", echo=True,
-                  env={"AUTHZ_DEV_DIR": str(ROOT / ".dev")})
+                  env={"AUTHZ_DEV_DIR": str(ROOT / ".dev"), "AUTHZ_AUDIT_DIR": str(ROOT / ".dev" / "audit")})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
