@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from authz.responses import render_denial
 from authz.runtime import Runtime
 
 log = logging.getLogger("authz.decision")
+_completions: set[asyncio.Task] = set()  # strong references until each completion has run
 proc_log = logging.getLogger("authz.process")
 
 
@@ -155,7 +157,12 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
             metrics.PROCESS_STREAMS.labels(outcome=outcome).inc()
             if ex is not None:
                 ex.facts.setdefault("outcome", outcome)
-                await pipeline.complete(ex)
+                # Envoy often ends the stream by cancelling it: the completion (settling budgets,
+                # the audit outcome) must not be cancelled with it, so it runs as its own task.
+                task = asyncio.get_running_loop().create_task(pipeline.complete(ex))
+                _completions.add(task)
+                task.add_done_callback(_completions.discard)
+                await asyncio.shield(task)
 
     def _exchange(self, msg: proc_pb2.ProcessingRequest, kind: str) -> Exchange:
         headers = proc_adapter.headers_dict(msg.request_headers) if kind == "request_headers" else {}

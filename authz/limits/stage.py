@@ -316,6 +316,8 @@ class LimitsStage(Stage):
                 actual, why = 0, "released"   # nothing was generated (or billed) for an error
             else:
                 actual, why = reserved, "kept"  # answered but no usage seen: assume the worst
+                log.warning("budget %s: request %s was answered %s without usage; its reservation of %d "
+                            "stays charged", r["id"], ex.request.id, status, reserved)
             delta = actual - reserved
             try:
                 if delta:

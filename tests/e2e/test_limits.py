@@ -198,7 +198,7 @@ def test_budget_holds_under_concurrent_streaming(redis_url, tmp_path):
         while int(key_value(redis_url, False, key)) != sum(served) and time.monotonic() < deadline:
             time.sleep(0.1)
         recorded = int(key_value(redis_url, False, key))
-        assert recorded == sum(served)  # usage recorded = the sum of the upstream's usage fields
+        assert recorded == sum(served), stack.procs["authz"].output()[-3000:]  # = the sum of upstream usage
         one_request_cap = max(served)
         assert recorded <= budget + one_request_cap
 
