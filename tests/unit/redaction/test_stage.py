@@ -185,3 +185,16 @@ async def test_cli_grant_through_a_shared_redis(tmp_path, redis_url, capsys):
     await s.on_request(chat_ctx("ssn 536-22-1234", headers={"x-authz-approval": approval_id}))
     assert await asyncio.to_thread(main, ["grant", "nope", "-c", str(cfg)]) == 1
     await store.close()
+
+
+def test_text_and_form_bodies_are_redacted_too():
+    from authz.redaction.redactor import Redactor
+
+    s = stage()
+    red = Redactor(s.scanner, lambda t: "mask")
+    assert red.body(b"mail oscar@acme.com now", "text/plain") == b"mail ***@acme.com now"
+    red = Redactor(s.scanner, lambda t: "placeholder")
+    out = red.body(b"note=Acme+Corp+and+Globex&id=7", "application/x-www-form-urlencoded")
+    assert out == b"note=%5BCUSTOMER_1%5D+and+%5BCUSTOMER_2%5D&id=7"
+    untouched = b'{"a": 1, "b": [true, null, 2.5]}'
+    assert Redactor(s.scanner, lambda t: "mask").body(untouched, "application/json") == untouched
