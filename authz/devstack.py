@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ REFERENCE_CONFIG = ROOT / "deploy" / "authz" / "authz.yaml"
 
 
 def free_port() -> int:
+    """A port free on 127.0.0.1 right now (someone else may take it before we bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -53,7 +55,12 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(**{f.name: free_port() for f in dataclasses.fields(cls)})
+        """Distinct free ports (the kernel may hand the same one out twice once it is closed)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        ports: set[int] = set()
+        while len(ports) < len(names):
+            ports.add(free_port())
+        return cls(**dict(zip(names, sorted(ports), strict=True)))
 
     def cluster_ports(self) -> dict[str, int]:
         return {"authz": self.authz_grpc, "authz_http": self.authz_http, "mcp": self.mcp,
@@ -74,58 +81,98 @@ def envoy_binary() -> str:
 
 def render_envoy_config(ports: Ports, *, source: Path = REFERENCE_ENVOY,
                         edit: Callable[[dict[str, Any]], None] | None = None) -> str:
-    """The reference Envoy config with its ports replaced (clusters by name), as YAML text."""
+    """The reference Envoy config with its ports replaced, as YAML text.
+
+    The listener moves to 127.0.0.1:``ports.envoy``, admin to ``ports.envoy_admin``, and each
+    cluster named in ``Ports.cluster_ports()`` to its port. ``edit`` then changes anything else in
+    the parsed config in place (the benchmark and some tests use it). A cluster missing from the
+    source is an error: a silently kept default port would send tests to whatever runs there.
+    """
     cfg = yaml.safe_load(source.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = ports.envoy_admin
     listener = cfg["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["address"] = "127.0.0.1"
     listener["address"]["socket_address"]["port_value"] = ports.envoy
     by_name = ports.cluster_ports()
+    missing = set(by_name)
     for cluster in cfg["static_resources"]["clusters"]:
         if cluster["name"] in by_name:
+            missing.discard(cluster["name"])
             for group in cluster["load_assignment"]["endpoints"]:
                 for ep in group["lb_endpoints"]:
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = by_name[cluster["name"]]
+    if missing:
+        raise ValueError(f"{source}: no cluster named {', '.join(sorted(missing))}")
     if edit is not None:
         edit(cfg)
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
 class ProcessFailed(RuntimeError):
-    pass
+    """A process exited, or was not ready in time; the message carries its last output."""
+
+
+class Cancelled(Exception):
+    """Startup was interrupted (Ctrl-C or SIGTERM while waiting for a process)."""
 
 
 class ManagedProcess:
-    """A child process with a name: its output goes to our stderr prefixed with the name (or is
-    kept quietly), the last lines are kept for error messages, and it is always reaped."""
+    """A child process with a name.
+
+    Its output (stdout and stderr together) goes to our stderr prefixed with the name when
+    ``echo``, to ``log_path`` when given, and always into a tail of recent lines for error
+    messages. It runs in its own session, so a terminal's Ctrl-C reaches only us and we stop it
+    in order; ``stop`` sends SIGTERM, then SIGKILL to its whole group after ``grace``, and reaps.
+    """
 
     def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, echo: bool = False) -> None:
+                 cwd: Path | None = None, echo: bool = False, log_path: Path | None = None,
+                 tail_lines: int = 60) -> None:
         self.name = name
         self.argv = argv
         self.env = env
         self.cwd = cwd
         self.echo = echo
-        self.tail: deque[str] = deque(maxlen=60)
+        self.log_path = log_path
+        self.tail: deque[str] = deque(maxlen=tail_lines)
         self.proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
+        self._stopped = False
 
     def start(self) -> ManagedProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, cwd=self.cwd,
-                                     start_new_session=True)
-        self._reader = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
+        log = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=self.cwd,
+                                         start_new_session=True)
+        except BaseException:
+            if log is not None:
+                log.close()
+            raise
+        self._reader = threading.Thread(target=self._pump, args=(self.proc.stdout, log),
+                                        name=f"output of {self.name}", daemon=True)
         self._reader.start()
         return self
 
-    def _pump(self, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip()
-            self.tail.append(line)
-            if self.echo:
-                sys.stderr.write(f"{self.name:>9} | {line}\n")
-                sys.stderr.flush()
+    def _pump(self, stream: IO[bytes], log: IO[bytes] | None) -> None:
+        try:
+            for raw in iter(stream.readline, b""):
+                if log is not None:
+                    log.write(raw)
+                    log.flush()
+                line = raw.decode("utf-8", "replace").rstrip()
+                self.tail.append(line)
+                if self.echo:
+                    sys.stderr.write(f"{self.name:>9} | {line}\n")
+                    sys.stderr.flush()
+        finally:
+            stream.close()
+            if log is not None:
+                log.close()
 
     @property
     def pid(self) -> int:
@@ -138,20 +185,29 @@ class ManagedProcess:
     def output(self) -> str:
         return "\n".join(self.tail)
 
-    def wait_ready(self, check: Callable[[], bool], *, timeout: float = 30.0) -> None:
+    def wait_ready(self, check: Callable[[], bool], *, timeout: float = 30.0,
+                   cancel: threading.Event | None = None) -> None:
+        """Poll ``check`` until it is true; raise ProcessFailed with the last output lines if the
+        process exits first or ``timeout`` seconds pass, Cancelled if ``cancel`` is set."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"stopped while waiting for {self.name}")
             if not self.alive():
+                if self._reader is not None:
+                    self._reader.join(2)  # its last words are usually the reason
                 raise ProcessFailed(f"{self.name} exited with {self.proc.returncode if self.proc else '?'} "
-                                    f"before it was ready; its last output:\n{self.output()}")
+                                    f"before it was ready ({shlex.join(self.argv)}); its last output:\n"
+                                    f"{self.output()}")
             try:
                 if check():
                     return
             except OSError:
                 pass
+            if time.monotonic() >= deadline:
+                raise ProcessFailed(f"{self.name} was not ready within {timeout:.0f}s "
+                                    f"({shlex.join(self.argv)}); its last output:\n{self.output()}")
             time.sleep(0.05)
-        raise ProcessFailed(f"{self.name} was not ready within {timeout:.0f}s; its last output:\n"
-                            f"{self.output()}")
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -159,19 +215,30 @@ class ManagedProcess:
                 os.kill(self.pid, sig)
 
     def stop(self, *, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL to the process group after ``grace`` seconds; always reaped.
+        Returns the exit code (negative: killed by that signal). Calling it again is harmless."""
         if self.proc is None:
             return None
+        if self._stopped:
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                self._kill_group()
+                self.proc.wait()
+        self._kill_group()  # anything it started and left behind
+        self._stopped = True
         if self._reader is not None:
             self._reader.join(2)
         return self.proc.returncode
+
+    def _kill_group(self) -> None:
+        # The group id is the pid of our child (its own session), so this reaches only what it
+        # started. Once it has exited and been reaped, an empty group is simply gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -188,21 +255,29 @@ def http_ok(url: str) -> bool:
         return False
 
 
+class RedisNotFound(RuntimeError):
+    pass
+
+
 def start_redis(tmpdir: Path, *, port: int | None = None, extra: list[str] | None = None,
                 echo: bool = False) -> tuple[str, ManagedProcess]:
     """A private redis-server on a free port with nothing persisted (tests never touch the
-    machine's own Redis)."""
+    machine's own Redis). Returns its URL and the process; ``proc.stop()`` ends it."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server not found on PATH: install it (Debian/Ubuntu: "
-                           "`apt-get install redis-server`, macOS: `brew install redis`) or set REDIS_URL "
-                           "to a Redis you own")
+        raise RedisNotFound("redis-server not found on PATH: install it (Debian/Ubuntu: "
+                            "`apt-get install redis-server`, macOS: `brew install redis`) or set REDIS_URL "
+                            "to a Redis you own")
     port = port or free_port()
     tmpdir.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(f"redis:{port}", [binary, "--port", str(port), "--bind", "127.0.0.1",
                                             "--save", "", "--appendonly", "no", "--dir", str(tmpdir),
                                             *(extra or [])], echo=echo).start()
-    proc.wait_ready(lambda: port_open(port), timeout=15)
+    try:
+        proc.wait_ready(lambda: port_open(port), timeout=30)
+    except BaseException:
+        proc.stop()
+        raise
     return f"redis://127.0.0.1:{port}/0", proc
 
 
@@ -229,6 +304,9 @@ class Stack:
             **(env or {}),
         }
         self.procs: dict[str, ManagedProcess] = {}
+        # Set (e.g. from a signal handler) to abandon a start in progress: the process being
+        # waited for raises Cancelled and start() stops what it had started.
+        self.cancel = threading.Event()
 
     @property
     def url(self) -> str:
@@ -241,24 +319,45 @@ class Stack:
     def _py(self, *args: str) -> list[str]:
         return [sys.executable, "-m", *args]
 
-    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool], timeout: float = 30) -> ManagedProcess:
+    def _launch(self, name: str, argv: list[str], ready: Callable[[], bool], timeout: float = 60
+                ) -> Callable[[], ManagedProcess]:
+        """Start a process now; the returned call waits until it is ready."""
+        if self.cancel.is_set():
+            raise Cancelled(f"stopped before starting {name}")
         proc = ManagedProcess(name, argv, env=self.env, cwd=ROOT, echo=self.echo).start()
-        self.procs[name] = proc
-        proc.wait_ready(ready, timeout=timeout)
-        return proc
+        self.procs[name] = proc  # registered first: stop() reaches it even if it never gets ready
 
-    def start_issuer(self) -> None:
-        p = self.ports
-        self._spawn("issuer", self._py("authz.demo.issuer", "--port", str(p.issuer)),
-                    lambda: http_ok(f"{self.issuer_url}/.well-known/openid-configuration"))
+        def wait() -> ManagedProcess:
+            proc.wait_ready(ready, timeout=timeout, cancel=self.cancel)
+            return proc
+        return wait
 
-    def start_upstreams(self) -> None:
+    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool], timeout: float = 60
+               ) -> ManagedProcess:
+        return self._launch(name, argv, ready, timeout)()
+
+    def _launch_issuer(self) -> list[Callable[[], ManagedProcess]]:
         p = self.ports
-        self._spawn("mcp", self._py("authz.demo.mcp_server", "--port", str(p.mcp)), lambda: port_open(p.mcp))
+        return [self._launch("issuer", self._py("authz.demo.issuer", "--port", str(p.issuer)),
+                             lambda: http_ok(f"{self.issuer_url}/.well-known/openid-configuration"))]
+
+    def _launch_upstreams(self) -> list[Callable[[], ManagedProcess]]:
+        p = self.ports
+        waits = [self._launch("mcp", self._py("authz.demo.mcp_server", "--port", str(p.mcp)),
+                              lambda: port_open(p.mcp))]
         for name in ("general", "medical", "financial"):
             port = getattr(p, name)
-            self._spawn(name, self._py("authz.demo.llm", "--name", name, "--port", str(port)),
-                        lambda port=port: port_open(port))
+            waits.append(self._launch(name, self._py("authz.demo.llm", "--name", name, "--port", str(port)),
+                                      lambda port=port: port_open(port)))
+        return waits
+
+    def start_issuer(self) -> None:
+        for wait in self._launch_issuer():
+            wait()
+
+    def start_upstreams(self) -> None:
+        for wait in self._launch_upstreams():
+            wait()
 
     def start_authz(self, config: Path | None = None) -> ManagedProcess:
         p = self.ports
@@ -277,16 +376,23 @@ class Stack:
         p = self.ports
         cfg = self.workdir / "envoy.yaml"
         cfg.write_text(render_envoy_config(p, edit=self.envoy_edit))
+        # Access log lines within a quarter second instead of Envoy's default 10 s buffering.
         self._spawn("envoy", [envoy_binary(), "-c", str(cfg), "--concurrency", "1", "--log-level", "warning",
-                              "--disable-hot-restart"],
+                              "--disable-hot-restart", "--file-flush-interval-msec", "250"],
                     lambda: http_ok(f"http://127.0.0.1:{p.envoy_admin}/ready"), timeout=60)
 
     def start(self) -> Stack:
+        """Issuer and upstreams (started together), then authz (it fetches the issuer's keys),
+        then Envoy. On any failure everything started so far is stopped before the error
+        propagates."""
         try:
+            waits: list[Callable[[], ManagedProcess]] = []
             if self.want["issuer"]:
-                self.start_issuer()
+                waits += self._launch_issuer()
             if self.want["upstreams"]:
-                self.start_upstreams()
+                waits += self._launch_upstreams()
+            for wait in waits:
+                wait()
             if self.want["authz"]:
                 self.start_authz()
             self.start_envoy()
@@ -296,8 +402,14 @@ class Stack:
         return self
 
     def stop(self) -> None:
+        """Stop everything in reverse start order; one that fails to stop does not keep the
+        others running. Safe to call more than once."""
         for name in reversed(list(self.procs)):
-            self.procs.pop(name).stop()
+            proc = self.procs.pop(name)
+            try:
+                proc.stop()
+            except Exception as exc:  # keep going: leaving processes behind is worse
+                print(f"authz devstack: stopping {name} (pid {proc.pid}) failed: {exc!r}", file=sys.stderr)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -312,56 +424,80 @@ class Stack:
 
 
 BANNER = """
-authz local stack is up. Send requests to Envoy at http://localhost:{envoy}
+authz local stack is up: send requests to Envoy at http://localhost:{envoy}
 
-  Envoy            http://localhost:{envoy}        (admin http://127.0.0.1:{envoy_admin})
-  authz gRPC       127.0.0.1:{authz_grpc}           (ext_authz + ext_proc)
-  authz HTTP       http://127.0.0.1:{authz_http}/metrics  /readyz  /.well-known/jwks.json
-  dev issuer       http://127.0.0.1:{issuer}
-  demo upstreams   mcp :{mcp}  general :{general}  medical :{medical}  financial :{financial}
+  Envoy            http://localhost:{envoy}   (admin http://127.0.0.1:{envoy_admin})
+  authz gRPC       127.0.0.1:{authz_grpc}       (ext_authz Check + ext_proc Process)
+  authz HTTP       http://127.0.0.1:{authz_http}/readyz  /metrics  /healthz
+  dev issuer       http://127.0.0.1:{issuer}    (authz dev-token mints from it)
+  demo upstreams   mcp :{mcp}/mcp  general :{general}  medical :{medical}  financial :{financial}
   store            {store}
 
-Try (in another terminal, after `. .venv/bin/activate`):
-  TOKEN=$(authz dev-token --sub oscar --roles accounting --scopes "tools:calendar invoices:read")
-  curl -s localhost:{envoy}/v1/chat/completions -H "authorization: Bearer $TOKEN" \\
-       -H 'content-type: application/json' -d '{{"model":"gpt-general","messages":[{{"role":"user","content":"hi"}}]}}'
+Try it (another terminal, `. .venv/bin/activate` first; README "Walk-through" has more):
+{commands}
 
 Ctrl-C stops everything.
 """
 
+# The first steps of the README's walk-through, shown in the banner (a test keeps them in the README).
+FIRST_COMMANDS = (
+    'OSCAR=$(authz dev-token --sub oscar --roles accounting --scopes "tools:calendar invoices:read" '
+    "--client chatgpt)",
+    "curl -i localhost:10000/mcp -H 'content-type: application/json' \\\n"
+    "     -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}'",
+)
+# And one request through both hops (x-authz-check / x-authz-process: debug_headers is on).
+THROUGH_BOTH_HOPS = (
+    "curl -si localhost:10000/v1/chat/completions -H \"authorization: Bearer $OSCAR\" "
+    "-H 'content-type: application/json' \\\n"
+    "     -d '{\"model\":\"gpt-general\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}' "
+    "| grep -i '^x-'"
+)
+
+
+def banner(ports: Ports, store: str) -> str:
+    commands = "\n".join(f"  {c}" for c in (*FIRST_COMMANDS, THROUGH_BOTH_HOPS))
+    commands = commands.replace("\n     ", "\n       ").replace("localhost:10000", f"localhost:{ports.envoy}")
+    return BANNER.format(**dataclasses.asdict(ports), store=store, commands=commands)
+
 
 def main() -> int:
+    """``make run``: the whole stack on the documented ports, in the foreground, until Ctrl-C or
+    SIGTERM; exits 0 after a clean stop, 1 when something failed to start or died."""
     ports = Ports()
     busy = [f"{name}={port}" for name, port in dataclasses.asdict(ports).items() if port_open(port)]
     if busy:
         print(f"authz devstack: ports already in use: {', '.join(busy)}; stop what uses them first",
               file=sys.stderr)
         return 1
-    stack = Stack(ports=ports, workdir=ROOT / ".dev" / "stack", echo=True,
-                  env={"AUTHZ_DEV_DIR": str(ROOT / ".dev"), "AUTHZ_AUDIT_DIR": str(ROOT / ".dev" / "audit")})
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    dev = ROOT / ".dev"
+    stack = Stack(ports=ports, workdir=dev / "stack", echo=True,
+                  env={"AUTHZ_DEV_DIR": str(dev), "AUTHZ_AUDIT_DIR": str(dev / "audit")})
+    # Both signals only set a flag: startup notices within 50 ms and unwinds, the watch loop
+    # below ends, and stopping is never interrupted halfway (each process gets SIGTERM, then
+    # SIGKILL after its grace period).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stack.cancel.set())
+    store = os.environ.get("REDIS_URL") or "in-process memory (set REDIS_URL to use Redis)"
     try:
         stack.workdir.mkdir(parents=True, exist_ok=True)
         stack.start()
-        print(BANNER.format(**dataclasses.asdict(ports),
-                            store=os.environ.get("REDIS_URL") or "in-process memory (set REDIS_URL for Redis)"),
-              file=sys.stderr)
-        while not stop.is_set():
-            dead = [name for name, p in stack.procs.items() if not p.alive()]
+        print(banner(ports, store), file=sys.stderr, flush=True)
+        while not stack.cancel.wait(0.5):
+            dead = [f"{name} (exit {p.proc.returncode if p.proc else '?'})"
+                    for name, p in stack.procs.items() if not p.alive()]
             if dead:
-                print(f"authz devstack: {', '.join(dead)} exited; stopping", file=sys.stderr)
+                print(f"authz devstack: {', '.join(dead)} exited; stopping the rest", file=sys.stderr)
                 return 1
-            stop.wait(0.5)
-    except KeyboardInterrupt:
-        pass
-    except ProcessFailed as exc:
+        return 0
+    except Cancelled:
+        return 0
+    except (ProcessFailed, RuntimeError) as exc:
         print(f"authz devstack: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("\nstopping...", file=sys.stderr)
+        print("\nauthz devstack: stopping...", file=sys.stderr, flush=True)
         stack.stop()
-    return 0
 
 
 if __name__ == "__main__":

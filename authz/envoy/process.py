@@ -110,5 +110,8 @@ _BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "buffered": Mode.BUFFER
 
 
 def body_mode(*, request_body: str, response_body: str) -> Mode:
-    return Mode(request_body_mode=_BODY_MODES[request_body],
-                response_body_mode=_BODY_MODES[response_body])
+    # Every field spelled out: Envoy checks an override against allowed_override_modes, and older
+    # builds compare the raw values (a DEFAULT would match no entry and the override be ignored).
+    return Mode(request_header_mode=Mode.SEND, response_header_mode=Mode.SEND,
+                request_body_mode=_BODY_MODES[request_body], response_body_mode=_BODY_MODES[response_body],
+                request_trailer_mode=Mode.SKIP, response_trailer_mode=Mode.SKIP)

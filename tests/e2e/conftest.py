@@ -11,7 +11,26 @@ import pytest
 from authz.demo.issuer import mint_token
 from authz.devstack import REFERENCE_CONFIG, Stack
 
-pytestmark = pytest.mark.e2e
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an e2e test (`pytest -m "not e2e"` runs the quick rest).
+    A ``pytestmark`` here would not do it: conftest marks do not reach test modules."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test through the stack shows what each process said last."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call":
+        running = getattr(item, "funcargs", {}).get("stack")
+        if isinstance(running, Running):
+            report.sections.append(("stack output (last lines per process)", running.stack.logs()))
 
 
 class Running:
