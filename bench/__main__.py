@@ -1,226 +1,211 @@
-"""`make bench`: requests/s and p50/p99 latency through real Envoy, one scenario at a time.
+"""`make bench`: requests/s and p50/p99 latency through real Envoy, scenario by scenario, each
+relative to the floor (Envoy + a do-nothing Python ext_authz servicer: the cost of the gRPC hop
+itself), then the redaction corpus scores and scanning throughput.
 
-- envoy      Envoy alone, answering with a direct response (what Envoy costs)
-- floor      + ext_authz to a do-nothing Python servicer (the gRPC hop: our floor)
-- authz      + ext_authz to the real sidecar with an allow-all config
-- identity   + a bearer token verified per request (cached) and a signed assertion
-- identity-no-assertion   the same without the signed assertion (its cost, separately)
-- policy     + the reference MCP policy on a tools/call body
-- policy+audit  + the audit log (compare with policy: audit is off the request path)
-- ratelimit  + one rate limit in Redis (reports Redis round trips per request)
-
-Every scenario but `envoy` uses the ext_authz settings of deploy/envoy/envoy.yaml (request body
-included); the route answers directly so no upstream is measured. Envoy runs with one worker:
-on a two-core box that leaves the other core to the sidecar, as a sidecar pod would.
-Each scenario is a name, an authz config and a request: add one by appending to SCENARIOS.
+Every scenario but `envoy` uses the ext_authz filter of deploy/envoy/envoy.yaml as is (request
+body included); the route answers directly, so no upstream is measured. wrk drives the load.
+Results go to bench/results/latest.json as well. Scenarios are listed in bench/scenarios.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
-import yaml
+from authz.devstack import ROOT, envoy_binary
+from bench import cpu, report
+from bench.load import WrkError, ensure_wrk
+from bench.runner import STOP_SIGNALS, ScenarioFailed, ScenarioSkipped, Settings, run_scenario
+from bench.scenarios import SCENARIOS, by_name
 
-from authz.demo.issuer import mint_token
-from authz.devstack import REFERENCE_CONFIG, ROOT, ManagedProcess, Ports, Stack, port_open, start_redis
-from bench.load import LoadResult, ensure_wrk, run_wrk
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+REDACTION = "redaction"
 
-RESULTS = ROOT / "bench" / "results"
-MCP_CALL = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                       "params": {"name": "whoami", "arguments": {}}}).encode()
-CHAT = json.dumps({"model": "gpt-general", "messages": [{"role": "user", "content": "hello"}]}).encode()
-
-
-@dataclasses.dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes = b""
+# Why one Envoy worker: on the 2-core dev box (floor scenario, 32 connections, three runs each
+# way, alternated) two workers gave 10-25% more req/s but a p99 of 63-76 ms instead of 14-22 ms:
+# two Envoy workers, wrk and the single-threaded Python servicer then contend for two cores and
+# the servicer is descheduled mid-request. One worker leaves a core to the sidecar (as a sidecar
+# pod with its own CPU would have) and keeps latencies meaningful. No CPU pinning: not measured
+# to help, and it would pin the neighbours' load onto ours. --envoy-concurrency changes it.
+ENVOY_CONCURRENCY = 1
 
 
-@dataclasses.dataclass
-class Scenario:
-    name: str
-    backend: str                                        # none | noop | authz
-    config: Callable[[Stack, str | None], dict] | None = None
-    request: Callable[[Stack], Request] = lambda s: Request("POST", "/mcp", {"content-type": "application/json"},
-                                                            MCP_CALL)
-    redis: bool = False
-    issuer: bool = False
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    names = [s.name for s in SCENARIOS]
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="scenarios: " + ", ".join([*names, REDACTION]))
+    p.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_SECONDS", 8)),
+                   help="seconds measured per scenario (default 8, or $BENCH_SECONDS)")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of load before measuring (default 2)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument("--envoy-concurrency", type=int, default=ENVOY_CONCURRENCY,
+                   help=f"Envoy worker threads (default {ENVOY_CONCURRENCY})")
+    p.add_argument("--scenario", action="append", metavar="NAME",
+                   help="run only these (repeatable or comma-separated); the floor and any target's "
+                        "baseline run too")
+    p.add_argument("--output", type=Path, default=RESULTS,
+                   help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = p.parse_args(argv)
+    if args.scenario:
+        args.scenario = [n.strip() for item in args.scenario for n in item.split(",") if n.strip()]
+        unknown = sorted(set(args.scenario) - {*names, REDACTION})
+        if unknown:
+            p.error(f"unknown scenario {', '.join(unknown)} (known: {', '.join([*names, REDACTION])})")
+    if args.duration < 1 or args.warmup < 0 or args.connections < 1 or args.wrk_threads < 1:
+        p.error("--duration must be >= 1, --warmup >= 0, --connections and --wrk-threads >= 1")
+    return args
 
 
-def base_config(**sections: Any) -> dict:
-    cfg: dict[str, Any] = {"log": {"format": "json", "decisions": False, "level": "warning"},
-                           "reload": {"poll_seconds": 0}}
-    cfg.update(sections)
-    return cfg
+def raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def allow_all(stack: Stack, redis_url: str | None) -> dict:
-    return base_config(identity={"anonymous_paths": ["/"]}, policy={"default": "allow"})
-
-
-def reference(stack: Stack, redis_url: str | None, *, policy: bool, audit: bool = False,
-              assertion: bool = True) -> dict:
-    cfg = yaml.safe_load(REFERENCE_CONFIG.read_text())
-    cfg.update(base_config())
-    cfg["server"] = {"debug_headers": False}
-    cfg["identity"]["issuers"][0]["issuer"] = stack.issuer_url
-    if not policy:
-        cfg["policy"] = {"default": "allow"}
-    cfg["routing"] = {"enabled": False}
-    cfg["audit"] = {"enabled": audit, "directory": str(stack.workdir / "audit")}
-    cfg["redaction"] = {"enabled": False}
-    cfg["limits"] = {}
-    cfg["identity"]["assertion"]["enabled"] = assertion
-    if redis_url:
-        cfg["store"] = {"redis_url": redis_url, "timeout_ms": 100}
-        cfg["limits"] = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "1000000/s"}]}
-    return cfg
-
-
-def token_request(stack: Stack) -> Request:
-    token = mint_token(sub="oscar", roles=["accounting"], scopes=["tools:calendar"], client="bench",
-                       issuer=stack.issuer_url, dev_dir=stack.workdir / "dev")
-    return Request("POST", "/mcp", {"content-type": "application/json", "authorization": f"Bearer {token}"},
-                   MCP_CALL)
-
-
-SCENARIOS = [
-    Scenario("envoy", "none"),
-    Scenario("floor", "noop"),
-    Scenario("authz", "authz", allow_all),
-    Scenario("identity", "authz", lambda s, r: reference(s, None, policy=False), token_request, issuer=True),
-    Scenario("identity-no-assertion", "authz", lambda s, r: reference(s, None, policy=False, assertion=False),
-             token_request, issuer=True),
-    Scenario("policy", "authz", lambda s, r: reference(s, None, policy=True), token_request, issuer=True),
-    Scenario("policy+audit", "authz", lambda s, r: reference(s, None, policy=True, audit=True), token_request,
-             issuer=True),
-    Scenario("ratelimit", "authz", lambda s, r: reference(s, r, policy=True), token_request, redis=True,
-             issuer=True),
-]
-
-
-def bench_envoy(keep_authz: bool) -> Callable[[dict], None]:
-    """The reference config, with the route answering directly and only ext_authz (or nothing)."""
-    def edit(cfg: dict) -> None:
-        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["access_log"] = []
-        hcm["route_config"]["virtual_hosts"][0]["routes"] = [
-            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
-        hcm["http_filters"] = [f for f in hcm["http_filters"]
-                               if f["name"] == "envoy.filters.http.router"
-                               or (keep_authz and f["name"] == "envoy.filters.http.ext_authz")]
-    return edit
-
-
-def redis_script_calls(url: str) -> int:
-    stats = redis.Redis.from_url(url).info("commandstats")
-    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
-
-
-def run_scenario(sc: Scenario, *, seconds: float, warmup: float, connections: int, workdir: Path
-                 ) -> dict[str, Any]:
-    ports = Ports.free()
-    redis_proc = None
-    redis_url = None
-    stack = Stack(ports=ports, workdir=workdir / sc.name, envoy_edit=bench_envoy(sc.backend != "none"),
-                  upstreams=False, issuer=sc.issuer, authz=False)
+def envoy_version() -> str:
     try:
-        stack.workdir.mkdir(parents=True, exist_ok=True)
-        if sc.redis:
-            redis_url, redis_proc = start_redis(stack.workdir / "redis")
-        if sc.issuer:
-            stack.start_issuer()
-        if sc.backend == "noop":
-            proc = ManagedProcess("noop", [sys.executable, "-m", "bench.noop_authz", "--port",
-                                           str(ports.authz_grpc)], cwd=ROOT).start()
-            stack.procs["noop"] = proc
-            proc.wait_ready(lambda: port_open(ports.authz_grpc))
-        elif sc.backend == "authz":
-            cfg_path = stack.workdir / "authz.yaml"
-            cfg_path.write_text(yaml.safe_dump(sc.config(stack, redis_url)))
-            stack.start_authz(cfg_path)
-        stack.start_envoy()
-        req = sc.request(stack)
-        url = f"{stack.url}{req.path}"
-        # One request by hand first: a scenario that is refused would measure the wrong thing.
-        import httpx
+        out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "unknown"
+    # "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    parts = out.split("version:")[-1].strip().split("/")
+    return parts[1] if len(parts) > 1 else out.strip() or "unknown"
 
-        check = httpx.request(req.method, url, headers=req.headers, content=req.body, timeout=10)
-        if check.status_code != 200:
-            raise RuntimeError(f"scenario {sc.name}: the request is answered {check.status_code}: {check.text}"
-                               f"\n{stack.logs()}")
-        run_wrk(url, seconds=warmup, connections=connections, method=req.method, headers=req.headers,
-                body=req.body)
-        calls_before = redis_script_calls(redis_url) if redis_url else 0
-        result: LoadResult = run_wrk(url, seconds=seconds, connections=connections, method=req.method,
-                                     headers=req.headers, body=req.body)
-        out = dataclasses.asdict(result)
-        if redis_url:
-            out["redis_round_trips_per_request"] = round(
-                (redis_script_calls(redis_url) - calls_before) / max(1, result.requests), 3)
-        return out
-    finally:
-        stack.stop()
-        if redis_proc is not None:
-            redis_proc.stop()
+
+def idle_check(seconds: float = 1.0) -> float | None:
+    """Percent of the machine's CPUs busy right now, before we start anything."""
+    before = cpu.machine_busy_seconds()
+    time.sleep(seconds)
+    after = cpu.machine_busy_seconds()
+    if before is None or after is None:
+        return None
+    return (after - before) / (seconds * (os.cpu_count() or 1)) * 100
+
+
+def header(settings: Settings, busy: float | None, envoy: str) -> list[str]:
+    lines = [
+        f"authz bench on {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"Envoy {envoy}",
+        f"  Envoy --concurrency {settings.envoy_concurrency}"
+        + (" (one worker leaves a core to the sidecar; two gave the floor ~15% more req/s "
+           "but 3-5x its p99)" if settings.envoy_concurrency == ENVOY_CONCURRENCY else " (not the default)")
+        + ", no CPU pinning",
+        f"  wrk {settings.wrk_threads} thread(s), {settings.connections} connections, "
+        f"{settings.warmup:g}s warm-up + {settings.duration:g}s measured per scenario",
+    ]
+    if busy is not None:
+        noisy = busy > report.BUSY_MACHINE_PERCENT
+        warn = "  <- other processes are running: expect noisy numbers" if noisy else ""
+        lines.append(f"  machine {busy:.0f}% busy before the run{warn}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="make bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_SECONDS", 8)))
-    p.add_argument("--warmup", type=float, default=2)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--scenario", action="append", choices=[s.name for s in SCENARIOS],
-                   help="run only these (repeatable); the floor always runs for the comparison")
-    args = p.parse_args(argv)
-    ensure_wrk()
-    chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario or s.name == "floor"]
-    print(f"authz bench: {platform.node()}, {os.cpu_count()} cpus, Envoy --concurrency 1, wrk 1 thread "
-          f"{args.connections} connections, {args.duration:g}s per scenario after {args.warmup:g}s warm-up\n",
-          flush=True)
-    import tempfile
+    args = parse_args(argv)
+    if not args.scenario:
+        scenarios_to_run = list(SCENARIOS)
+    elif set(args.scenario) == {REDACTION}:
+        scenarios_to_run = []
+    else:
+        scenarios_to_run = by_name([n for n in args.scenario if n != REDACTION])
+    run_redaction = not args.scenario or REDACTION in args.scenario
+    if args.list:
+        for sc in SCENARIOS:
+            target = f"  [target {sc.target.describe()}, {sc.target.source}]" if sc.target else ""
+            print(f"{sc.name:<24} {sc.about}{target}")
+        print(f"{REDACTION:<24} redaction corpus precision/recall per type and MB/s (no Envoy)")
+        return 0
+    settings = Settings(duration=args.duration, warmup=args.warmup, connections=args.connections,
+                        wrk_threads=args.wrk_threads, envoy_concurrency=args.envoy_concurrency)
+    # SIGTERM and SIGHUP unwind like Ctrl-C: every scenario stops what it started on the way out.
+    for sig in STOP_SIGNALS[1:]:
+        signal.signal(sig, raise_interrupt)
+    try:
+        if scenarios_to_run:
+            ensure_wrk()
+    except WrkError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
 
     results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
-        for sc in chosen:
-            print(f"  running {sc.name} ...", flush=True)
-            results[sc.name] = run_scenario(sc, seconds=args.duration, warmup=args.warmup,
-                                            connections=args.connections, workdir=Path(tmp))
-    floor = results["floor"]["requests_per_second"]
-    print(f"\n{'scenario':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'of floor':>9}  notes")
-    for name, r in results.items():
-        notes = []
-        if r["non_2xx"] or r["errors"]:
-            notes.append(f"{r['non_2xx']} non-2xx, {r['errors']} socket errors")
-        if "redis_round_trips_per_request" in r:
-            notes.append(f"Redis round trips/request {r['redis_round_trips_per_request']}")
-        rel = r["requests_per_second"] / floor * 100
-        r["percent_of_floor"] = round(rel, 1)
-        print(f"{name:<22} {r['requests_per_second']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{rel:>8.0f}%  {'; '.join(notes)}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(
-        {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration_s": args.duration,
-         "connections": args.connections, "results": results}, indent=2))
-    print(f"\nwritten to {RESULTS / 'latest.json'}\n")
+    doc: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "host": platform.node(), "cpus": os.cpu_count(), "settings": vars(settings),
+                           "results": results}
+    interrupted = False
+    try:
+        if scenarios_to_run:
+            busy = idle_check()
+            doc["machine_busy_percent_before"] = None if busy is None else round(busy, 1)
+            doc["envoy_version"] = envoy_version()
+            print("\n".join(header(settings, busy, doc["envoy_version"])) + "\n", flush=True)
+        with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
+            for sc in scenarios_to_run:
+                print(f"  {sc.name:<24} {sc.about} ...", end="", flush=True)
+                started = time.monotonic()
+                try:
+                    results[sc.name] = {"about": sc.about,
+                                        **run_scenario(sc, settings, Path(tmp) / sc.name.replace("+", "-"))}
+                    r = results[sc.name]
+                    took = time.monotonic() - started
+                    print(f" {r['requests_per_second']:.0f} req/s ({took:.0f}s)", flush=True)
+                except ScenarioSkipped as exc:
+                    results[sc.name] = {"about": sc.about, "status": "skipped", "error": str(exc)}
+                    print(f" skipped: {exc}", flush=True)
+                except ScenarioFailed as exc:
+                    results[sc.name] = {"about": sc.about, "status": "failed", "error": str(exc)}
+                    print(f" FAILED:\n{exc}", flush=True)
+        if run_redaction:
+            from bench import redaction
+
+            print("\nredaction (in process, no Envoy) ...", flush=True)
+            doc["redaction"] = redaction.measure()
+    except KeyboardInterrupt:
+        interrupted = True
+        doc["interrupted"] = True
+        print("\n\nbench: interrupted; everything it started is stopped. Partial results:", flush=True)
+
+    report.compare(scenarios_to_run, results)
+    if results:
+        print("\n" + report.table(scenarios_to_run, results))
+    if "redaction" in doc:
+        print("\n" + _redaction_report(doc["redaction"]))
+    problems = report.summary(scenarios_to_run, results)
+    if run_redaction and "redaction" in doc and not doc["redaction"]["met"]:
+        problems.append("redaction: below its precision/recall or throughput target")
+    if problems:
+        print("\nnot met / not measured:\n" + "\n".join(f"  - {line}" for line in problems))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwritten to {_shown(args.output)}", flush=True)
+    if interrupted:
+        return 130
+    if any(r.get("status") == "failed" for r in results.values()):
+        return 1
+    return 1 if args.check and problems else 0
+
+
+def _redaction_report(m: dict[str, Any]) -> str:
     from bench import redaction
 
-    redaction.main()
-    return 0
+    return redaction.report(m)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -108,13 +108,14 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "customer": lambda: rng.choice([str.upper, str.lower, str.title, lambda s: s])(rng.choice(CUSTOMERS)),
 }
 
-TEMPLATES = ["Please check {} before Friday.", "The value is {} (see ticket).", "{}", "Hi team, {} is attached.",
+TEMPLATES = ["Please check {} before Friday.", "The value is {} (see ticket).", "{}",
+             "Hi team, {} is attached.",
              "From the CRM: {}; next steps below.", "Note: '{}'", "Forecast line 7 -> {} / Q3",
              "Can you summarise the deal with {}?", "{} was mentioned twice in the call notes."]
 
 NEAR_MISSES = [
-    lambda: f"Order #{rng.randint(10**15, 10**16 - 1)} shipped on {rng.randint(2020, 2026)}-{rng.randint(1, 12):02d}-"
-            f"{rng.randint(1, 28):02d}.",
+    lambda: f"Order #{rng.randint(10**15, 10**16 - 1)} shipped on {rng.randint(2020, 2026)}-"
+            f"{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}.",
     lambda: f"Upgrade to version {rng.randint(1, 20)}.{rng.randint(0, 30)}.{rng.randint(0, 99)} today.",
     lambda: f"Meeting at {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d} UTC.",
     lambda: "Use the test card 4111 1111 1111 1111 in the sandbox.",
@@ -168,7 +169,8 @@ def score(scanner: Scanner, samples) -> dict[str, dict[str, float]]:
     for kind in sorted(set(tp) | set(fp) | set(fn)):
         p = tp[kind] / (tp[kind] + fp[kind]) if tp[kind] + fp[kind] else 1.0
         r = tp[kind] / (tp[kind] + fn[kind]) if tp[kind] + fn[kind] else 1.0
-        out[kind] = {"precision": round(p, 4), "recall": round(r, 4), "tp": tp[kind], "fp": fp[kind], "fn": fn[kind]}
+        out[kind] = {"precision": round(p, 4), "recall": round(r, 4),
+                     "tp": tp[kind], "fp": fp[kind], "fn": fn[kind]}
     return out
 
 
@@ -185,19 +187,17 @@ def chat_payload(size: int = 1_000_000) -> bytes:
     return json.dumps({"model": "gpt-general", "messages": messages}).encode()
 
 
-def main() -> int:
+def measure() -> dict:
+    """Precision and recall per entity type on the corpus, and warm throughput on a 1 MB chat
+    payload, with the targets and whether each is met (what ``make bench`` records)."""
     scanner = Scanner(PATTERNS, {"customer": CUSTOMERS})
     samples = corpus()
-    results = score(scanner, samples)
-    print(f"redaction corpus: {len(samples)} samples ({sum(not labels for _, labels in samples)} near-misses)")
-    print(f"{'type':<15} {'precision':>9} {'recall':>7} {'tp':>5} {'fp':>4} {'fn':>4}")
-    ok = True
-    for kind, r in results.items():
-        target = 1.0 if kind == "customer" else 0.97
-        good = r["recall"] >= target and (kind == "customer" or r["precision"] >= 0.97)
-        ok &= good
-        print(f"{kind:<15} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['tp']:>5} {r['fp']:>4} {r['fn']:>4}"
-              f"  {'' if good else '<- below target'}")
+    types = {}
+    for kind, r in score(scanner, samples).items():
+        # Dictionary terms: every one must be found; structured types: 0.97 both ways.
+        target = {"recall": 1.0} if kind == "customer" else {"precision": 0.97, "recall": 0.97}
+        met = all(r[k] >= v for k, v in target.items())
+        types[kind] = {**r, "target": target, "met": met}
     payload = chat_payload()
     # RE2 builds its DFA lazily: a serving sidecar is warm, so measure warm (best of three runs).
     Redactor(scanner, lambda t: "mask").body(payload, "application/json")
@@ -208,9 +208,28 @@ def main() -> int:
         red.body(payload, "application/json")
         elapsed = min(elapsed, time.perf_counter() - started)
     mbps = len(payload) / 1e6 / elapsed
-    print(f"throughput: {mbps:.0f} MB/s scanning and masking a {len(payload) / 1e6:.1f} MB chat payload "
-          f"({sum(red.found.values())} findings)")
-    return 0 if ok and mbps >= 50 else 1
+    return {"samples": len(samples), "near_misses": sum(not labels for _, labels in samples), "types": types,
+            "throughput_mb_per_s": round(mbps, 1), "throughput_target_mb_per_s": 50,
+            "payload_bytes": len(payload), "findings": sum(red.found.values()),
+            "met": all(t["met"] for t in types.values()) and mbps >= 50}
+
+
+def report(m: dict) -> str:
+    lines = [f"redaction corpus: {m['samples']} samples ({m['near_misses']} near-misses)",
+             f"{'type':<15} {'precision':>9} {'recall':>7} {'tp':>5} {'fp':>4} {'fn':>4}"]
+    for kind, r in m["types"].items():
+        lines.append(f"{kind:<15} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['tp']:>5} {r['fp']:>4} "
+                     f"{r['fn']:>4}  {'' if r['met'] else '<- below target'}".rstrip())
+    mbps, floor = m["throughput_mb_per_s"], m["throughput_target_mb_per_s"]
+    lines.append(f"throughput: {mbps:.0f} MB/s scanning and masking a {m['payload_bytes'] / 1e6:.1f} MB chat "
+                 f"payload ({m['findings']} findings){'' if mbps >= floor else f' <- below {floor} MB/s'}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    m = measure()
+    print(report(m))
+    return 0 if m["met"] else 1
 
 
 if __name__ == "__main__":

@@ -2,22 +2,20 @@
 
 ``python -m authz.demo.issuer --port 9400`` serves ``/.well-known/openid-configuration`` and
 ``/jwks.json``; ``authz dev-token --sub oscar --roles accounting`` mints an access token signed
-with the same key (kept in ``.dev/`` so tokens survive restarts). For local use only.
+with the same key, kept in the dev dir (``$AUTHZ_DEV_DIR``, else ``.dev/``) so tokens survive
+restarts and both processes agree without talking to each other. For local use only.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import hashlib
-import json
+import contextlib
 import logging
 import os
-import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,19 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-log = logging.getLogger("authz.demo.issuer")
+from authz.demo import bind, configure_logging, url_of
+from authz.identity.jose import jwk_thumbprint, public_jwk
 
-DEFAULT_ISSUER = "http://127.0.0.1:9400"
+DEFAULT_PORT = 9400
+DEFAULT_ISSUER = f"http://127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_AUDIENCE = "http://localhost:10000/mcp"
 KEY_FILE = "issuer-key.pem"
+SCOPES = ("tools:calendar", "invoices:read", "invoices:write")
+
+log = logging.getLogger("authz.demo.issuer")
+
+ISSUER = web.AppKey("issuer", str)
+JWKS = web.AppKey("jwks", dict)
 
 
 def dev_dir(path: str | os.PathLike[str] | None = None) -> Path:
@@ -38,52 +44,56 @@ def dev_dir(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_or_create_key(directory: str | os.PathLike[str] | None = None) -> rsa.RSAPrivateKey:
-    d = dev_dir(directory)
-    path = d / KEY_FILE
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        assert isinstance(key, rsa.RSAPrivateKey)
-        return key
-    d.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    # Create with 0600 from the start; a race with another process loses to O_EXCL and rereads.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_or_create_key(d)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    """The dev signing key, created (mode 0600) on first use."""
+    path = dev_dir(directory) / KEY_FILE
+    if not path.exists():
+        _create_key(path)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{path}: not an RSA private key")
     return key
 
 
-def _b64(n: int) -> str:
-    return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+def _create_key(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    # Written in full to a private temp file, then linked into place: a concurrent reader never sees
+    # half a key, and when two processes race (issuer + dev-token) the first link wins for both.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".issuer-key-")  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
-def public_jwk(key: rsa.RSAPrivateKey) -> dict[str, str]:
-    numbers = key.public_key().public_numbers()
-    jwk = {"e": _b64(numbers.e), "kty": "RSA", "n": _b64(numbers.n)}
-    # RFC 7638 thumbprint: SHA-256 of the required members, sorted, no whitespace.
-    thumb = hashlib.sha256(json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()).digest()
-    kid = base64.urlsafe_b64encode(thumb).rstrip(b"=").decode()
-    return {**jwk, "kid": kid, "use": "sig", "alg": "RS256"}
+def signing_jwk(key: rsa.RSAPrivateKey) -> dict[str, str]:
+    """The public JWK, ``kid`` = its RFC 7638 thumbprint (stable for the key, new with a new key)."""
+    jwk = public_jwk(key)
+    return {**jwk, "kid": jwk_thumbprint(jwk), "use": "sig", "alg": "RS256"}
 
 
 def jwks(key: rsa.RSAPrivateKey) -> dict[str, list[dict[str, str]]]:
-    return {"keys": [public_jwk(key)]}
+    return {"keys": [signing_jwk(key)]}
 
 
 def mint_token(*, sub: str, roles: Sequence[str] = (), scopes: Sequence[str] = (), client: str = "demo-cli",
                tenant: str | None = None, email: str | None = None, issuer: str = DEFAULT_ISSUER,
-               audience: Sequence[str] = (DEFAULT_AUDIENCE,), ttl: int = 3600,
-               extra_claims: dict[str, Any] | None = None,
+               audience: Sequence[str] | str = (DEFAULT_AUDIENCE,), ttl: int = 3600,
+               extra_claims: Mapping[str, Any] | None = None,
                dev_dir: str | os.PathLike[str] | None = None) -> str:
+    """An RFC 9068 access token (``typ: at+jwt``). A negative ``ttl`` mints an expired one, for tests."""
+    if not sub:
+        raise ValueError("sub is required")
+    audiences = [audience] if isinstance(audience, str) else list(audience)
     key = load_or_create_key(dev_dir)
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": issuer, "sub": sub, "aud": list(audience) if len(audience) != 1 else audience[0],
+        "iss": issuer, "sub": sub, "aud": audiences[0] if len(audiences) == 1 else audiences,
         "iat": now, "nbf": now, "exp": now + ttl, "jti": uuid.uuid4().hex,
         "scope": " ".join(scopes), "roles": list(roles), "azp": client, "client_id": client,
     }
@@ -92,84 +102,90 @@ def mint_token(*, sub: str, roles: Sequence[str] = (), scopes: Sequence[str] = (
     if email:
         claims["email"] = email
     claims.update(extra_claims or {})
-    return jwt.encode(claims, key, algorithm="RS256",
-                      headers={"kid": public_jwk(key)["kid"], "typ": "at+jwt"})
+    header = {"kid": signing_jwk(key)["kid"], "typ": "at+jwt"}
+    return jwt.encode(claims, key, algorithm="RS256", headers=header)
+
+
+async def discovery(request: web.Request) -> web.Response:
+    issuer = request.app[ISSUER]
+    return web.json_response({
+        "issuer": issuer, "jwks_uri": f"{issuer}/jwks.json",
+        "authorization_endpoint": f"{issuer}/authorize", "token_endpoint": f"{issuer}/token",
+        "response_types_supported": ["code"], "grant_types_supported": ["authorization_code"],
+        "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["none"], "scopes_supported": list(SCOPES)})
+
+
+async def keys(request: web.Request) -> web.Response:
+    return web.json_response(request.app[JWKS], headers={"cache-control": "max-age=300"})
+
+
+async def not_here(request: web.Request) -> web.Response:
+    # OIDC discovery must name these endpoints; this issuer mints tokens only from the command line.
+    hint = "dev issuer: mint tokens with `authz dev-token --sub NAME`"
+    return web.json_response({"error": "unsupported_grant_type", "error_description": hint}, status=400)
 
 
 def build_app(issuer: str, directory: str | os.PathLike[str] | None = None) -> web.Application:
-    key = load_or_create_key(directory)
-
-    async def discovery(request: web.Request) -> web.Response:
-        return web.json_response({
-            "issuer": issuer, "jwks_uri": f"{issuer}/jwks.json",
-            "authorization_endpoint": f"{issuer}/authorize", "token_endpoint": f"{issuer}/token",
-            "response_types_supported": ["code"], "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "scopes_supported": ["tools:calendar", "invoices:read", "invoices:write"]})
-
-    async def keys(request: web.Request) -> web.Response:
-        return web.json_response(jwks(key), headers={"cache-control": "max-age=300"})
-
     app = web.Application()
+    app[ISSUER] = issuer.rstrip("/")
+    app[JWKS] = jwks(load_or_create_key(directory))
     app.router.add_get("/.well-known/openid-configuration", discovery)
     app.router.add_get("/.well-known/oauth-authorization-server", discovery)
     app.router.add_get("/jwks.json", keys)
+    app.router.add_route("*", "/authorize", not_here)
+    app.router.add_route("*", "/token", not_here)
     return app
 
 
-def _split(values: Sequence[str] | None) -> list[str]:
+def _items(values: Sequence[str] | None) -> list[str]:
+    """Comma- or space-separated values from repeatable flags, in order, without duplicates."""
     out: list[str] = []
-    for v in values or ():
-        out += [x for x in v.replace(",", " ").split() if x and x not in out]
+    for value in values or ():
+        out += [x for x in value.replace(",", " ").split() if x not in out]
     return out
 
 
-def dev_token_main(argv: list[str]) -> int:
+def dev_token_main(argv: Sequence[str]) -> int:
+    """``authz dev-token``: print an access token from the dev issuer's key, and nothing else."""
     p = argparse.ArgumentParser(prog="authz dev-token",
                                 description="Mint an access token from the local dev issuer (make run).")
     p.add_argument("--sub", required=True, help="the user, e.g. oscar")
-    p.add_argument("--roles", action="append", help="comma or space separated; repeatable")
-    p.add_argument("--scopes", action="append", help="comma or space separated; repeatable")
-    p.add_argument("--client", default="demo-cli", help="the LLM client (azp / client_id)")
+    p.add_argument("--roles", action="append", metavar="A,B", help="comma or space separated; repeatable")
+    p.add_argument("--scopes", action="append", metavar="A,B", help="comma or space separated; repeatable")
+    p.add_argument("--client", default="demo-cli", help="the LLM client (azp and client_id)")
     p.add_argument("--tenant")
     p.add_argument("--email")
     p.add_argument("--aud", action="append", help=f"audience (default {DEFAULT_AUDIENCE}); repeatable")
-    p.add_argument("--ttl", type=int, default=3600, help="seconds")
-    p.add_argument("--issuer", default=os.environ.get("AUTHZ_DEV_ISSUER", DEFAULT_ISSUER))
-    p.add_argument("--dev-dir", help="where the issuer key lives (default .dev or $AUTHZ_DEV_DIR)")
-    args = p.parse_args(argv)
+    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    p.add_argument("--issuer", default=os.environ.get("AUTHZ_DEV_ISSUER", DEFAULT_ISSUER),
+                   help=f"the iss claim (default $AUTHZ_DEV_ISSUER or {DEFAULT_ISSUER})")
+    p.add_argument("--dev-dir", help="where the issuer key lives (default $AUTHZ_DEV_DIR or .dev)")
+    args = p.parse_args(list(argv))
     if args.ttl <= 0:
         p.error("--ttl must be positive")
-    print(mint_token(sub=args.sub, roles=_split(args.roles), scopes=_split(args.scopes), client=args.client,
+    if not args.sub.strip():
+        p.error("--sub must not be empty")
+    print(mint_token(sub=args.sub, roles=_items(args.roles), scopes=_items(args.scopes), client=args.client,
                      tenant=args.tenant, email=args.email, issuer=args.issuer,
-                     audience=tuple(args.aud or (DEFAULT_AUDIENCE,)), ttl=args.ttl, dev_dir=args.dev_dir))
+                     audience=args.aud or (DEFAULT_AUDIENCE,), ttl=args.ttl, dev_dir=args.dev_dir))
     return 0
 
 
-async def serve(host: str, port: int, issuer: str, directory: str | None) -> None:
-    runner = web.AppRunner(build_app(issuer, directory), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("dev issuer %s listening on http://%s:%d", issuer, host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m authz.demo.issuer", description=__doc__)
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m authz.demo.issuer", description="The local dev OIDC issuer.")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9400)
-    p.add_argument("--issuer", help="the iss value (default http://HOST:PORT)")
-    p.add_argument("--dev-dir")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--issuer", help="the iss value (default http://HOST:PORT, with the port actually bound)")
+    p.add_argument("--dev-dir", help="where the key lives (default $AUTHZ_DEV_DIR or .dev)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    issuer = args.issuer or f"http://{args.host}:{args.port}"
-    try:
-        asyncio.run(serve(args.host, args.port, issuer, args.dev_dir))
-    except KeyboardInterrupt:
-        pass
+    configure_logging()
+    sock = bind(args.host, args.port)
+    url = url_of(sock)
+    issuer = args.issuer or url
+    app = build_app(issuer, args.dev_dir)
+    web.run_app(app, sock=sock, access_log=None, shutdown_timeout=5,
+                print=lambda *_: log.info("dev issuer %s listening on %s", issuer, url))
     return 0
 
 

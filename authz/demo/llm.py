@@ -2,33 +2,55 @@
 
 ``python -m authz.demo.llm --name medical --port 8083``
 
-Answers chat/completions, completions, responses, embeddings and messages, as JSON or as an
-SSE stream, with deterministic ``usage`` so metering can be checked exactly. Every answer says
-which upstream answered (``x-upstream`` header, ``"upstream"`` field) and echoes the headers
-it received, so tests can see which identity headers reached it and that the user's token did not.
+Answers chat/completions, completions, responses, embeddings and messages, as JSON or as an SSE
+stream shaped like the real APIs, with deterministic ``usage`` so metering can be checked exactly:
+
+- input tokens  = ceil(chars / 4) of the request's text (message contents, ``input``, ``prompt``,
+  ``system``, ``instructions``, joined by single spaces); token-id arrays count one per id;
+- output tokens = ceil(chars / 4) of a fixed reply, cut to ``max_tokens`` (or
+  ``max_completion_tokens`` / ``max_output_tokens``) when that is smaller.
+
+Every response says which upstream answered (``x-upstream`` header; ``"upstream"`` in JSON bodies)
+and JSON bodies echo what arrived (``"echo": {"headers": {...}, "body": ...}``), so tests can see
+which identity headers reached the model and that the user's token did not.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import math
+import struct
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+from authz.demo import bind, configure_logging, url_of
 
 log = logging.getLogger("authz.demo.llm")
 
 NAME = web.AppKey("name", str)
 REPLY = "This is a demo answer from the {name} model."
+TEXT_KEYS = ("content", "text", "input", "prompt", "system", "instructions")
+LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+EMBEDDING_DIMENSIONS = 8
+
+Event = tuple[str | None, dict[str, Any] | str]
+
+
+class InvalidRequest(Exception):
+    """The request cannot be answered; becomes a 400 in the API's own error shape."""
 
 
 def tokens_of(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4)) if text else 0
+    return math.ceil(len(text) / 4)
 
 
 def _texts(value: Any) -> list[str]:
@@ -38,184 +60,253 @@ def _texts(value: Any) -> list[str]:
     if isinstance(value, list):
         return [t for item in value for t in _texts(item)]
     if isinstance(value, dict):
-        return [t for k, v in value.items() if k in ("content", "text", "input", "prompt", "system")
-                for t in _texts(v)]
+        return [t for k, v in value.items() if k in TEXT_KEYS for t in _texts(v)]
     return []
 
 
-def _usage_numbers(body: dict, name: str) -> tuple[str, int, int]:
-    prompt = tokens_of(" ".join(_texts(body.get("messages")) + _texts(body.get("input"))
-                                + _texts(body.get("prompt")) + _texts(body.get("system"))))
+def input_tokens(body: dict[str, Any]) -> int:
+    return tokens_of(" ".join(t for key in ("messages", *TEXT_KEYS) for t in _texts(body.get(key))))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def reply_for(body: dict[str, Any], name: str) -> tuple[str, int, bool]:
+    """The reply text, its token count, and whether the token limit cut it."""
     reply = REPLY.format(name=name)
-    out = tokens_of(reply)
-    limit = next((body[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
-                  if isinstance(body.get(k), int) and body[k] > 0), None)
-    if limit is not None and out > limit:
-        out = limit
+    limit = None
+    for key in LIMIT_KEYS:
+        if key in body and body[key] is not None:
+            if not _is_count(body[key]):
+                raise InvalidRequest(f"{key} must be a positive integer")
+            limit = body[key]
+            break
+    cut = limit is not None and tokens_of(reply) > limit
+    if cut:
         reply = reply[: limit * 4]
-    return reply, prompt, out
+    return reply, tokens_of(reply), cut
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error"}},
-                             status=status)
+def _words(text: str) -> list[str]:
+    """Stream deltas: word by word, spaces kept, so the deltas join back to the text."""
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-async def _read_json(request: web.Request) -> dict | web.Response:
+def _headers(request: web.Request) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in request.headers.items():
+        key = key.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def _echo(request: web.Request, body: Any = None) -> dict[str, Any]:
+    return {"upstream": request.app[NAME], "echo": {"headers": _headers(request), "body": body}}
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "the body is not valid JSON")
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("the body is not valid JSON") from exc
     if not isinstance(body, dict):
-        return _error(400, "the body must be a JSON object")
+        raise InvalidRequest("the body must be a JSON object")
+    if not isinstance(body.get("model"), str):
+        raise InvalidRequest("model is required")
     return body
 
 
-def _common(request: web.Request, body: Any = None) -> dict[str, Any]:
-    """Who answered and what reached it (headers, and the JSON body as received)."""
-    return {"upstream": request.app[NAME],
-            "echo": {"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}}
+def _error_body(request: web.Request, status: int, message: str) -> dict[str, Any]:
+    if request.path.startswith("/v1/messages"):
+        kind = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large"}
+        return {"type": "error", "error": {"type": kind.get(status, "api_error"), "message": message}}
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-async def _sse(request: web.Request, events: list[tuple[str | None, dict | str]]) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
-                                       "x-upstream": request.app[NAME]})
+@web.middleware
+async def errors(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every failure is a JSON error in the API's shape, never an HTML page or a dropped connection."""
+    try:
+        return await handler(request)
+    except InvalidRequest as exc:
+        return web.json_response(_error_body(request, 400, str(exc)), status=400)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        keep = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.json_response(_error_body(request, exc.status, exc.reason), status=exc.status,
+                                 headers=keep)
+    except Exception:
+        log.exception("demo model failed on %s %s", request.method, request.path)
+        return web.json_response(_error_body(request, 500, "the demo model failed"), status=500)
+
+
+async def _tag(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["x-upstream"] = request.app[NAME]
+
+
+async def _sse(request: web.Request, events: list[Event]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
     await resp.prepare(request)
-    for event, data in events:
-        payload = data if isinstance(data, str) else json.dumps(data)
-        prefix = f"event: {event}\n" if event else ""
-        await resp.write(f"{prefix}data: {payload}\n\n".encode())
-        await asyncio.sleep(0)  # let each event go out as its own chunk
-    await resp.write_eof()
+    try:
+        for event, data in events:
+            payload = data if isinstance(data, str) else json.dumps(data)
+            prefix = f"event: {event}\n" if event else ""
+            await resp.write(f"{prefix}data: {payload}\n\n".encode())
+            await asyncio.sleep(0)  # each event its own chunk, as a real model streams them
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away mid-stream; nothing left to tell it
     return resp
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    if not isinstance(body.get("model"), str):
-        return _error(400, "model is required")
-    name = request.app[NAME]
-    reply, prompt, out = _usage_numbers(body, name)
+    body = await _body(request)
+    reply, out, cut = reply_for(body, request.app[NAME])
+    prompt = input_tokens(body)
     usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out,
              "prompt_tokens_details": {"cached_tokens": 0}}
-    ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-    created = int(time.time())
-    if body.get("stream") is True:
-        base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"]}
-        words = reply.split(" ")
-        events: list[tuple[str | None, dict | str]] = [
-            (None, {**base, "choices": [{"index": 0, "delta": {"content": (w if i == 0 else " " + w)},
-                                         "finish_reason": None}]}) for i, w in enumerate(words)]
-        events.append((None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            events.append((None, {**base, "choices": [], "usage": usage, "upstream": name}))
-        events.append((None, "[DONE]"))
-        return await _sse(request, events)
-    return web.json_response({
-        "id": ident, "object": "chat.completion", "created": created, "model": body["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                     "finish_reason": "stop"}],
-        "usage": usage, **_common(request, body)}, headers={"x-upstream": name})
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body["model"]}
+    finish = "length" if cut else "stop"
+    if body.get("stream") is not True:
+        return web.json_response({
+            **base, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                         "finish_reason": finish}],
+            "usage": usage, **_echo(request, body)})
+    options = body.get("stream_options")
+    with_usage = isinstance(options, dict) and options.get("include_usage") is True
+    # With include_usage OpenAI sends "usage": null on every chunk, then one chunk with
+    # empty choices carrying the usage, just before [DONE].
+    extra = {"usage": None} if with_usage else {}
+    chunk = {**base, "object": "chat.completion.chunk"}
+    deltas = [{"role": "assistant", "content": ""}, *({"content": w} for w in _words(reply)), {}]
+    events: list[Event] = [
+        (None, {**chunk, "choices": [{"index": 0, "delta": delta,
+                                      "finish_reason": finish if i == len(deltas) - 1 else None}], **extra})
+        for i, delta in enumerate(deltas)]
+    if with_usage:
+        events.append((None, {**chunk, "choices": [], "usage": usage}))
+    events.append((None, "[DONE]"))
+    return await _sse(request, events)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    reply, prompt, out = _usage_numbers(body, request.app[NAME])
+    body = await _body(request)
+    reply, out, cut = reply_for(body, request.app[NAME])
+    prompt = input_tokens(body)
     return web.json_response({
-        "id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "model": body.get("model"),
-        "choices": [{"index": 0, "text": reply, "finish_reason": "stop"}],
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+        "model": body["model"],
+        "choices": [{"index": 0, "text": reply, "finish_reason": "length" if cut else "stop"}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
-        **_common(request, body)}, headers={"x-upstream": request.app[NAME]})
+        **_echo(request, body)})
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    name = request.app[NAME]
-    reply, prompt, out = _usage_numbers(body, name)
-    usage = {"input_tokens": prompt, "output_tokens": out, "total_tokens": prompt + out,
-             "input_tokens_details": {"cached_tokens": 0}}
-    response = {"id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response", "model": body.get("model"),
-                "status": "completed",
-                "output": [{"type": "message", "role": "assistant",
-                            "content": [{"type": "output_text", "text": reply}]}],
-                "usage": usage}
-    if body.get("stream") is True:
-        return await _sse(request, [
-            ("response.created", {"type": "response.created", "response": {**response, "status": "in_progress",
-                                                                           "usage": None}}),
-            ("response.output_text.delta", {"type": "response.output_text.delta", "delta": reply}),
-            ("response.completed", {"type": "response.completed", "response": response}),
-        ])
-    return web.json_response({**response, **_common(request, body)}, headers={"x-upstream": name})
+    body = await _body(request)
+    reply, out, _ = reply_for(body, request.app[NAME])
+    prompt = input_tokens(body)
+    item_id = f"msg_{uuid.uuid4().hex[:24]}"
+    part = {"type": "output_text", "text": reply, "annotations": []}
+    item = {"id": item_id, "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+    response = {"id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
+                "model": body["model"], "status": "completed", "output": [item],
+                "usage": {"input_tokens": prompt, "output_tokens": out, "total_tokens": prompt + out,
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}}
+    if body.get("stream") is not True:
+        return web.json_response({**response, **_echo(request, body)})
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    at = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+        *({"type": "response.output_text.delta", **at, "delta": w} for w in _words(reply)),
+        {"type": "response.output_text.done", **at, "text": reply},
+        {"type": "response.content_part.done", **at, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": response},
+    ]
+    return await _sse(request, [(e["type"], {**e, "sequence_number": n}) for n, e in enumerate(events)])
+
+
+def _embedding(text: str, dimensions: int, as_base64: bool) -> list[float] | str:
+    """A fixed vector per text, so equal inputs embed equally."""
+    digest = hashlib.sha256(text.encode()).digest()
+    vector = [round(b / 255 - 0.5, 4) for b in digest[:dimensions]]
+    if as_base64:  # what the official openai SDK asks for by default
+        return base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+    return vector
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    inputs = body.get("input")
-    items = inputs if isinstance(inputs, list) else [inputs]
-    prompt = tokens_of(" ".join(_texts(items)))
+    body = await _body(request)
+    given = body.get("input")
+    if isinstance(given, str) or (isinstance(given, list) and given and all(_is_count(t) for t in given)):
+        given = [given]  # one string, or one array of token ids
+    if not isinstance(given, list) or not given or not all(isinstance(x, str | list) for x in given):
+        raise InvalidRequest("input must be a string, an array of strings or an array of token arrays")
+    prompt = sum(tokens_of(x) if isinstance(x, str) else len(x) for x in given)
+    as_base64 = body.get("encoding_format") == "base64"
     return web.json_response({
-        "object": "list", "model": body.get("model"),
-        "data": [{"object": "embedding", "index": i, "embedding": [0.0, 0.1, 0.2]} for i in range(len(items))],
-        "usage": {"prompt_tokens": prompt, "total_tokens": prompt}, **_common(request, body)},
-        headers={"x-upstream": request.app[NAME]})
+        "object": "list", "model": body["model"],
+        "data": [{"object": "embedding", "index": i,
+                  "embedding": _embedding(json.dumps(x), EMBEDDING_DIMENSIONS, as_base64)}
+                 for i, x in enumerate(given)],
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt}, **_echo(request, body)})
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    name = request.app[NAME]
-    reply, prompt, out = _usage_numbers(body, name)
-    ident = f"msg_{uuid.uuid4().hex[:12]}"
-    if body.get("stream") is True:
-        return await _sse(request, [
-            ("message_start", {"type": "message_start", "message": {
-                "id": ident, "type": "message", "role": "assistant", "model": body.get("model"),
-                "content": [], "usage": {"input_tokens": prompt, "output_tokens": 1}}}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": {"type": "text_delta", "text": reply}}),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                               "usage": {"output_tokens": out}}),
-            ("message_stop", {"type": "message_stop"}),
-        ])
-    return web.json_response({
-        "id": ident, "type": "message", "role": "assistant", "model": body.get("model"),
-        "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn",
-        "usage": {"input_tokens": prompt, "output_tokens": out}, **_common(request, body)},
-        headers={"x-upstream": name})
+    body = await _body(request)
+    reply, out, cut = reply_for(body, request.app[NAME])
+    prompt = input_tokens(body)
+    stop = "max_tokens" if cut else "end_turn"
+    message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+               "model": body["model"], "content": [{"type": "text", "text": reply}],
+               "stop_reason": stop, "stop_sequence": None,
+               "usage": {"input_tokens": prompt, "output_tokens": out}}
+    if body.get("stream") is not True:
+        return web.json_response({**message, **_echo(request, body)})
+    # Anthropic splits usage: input tokens in message_start, output tokens in message_delta.
+    start = {**message, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": prompt, "output_tokens": 1}}
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+          for w in _words(reply)),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+         "usage": {"output_tokens": out}},
+        {"type": "message_stop"},
+    ]
+    return await _sse(request, [(e["type"], e) for e in events])
 
 
 async def models(request: web.Request) -> web.Response:
-    name = request.app[NAME]
-    return web.json_response({"object": "list", "data": [
-        {"id": f"gpt-{name}", "object": "model", "owned_by": "authz-demo"}], **_common(request)},
-        headers={"x-upstream": name})
+    model = {"id": f"gpt-{request.app[NAME]}", "object": "model", "created": 0, "owned_by": "authz-demo"}
+    return web.json_response({"object": "list", "data": [model], **_echo(request)})
 
 
 async def echo(request: web.Request) -> web.Response:
     body = await request.read()
     return web.json_response({"upstream": request.app[NAME], "method": request.method,
-                              "path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()},
-                              "body": body.decode("utf-8", "replace")},
-                             headers={"x-upstream": request.app[NAME]})
+                              "path": request.path_qs, "headers": _headers(request),
+                              "body": body.decode("utf-8", "replace")})
 
 
 def build_app(name: str) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[errors])
     app[NAME] = name
+    app.on_response_prepare.append(_tag)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/responses", responses)
@@ -227,29 +318,19 @@ def build_app(name: str) -> web.Application:
     return app
 
 
-async def serve(name: str, host: str, port: int) -> None:
-    runner = web.AppRunner(build_app(name), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("demo model %r listening on http://%s:%d", name, host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m authz.demo.llm", description=__doc__)
-    parser.add_argument("--name", default="general")
+    parser = argparse.ArgumentParser(prog="python -m authz.demo.llm",
+                                     description="A fake OpenAI/Anthropic-compatible model API.")
+    parser.add_argument("--name", default="general", help="upstream name: x-upstream, the model gpt-NAME")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        asyncio.run(serve(args.name, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
+    configure_logging()
+    sock = bind(args.host, args.port)
+    url = url_of(sock)
+    # run_app stops cleanly on SIGTERM and SIGINT; its banner is replaced by our one line.
+    web.run_app(build_app(args.name), sock=sock, access_log=None, shutdown_timeout=5,
+                print=lambda *_: log.info("demo model %r listening on %s", args.name, url))
     return 0
 
 

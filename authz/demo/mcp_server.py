@@ -1,129 +1,198 @@
 """The demo MCP server, built with the official ``mcp`` SDK, that sits behind Envoy + authz.
 
-``python -m authz.demo.mcp_server --port 8081`` serves Streamable HTTP at ``/mcp``.
+``python -m authz.demo.mcp_server --port 8081`` serves Streamable HTTP at ``/mcp`` (stateless,
+JSON answers). It has no authentication of its own: that is the sidecar's job. ``whoami`` shows
+the identity headers the sidecar set and whether the gateway-signed ``x-authz-assertion`` verifies
+(with ``authz.assertion.verify`` against ``$AUTHZ_ASSERTION_JWKS_URL``, when that is set).
 
-It has no authentication of its own: that is the sidecar's job. It trusts only what it can
-verify: the gateway-signed ``x-authz-assertion`` (checked with ``authz.assertion.verify`` against
-the sidecar's JWKS when ``AUTHZ_ASSERTION_JWKS_URL`` is set). ``whoami`` shows what it got.
+Environment for the assertion check: ``AUTHZ_ASSERTION_JWKS_URL`` (turns it on),
+``AUTHZ_ASSERTION_ISSUER`` (default ``urn:authz:demo-sidecar``), ``AUTHZ_ASSERTION_AUDIENCE``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import importlib
+import json
 import logging
 import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ToolAnnotations
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from authz.demo import bind, configure_logging, url_of
 
 log = logging.getLogger("authz.demo.mcp")
 
 IDENTITY_HEADERS = ("x-authz-user", "x-authz-email", "x-authz-tenant", "x-authz-roles",
                     "x-authz-scopes", "x-authz-client", "x-authz-issuer")
+DEFAULT_ASSERTION_ISSUER = "urn:authz:demo-sidecar"
 
-INVOICES = {"INV-1001": {"customer": "Acme Corp", "amount": 1200.0},
-            "INV-1002": {"customer": "Globex", "amount": 830.5}}
+INVOICES = {"INV-1001": {"customer": "Acme Corp", "amount": 1200.0, "currency": "EUR"},
+            "INV-1002": {"customer": "Globex", "amount": 830.5, "currency": "EUR"}}
+PATIENTS = [{"patient": "P-17", "name": "Jane Roe", "ward": "cardiology"},
+            {"patient": "P-23", "name": "John Doe", "ward": "oncology"}]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
 
-def verify_assertion(headers: Any) -> dict[str, Any]:
-    """What the backend can prove about the caller. ``valid`` is None when not configured."""
-    token = headers.get("x-authz-assertion") if headers else None
-    url = os.environ.get("AUTHZ_ASSERTION_JWKS_URL")
-    if not token:
-        return {"present": False, "valid": False}
-    if not url:
-        return {"present": True, "valid": None, "why": "AUTHZ_ASSERTION_JWKS_URL is not set"}
-    from authz import assertion
-
+def _assertion_verifier() -> Callable[..., dict[str, Any]] | None:
+    # The backend half of authz.assertion may be absent (or broken) in a trimmed install; the demo
+    # then still serves and reports the check as not configured.
     try:
-        claims = assertion.verify(token, jwks_url=url,
-                                  issuer=os.environ.get("AUTHZ_ASSERTION_ISSUER", "urn:authz:demo-sidecar"),
-                                  method="POST", path="/mcp",
-                                  request_id=headers.get("x-request-id"))
-    except assertion.InvalidAssertion as exc:
-        return {"present": True, "valid": False, "why": getattr(exc, "reason", str(exc))}
+        assertion = importlib.import_module("authz.assertion")
+    except ImportError:
+        return None
+    return getattr(assertion, "verify", None)
+
+
+def check_assertion(headers: Mapping[str, str], method: str | None, path: str | None) -> dict[str, Any]:
+    """What the backend can prove about the caller. ``valid`` is None when the check is not configured."""
+    token = headers.get("x-authz-assertion")
+    url = os.environ.get("AUTHZ_ASSERTION_JWKS_URL")
+    verify = _assertion_verifier()
+    if not url or verify is None:
+        return {"present": bool(token), "valid": None, "why": "assertion check not configured"}
+    if not token:
+        return {"present": False, "valid": False, "why": "no x-authz-assertion header"}
+    try:
+        claims = verify(token, jwks_url=url,
+                        issuer=os.environ.get("AUTHZ_ASSERTION_ISSUER", DEFAULT_ASSERTION_ISSUER),
+                        audience=os.environ.get("AUTHZ_ASSERTION_AUDIENCE") or None,
+                        method=method, path=path, request_id=headers.get("x-request-id"))
+    except Exception as exc:  # any failure, a JWKS fetch included, means "not proven": fail closed
+        return {"present": True, "valid": False, "why": getattr(exc, "reason", type(exc).__name__)}
     return {"present": True, "valid": True, "sub": claims.get("sub"), "client": claims.get("client")}
 
 
-def build_server() -> MCPServer:
-    mcp = MCPServer("authz-demo", instructions="Demo tools behind the authz sidecar.")
+def whoami_report(ctx: Context) -> dict[str, Any]:
+    headers = ctx.headers or {}
+    request = getattr(ctx.request_context, "request", None)
+    url = getattr(request, "url", None)
+    assertion = check_assertion(headers, getattr(request, "method", None), getattr(url, "path", None))
+    return {"headers": {h: headers[h] for h in IDENTITY_HEADERS if h in headers},
+            "authorization_header_seen": "authorization" in headers,
+            "assertion_present": assertion["present"], "assertion_valid": assertion["valid"],
+            "assertion": assertion}
 
-    @mcp.tool()
+
+def build_server() -> MCPServer:
+    # log_level: MCPServer() calls logging.basicConfig itself (INFO, one line per request otherwise).
+    mcp = MCPServer("authz-demo", instructions="Demo tools behind the authz sidecar.", log_level="WARNING")
+
+    @mcp.tool(annotations=READ_ONLY)
     def get_calendar(day: str) -> list[dict[str, str]]:
-        """Your meetings on a day (e.g. 'mon')."""
+        """Your meetings on a day (e.g. 'mon' or '2025-06-02')."""
         return [{"day": day, "time": "09:00", "title": "Stand-up"},
+                {"day": day, "time": "11:30", "title": "1:1 with Dana"},
                 {"day": day, "time": "14:00", "title": "Quarterly forecast review"}]
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     def list_invoices() -> list[dict[str, Any]]:
         """Open invoices."""
         return [{"id": k, **v} for k, v in INVOICES.items()]
 
-    @mcp.tool()
+    @mcp.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True, open_world_hint=False))
     def delete_invoice(invoice_id: str) -> str:
         """Delete an invoice (needs invoices:write and the accounting role)."""
+        # Nothing is really deleted: the demo must behave the same on every run.
         return f"invoice {invoice_id} deleted" if invoice_id in INVOICES else f"no invoice {invoice_id}"
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     def search_patients(query: str) -> list[dict[str, str]]:
         """Search patient records (doctors only)."""
-        return [{"patient": "P-17", "match": query}]
+        q = query.lower()
+        return [p for p in PATIENTS if any(q in v.lower() for v in p.values())]
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     def whoami(ctx: Context) -> dict[str, Any]:
-        """What the backend knows about the caller, from the sidecar's verified headers."""
-        headers = ctx.headers or {}
-        return {"headers": {h: headers.get(h) for h in IDENTITY_HEADERS if headers.get(h) is not None},
-                "authorization_header_seen": "authorization" in headers,
-                "assertion": verify_assertion(headers)}
+        """What the backend knows about the caller, from the sidecar's headers and signed assertion."""
+        return whoami_report(ctx)
 
-    @mcp.resource("invoices://{invoice_id}")
+    @mcp.resource("invoices://{invoice_id}", mime_type="application/json")
     def invoice(invoice_id: str) -> str:
         """One invoice."""
-        return str(INVOICES.get(invoice_id, {}))
+        if invoice_id not in INVOICES:
+            raise ValueError(f"no invoice {invoice_id}")
+        return json.dumps({"id": invoice_id, **INVOICES[invoice_id]})
 
     @mcp.prompt()
     def summarize_invoice(invoice_id: str) -> str:
         """Ask the model to summarize an invoice."""
-        return f"Summarize invoice {invoice_id} for a busy executive."
+        return f"Summarize invoice {invoice_id} (read it from invoices://{invoice_id}) for a busy executive."
 
     return mcp
-
-
-def build_app():
-    # Behind Envoy the Host header is the gateway's: the SDK's DNS-rebinding check (meant for
-    # servers exposed directly to browsers) would refuse it. The sidecar is the gate here.
-    return build_server().streamable_http_app(
-        streamable_http_path="/mcp", json_response=True, stateless_http=True,
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
 
 class UpstreamHeader:
     """ASGI middleware: tag every answer with ``x-upstream: mcp`` so tests see who answered."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
-        async def tagged(message):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), (b"x-upstream", b"mcp")]}
             await send(message)
-        await self.app(scope, receive, tagged if scope["type"] == "http" else send)
+
+        await self.app(scope, receive, tagged)
+
+
+def build_app() -> ASGIApp:
+    """The ASGI app: ``/mcp``, stateless, JSON answers. Build a new one per server run (the SDK's
+    session manager runs once per instance)."""
+    # Behind Envoy the Host header is the gateway's. The SDK turns on its DNS-rebinding check
+    # (Host must be 127.0.0.1/localhost) by default and would answer 421; the sidecar is the gate here.
+    app = build_server().streamable_http_app(
+        streamable_http_path="/mcp", json_response=True, stateless_http=True,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+    return UpstreamHeader(app)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, calling back once it accepts connections (for the one "listening" line)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.on_started()
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    p = argparse.ArgumentParser(prog="python -m authz.demo.mcp_server", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m authz.demo.mcp_server",
+                                description="The demo MCP server (Streamable HTTP at /mcp).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log.info("demo MCP server listening on http://%s:%d/mcp", args.host, args.port)
-    uvicorn.run(UpstreamHeader(build_app()), host=args.host, port=args.port, log_level="warning",
-                lifespan="on")
+    configure_logging()
+    sock = bind(args.host, args.port)
+    server = _Server(uvicorn.Config(build_app(), log_level="warning", lifespan="on"),
+                     on_started=lambda: log.info("demo MCP server listening on %s/mcp", url_of(sock)))
+
+    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the previous handler: make
+    # that a quiet exit 0 rather than a traceback (SIGINT) or death by signal (SIGTERM).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(sockets=[sock]))
     return 0
 
 

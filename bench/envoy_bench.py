@@ -1,0 +1,57 @@
+"""Envoy configs for the bench: the reference config with the route answering directly.
+
+Every scenario measures Envoy as deployed (deploy/envoy/envoy.yaml: listener settings, the
+ext_authz filter verbatim with its request body, timeouts and failure mode), minus what would
+measure something else: the upstream (a Python upstream would be the bottleneck), the ext_proc
+hop (Check is what these scenarios compare) and the stdout access log (a pipe we would read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from authz.devstack import Ports, envoy_binary, render_envoy_config
+
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+ROUTER = "envoy.filters.http.router"
+HCM = "envoy.filters.network.http_connection_manager"
+DIRECT_RESPONSE = {"status": 200, "body": {"inline_string": "ok\n"}}
+
+
+def _connection_manager(cfg: dict[str, Any]) -> dict[str, Any]:
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                if f["name"] == HCM:
+                    return f["typed_config"]
+    raise ValueError("the reference Envoy config has no http_connection_manager")
+
+
+def bench_edit(*, ext_authz: bool) -> Callable[[dict[str, Any]], None]:
+    """Edit the parsed reference config in place: every request answered by a direct response,
+    after the reference ext_authz filter when ``ext_authz``, with no other HTTP filter."""
+    def edit(cfg: dict[str, Any]) -> None:
+        hcm = _connection_manager(cfg)
+        names = [f["name"] for f in hcm["http_filters"]]
+        if ext_authz and EXT_AUTHZ not in names:
+            raise ValueError(f"the reference Envoy config has no {EXT_AUTHZ} filter (it has {names})")
+        keep = {ROUTER, EXT_AUTHZ} if ext_authz else {ROUTER}
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] in keep]
+        hcm.pop("access_log", None)
+        vhosts = hcm["route_config"]["virtual_hosts"]
+        vhosts[:] = [{"name": "bench", "domains": ["*"],
+                      "routes": [{"match": {"prefix": "/"}, "direct_response": DIRECT_RESPONSE}]}]
+    return edit
+
+
+def render(ports: Ports, *, ext_authz: bool) -> str:
+    """The bench Envoy config as YAML text, listening on ``ports.envoy``; ext_authz (if any)
+    calls the gRPC server on ``ports.authz_grpc``."""
+    return render_envoy_config(ports, edit=bench_edit(ext_authz=ext_authz))
+
+
+def envoy_argv(config: Path, *, concurrency: int) -> list[str]:
+    return [envoy_binary(), "-c", str(config), "--concurrency", str(concurrency), "--log-level", "warning",
+            "--disable-hot-restart"]

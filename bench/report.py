@@ -1,0 +1,123 @@
+"""Turn measured scenarios into the comparison: percent of the floor, targets met, the table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bench.scenarios import Scenario
+
+# Above this share of the machine's CPUs used by processes that are not the bench, a number says
+# more about the neighbours than about us.
+BUSY_MACHINE_PERCENT = 10.0
+
+
+def compare(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> None:
+    """Add ``percent_of_floor`` and, for scenarios with a target, ``target`` (with ``met``) to
+    each measured result, in place. Targets whose baseline was not measured stay unjudged."""
+    floor = _rps(results.get("floor"))
+    for sc in scenarios:
+        r = results.get(sc.name)
+        rps = _rps(r)
+        if r is None or rps is None:
+            continue
+        if floor:
+            r["percent_of_floor"] = round(rps / floor * 100, 1)
+        if sc.target is not None:
+            base = _rps(results.get(sc.target.baseline))
+            judged: dict[str, Any] = {"baseline": sc.target.baseline, "source": sc.target.source,
+                                      "min_percent": round(sc.target.ratio * 100, 1)}
+            if base:
+                judged["percent_of_baseline"] = round(rps / base * 100, 1)
+                judged["met"] = rps >= sc.target.ratio * base and clean(r)
+            r["target"] = judged
+        if sc.redis_round_trips is not None and "redis_round_trips_per_request" in r:
+            # A few health-check PINGs over the run are not the request path's.
+            r["redis_round_trips_met"] = r["redis_round_trips_per_request"] <= sc.redis_round_trips + 0.01
+
+
+def _rps(r: Mapping[str, Any] | None) -> float | None:
+    if not r or r.get("status") != "ok":
+        return None
+    return r.get("requests_per_second") or None
+
+
+def clean(r: Mapping[str, Any]) -> bool:
+    """Every request answered 2xx, no socket errors: the number measures what the scenario says."""
+    return not r.get("non_2xx") and not r.get("errors")
+
+
+def notes(r: Mapping[str, Any], *, backend: str | None = None) -> str:
+    out = []
+    if r.get("status") != "ok":
+        return f"{r.get('status', 'failed').upper()}: {r.get('error', '')}".splitlines()[0]
+    if not clean(r):
+        out.append(f"NOT CLEAN: {r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} socket errors")
+    cpu = [f"{who} {r[f'{who}_cpu_us_per_request']:.0f}"
+           for who in (backend, "envoy") if who and f"{who}_cpu_us_per_request" in r]
+    if cpu:
+        out.append(f"CPU us/req: {', '.join(cpu)}")
+    if "redis_round_trips_per_request" in r:
+        verdict = "" if r.get("redis_round_trips_met", True) else " MISS"
+        out.append(f"Redis round trips/req {r['redis_round_trips_per_request']:.2f}{verdict}")
+    if r.get("other_cpu_percent", 0) > BUSY_MACHINE_PERCENT:
+        out.append(f"machine busy: other processes used {r['other_cpu_percent']:.0f}% CPU")
+    return "; ".join(out)
+
+
+def target_cell(r: Mapping[str, Any]) -> str:
+    t = r.get("target")
+    if not t:
+        return ""
+    if "met" not in t:
+        return f">={t['min_percent']:.0f}% {t['baseline']}: n/a"
+    verdict = "ok" if t["met"] else "MISS"
+    return f">={t['min_percent']:.0f}% {t['baseline']}: {t['percent_of_baseline']:.0f}% {verdict}"
+
+
+def table(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> str:
+    """The human-readable table, one row per scenario that ran (or failed to)."""
+    rows = [("scenario", "req/s", "p50 ms", "p99 ms", "of floor", "target", "notes")]
+    for sc in scenarios:
+        r = results.get(sc.name)
+        if r is None:
+            continue
+        if r.get("status") == "ok":
+            of_floor = f"{r['percent_of_floor']:.0f}%" if "percent_of_floor" in r else "n/a"
+            rps = f"{r['requests_per_second']:.0f}"
+            figures = (rps, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", of_floor)
+            rows.append((sc.name, *figures, target_cell(r), notes(r, backend=_backend_label(sc))))
+        else:
+            rows.append((sc.name, "-", "-", "-", "-", target_cell(r), notes(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:4], widths[1:4], strict=True)]
+        cells += [row[4].rjust(widths[4]), row[5].ljust(widths[5]), row[6]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _backend_label(sc: Scenario) -> str | None:
+    return {"noop": "noop", "authz": "authz"}.get(sc.backend)
+
+
+def summary(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> list[str]:
+    """One line per target missed and per scenario that did not run: what to look at first."""
+    lines = []
+    for sc in scenarios:
+        r = results.get(sc.name)
+        if r is None:
+            continue
+        if r.get("status") != "ok":
+            first = (r.get("error") or "").strip().splitlines()[:1]
+            lines.append(f"{sc.name}: {r.get('status')}: {first[0] if first else 'no reason given'}")
+            continue
+        t = r.get("target")
+        if t and t.get("met") is False:
+            lines.append(f"{sc.name}: {t['percent_of_baseline']:.0f}% of {t['baseline']}, target "
+                         f">= {t['min_percent']:.0f}% ({t['source']})")
+        if r.get("redis_round_trips_met") is False:
+            lines.append(f"{sc.name}: {r['redis_round_trips_per_request']:.2f} Redis round trips per "
+                         f"request, expected {sc.redis_round_trips:g}")
+    return lines
