@@ -1,22 +1,52 @@
-# authz sidecar image: `make image` (needs a container engine).
-# Multi-stage: wheels are built with the toolchain, the runtime image has none of it.
-FROM python:3.11-slim AS build
+# authz sidecar image. Build: `make image` (needs a running docker or podman engine).
+#
+# Two stages: the first installs the package and its dependencies into a virtualenv, the second
+# copies only that virtualenv onto a clean slim base, so pip caches, wheels and build tools never
+# reach a layer of the final image.
+#
+# Runtime contract (deploy/k8s relies on it):
+#   - runs as uid/gid 10001, never root;
+#   - writes nothing outside /var/lib/authz (audit files: mount an emptyDir or a volume) and
+#     /tmp, so the root filesystem can be mounted read-only; bytecode is compiled at build time;
+#   - `authz serve --config /etc/authz/authz.yaml` by default (the reference policy is baked in
+#     there so the image starts on its own; mount your policy over it, or pass --config);
+#   - gRPC (ext_authz + ext_proc) on 9001, HTTP (/healthz, /readyz, /metrics, JWKS) on 9002;
+#   - the same image runs the demo MCP server: `python -m authz.demo.mcp_server`.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/authz
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY authz ./authz
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[demo]"
+# Not editable: the package is copied into site-packages and compiled to bytecode there.
+RUN /opt/authz/bin/pip install ".[demo]" \
+    && /opt/authz/bin/python -m compileall -q /opt/authz/lib
 
-FROM python:3.11-slim
-# Non-root, no shell tricks needed at runtime; the root filesystem can be mounted read-only:
-# the only writes go to /var/lib/authz (audit files, an emptyDir or volume) and /tmp.
-RUN groupadd --system --gid 10001 authz && useradd --system --uid 10001 --gid authz --no-create-home authz \
-    && mkdir -p /var/lib/authz/audit /etc/authz && chown -R authz:authz /var/lib/authz
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels authz[demo] && rm -rf /wheels
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 AUTHZ_AUDIT_DIR=/var/lib/authz/audit
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="authz" \
+      org.opencontainers.image.description="Envoy ext_authz / ext_proc sidecar for LLM and MCP traffic" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 authz \
+    && useradd --system --uid 10001 --gid authz --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin authz \
+    && mkdir -p /var/lib/authz/audit /etc/authz \
+    && chown -R 10001:10001 /var/lib/authz
+COPY --from=build /opt/authz /opt/authz
+COPY deploy/authz/authz.yaml /etc/authz/authz.yaml
+ENV PATH=/opt/authz/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    AUTHZ_AUDIT_DIR=/var/lib/authz/audit
 USER 10001:10001
+WORKDIR /var/lib/authz
+VOLUME ["/var/lib/authz/audit"]
 EXPOSE 9001 9002
-HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9002/healthz', timeout=2).status == 200 else 1)"]
+# Liveness only (the event loop answers). Kubernetes ignores HEALTHCHECK and uses the probes in
+# deploy/k8s; this one serves `docker run` and compose. No curl in the image: Python does it.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9002/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["authz"]
 CMD ["serve", "--config", "/etc/authz/authz.yaml"]
