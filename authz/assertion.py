@@ -63,6 +63,9 @@ from authz.model import Principal, Request
 
 log = logging.getLogger("authz.assertion")
 
+# A JSON string literal as dump_json writes one (UTF-8 kept, quotes and controls escaped).
+_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
 ASSERTION_TYP = "authz-assertion+jwt"
 SIGNING_ALGORITHMS = ("ES256", "EdDSA")
 DEFAULT_LIFETIME = 60
@@ -202,6 +205,9 @@ class AssertionSigner:
         self.audience = audience
         self._clock = clock
         self._headers: dict[str, str] = {}  # kid -> encoded protected header
+        # binding "caller": id(principal) -> (principal, assertion, re-sign after, kid)
+        self._caller_tokens: dict[int, tuple[Principal, str, float, str]] = {}
+        self.max_callers = 65536
 
     def _header(self, key: SigningKey) -> str:
         encoded = self._headers.get(key.kid)
@@ -211,12 +217,16 @@ class AssertionSigner:
         return encoded
 
     def claims(self, principal: Principal, request: Request) -> dict[str, Any]:
-        now = int(self._clock())
+        """The claims ``sign`` would sign now (with a fresh ``jti``), as a dict."""
+        return json.loads(self._payload(self.principal_claims(principal), request))
+
+    def principal_claims(self, principal: Principal) -> str:
+        """The claims that depend only on the caller, as JSON members without braces: computed
+        once per verified principal (callers cache it), so a signature costs little else."""
         claims: dict[str, Any] = {"iss": self.issuer}
         if self.audience:
             claims["aud"] = self.audience
-        claims.update(sub=principal.subject, iat=now, exp=now + self.lifetime,
-                      jti=b64url_encode(secrets.token_bytes(16)), cred=principal.credential)
+        claims.update(sub=principal.subject, cred=principal.credential)
         for name, value in (("idp", principal.issuer), ("client", principal.client),
                             ("email", principal.email), ("tenant", principal.tenant)):
             if value:
@@ -225,16 +235,53 @@ class AssertionSigner:
             claims["roles"] = sorted(principal.roles)
         if principal.scopes:
             claims["scope"] = " ".join(sorted(principal.scopes))
-        claims["req"] = {"method": request.method, "host": request.host,
-                         "path": request.path_only, "id": request.id}
-        return claims
+        return dump_json(claims).decode()[1:-1]
 
-    def sign(self, principal: Principal, request: Request) -> str:
+    def _payload(self, principal_claims: str, request: Request) -> str:
+        now = int(self._clock())
+        return (f'{{{principal_claims},"iat":{now},"exp":{now + self.lifetime},'
+                f'"jti":"{secrets.token_urlsafe(16)}","req":{{"method":{_json_str(request.method)},'
+                f'"host":{_json_str(request.host)},"path":{_json_str(request.path_only)},'
+                f'"id":{_json_str(request.id)}}}}}')
+
+    def sign(self, principal: Principal, request: Request, principal_claims: str | None = None
+             ) -> str:
+        """The compact JWS for ``request`` made by ``principal``; pass ``principal_claims``
+        (from ``principal_claims``) to skip re-encoding what does not change per request."""
         key = self.keyring.active
         assert key is not None
-        signing_input = f"{self._header(key)}.{b64url_encode(dump_json(self.claims(principal, request)))}"
+        if principal_claims is None:
+            principal_claims = self.principal_claims(principal)
+        return self._compact(key, self._payload(principal_claims, request).encode())
+
+    def _compact(self, key: SigningKey, payload: bytes) -> str:
+        signing_input = f"{self._header(key)}.{b64url_encode(payload)}"
         signature = sign(ALGORITHMS[key.alg], key.private_key, signing_input.encode("ascii"))
         return f"{signing_input}.{b64url_encode(signature)}"
+
+    def sign_for_caller(self, principal: Principal, principal_claims: str | None = None,
+                        on_sign: Callable[[], None] | None = None) -> str:
+        """An assertion about ``principal`` alone (no ``req`` claim), signed once and reused
+        until half its lifetime is gone (``binding: caller``)."""
+        now = self._clock()
+        entry = self._caller_tokens.get(id(principal))
+        key = self.keyring.active
+        assert key is not None
+        if entry is not None and entry[0] is principal and now < entry[2] and entry[3] == key.kid:
+            return entry[1]
+        if principal_claims is None:
+            principal_claims = self.principal_claims(principal)
+        iat = int(now)
+        payload = (f'{{{principal_claims},"iat":{iat},"exp":{iat + self.lifetime},'
+                   f'"jti":"{secrets.token_urlsafe(16)}"}}').encode()
+        token = self._compact(key, payload)
+        if on_sign is not None:
+            on_sign()
+        if len(self._caller_tokens) >= self.max_callers:
+            self._caller_tokens.clear()  # live callers are re-signed on their next request
+        # The entry holds ``principal``, so its id is not reused while the entry lives.
+        self._caller_tokens[id(principal)] = (principal, token, iat + self.lifetime / 2, key.kid)
+        return token
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return self.keyring.jwks()

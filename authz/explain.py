@@ -55,7 +55,7 @@ async def explain(config_path: str, request: Request, principal: Principal) -> d
     out: dict[str, Any] = {"request": {"method": request.method, "host": request.host,
                                        "path": request.path}}
     try:
-        await PolicyStage(config.policy).on_request(ctx)
+        await PolicyStage(config.policy, explain=True).on_request(ctx)
         await RoutingStage(config.routing).on_request(ctx)
     except Deny as deny:
         denial = render_denial(deny, None)

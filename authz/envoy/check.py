@@ -11,6 +11,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from authz.envoy import wire
 from authz.model import ANONYMOUS, Context, Principal, Request
 from authz.responses import Denial
 
@@ -76,7 +77,21 @@ def to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
 
 
 def allow_response(ctx: Context, *, extra_response_headers: Mapping[str, str] | None = None
-                   ) -> auth_pb2.CheckResponse:
+                   ) -> bytes:
+    """The serialized ``CheckResponse`` allowing ``ctx.request`` with its mutations (encoded by
+    ``authz.envoy.wire``: this is the hot path)."""
+    m = ctx.mutations
+    response_headers = m.response_headers
+    if extra_response_headers:
+        response_headers = {**response_headers, **extra_response_headers}
+    ok = wire.ok_http_response(m.set_headers, m.remove_headers, response_headers)
+    metadata = check_metadata(ctx)
+    return wire.ok_check_response(ok, to_struct(metadata).SerializeToString() if metadata else b"")
+
+
+def allow_response_message(ctx: Context, *, extra_response_headers: Mapping[str, str] | None = None
+                           ) -> auth_pb2.CheckResponse:
+    """The same answer built as upb messages: the reference the wire encoding is tested against."""
     m = ctx.mutations
     ok = auth_pb2.OkHttpResponse(
         headers=_header_options(m.set_headers),

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from time import perf_counter
 from typing import Any
 
 import grpc
@@ -19,10 +20,12 @@ from authz.envoy import check as check_adapter
 from authz.envoy import process as proc_adapter
 from authz.errors import BadRequest, Deny, InternalError
 from authz.model import Context, Exchange, Mutations, Request
+from authz.pipeline import Pipeline
 from authz.responses import render_denial
 from authz.runtime import Runtime
 
 log = logging.getLogger("authz.decision")
+CHECK_SERVICE = "envoy.service.auth.v3.Authorization"
 _completions: set[asyncio.Task] = set()  # strong references until each completion has run
 proc_log = logging.getLogger("authz.process")
 
@@ -37,11 +40,12 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
         self._decisions: dict[tuple[str, str], Any] = {}  # label children, resolved once
 
     async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
-                    ) -> auth_pb2.CheckResponse:
-        started = time.perf_counter()
-        self._inflight.inc()
+                    ) -> bytes:
+        """Answer one ``Check`` with a serialized ``CheckResponse`` (see ``add_to_server``)."""
+        started = perf_counter()
+        inflight = self._inflight
+        inflight.count += 1
         pipeline = self.runtime.pipeline
-        config = self.runtime.config
         req: Request | None = None
         ctx: Context | None = None
         deny: Deny | None = None
@@ -52,32 +56,40 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
             deny = BadRequest("the request could not be read", reason="request.unreadable")
         if req is not None:
             ctx = Context(request=req)
-            with tracing.request_span("authz.check", req.headers, {"authz.request_id": req.id}) as span:
-                try:
-                    await pipeline.run("on_request", ctx)
-                except Deny as exc:
-                    deny = exc
-                except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed
-                    log.exception("Check failed unexpectedly")
-                    deny = InternalError()
-                if span is not None:
+            if tracing.TRACER is None:
+                deny = await self._decide(pipeline, ctx)
+            else:
+                with tracing.request_span("authz.check", req.headers, {"authz.request_id": req.id}) as span:
+                    deny = await self._decide(pipeline, ctx)
                     span.set_attribute("authz.decision", "allow" if deny is None else "deny")
                     span.set_attribute("authz.reason", "ok" if deny is None else deny.reason)
-            try:
-                await pipeline.decided(ctx, deny)
-            except Deny as exc:  # only when a stage refuses an allowed request (audit fail-closed)
-                deny = exc
+            if pipeline.deciders:
+                try:
+                    await pipeline.decided(ctx, deny)
+                except Deny as exc:  # only when a stage refuses an allowed request (audit fail-closed)
+                    deny = exc
         try:
             if deny is None and ctx is not None:
-                extra = {"x-authz-check": "allow"} if config.server.debug_headers else None
                 self._record("allow", "ok", 200, req, ctx)
+                extra = {"x-authz-check": "allow"} if self.runtime.config.server.debug_headers else None
                 return check_adapter.allow_response(ctx, extra_response_headers=extra)
             assert deny is not None
             self._record("deny", deny.reason, deny.status, req, ctx, message=deny.message)
-            return check_adapter.deny_response(render_denial(deny, req))
+            return check_adapter.deny_response(render_denial(deny, req)).SerializeToString()
         finally:
-            self._inflight.dec()
-            self._seconds.observe(time.perf_counter() - started)
+            inflight.count -= 1
+            self._seconds.observe(perf_counter() - started)
+
+    @staticmethod
+    async def _decide(pipeline: Pipeline, ctx: Context) -> Deny | None:
+        try:
+            await pipeline.run("on_request", ctx)
+        except Deny as exc:
+            return exc
+        except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed
+            log.exception("Check failed unexpectedly")
+            return InternalError()
+        return None
 
     def _record(self, decision: str, reason: str, status: int, req: Request | None,
                 ctx: Context | None, *, message: str = "") -> None:
@@ -207,3 +219,17 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
         if kind in ("request_trailers", "response_trailers"):
             return proc_adapter.trailers_response(kind)
         raise BadRequest(f"unexpected ext_proc message {kind!r}", reason="process.unexpected_message")
+
+
+def _serialize(response: bytes | auth_pb2.CheckResponse) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
+    """Register ``Check`` as Envoy calls it. The servicer answers with bytes it encoded itself
+    (``authz.envoy.wire``), so the response serializer passes them through."""
+    handler = grpc.unary_unary_rpc_method_handler(
+        servicer.Check, request_deserializer=auth_pb2.CheckRequest.FromString,
+        response_serializer=_serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        CHECK_SERVICE, {"Check": handler}),))

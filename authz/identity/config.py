@@ -362,6 +362,12 @@ class AssertionConfig(Model):
     algorithm: Literal["ES256", "EdDSA"] = "ES256"  # the first key file must match it
     key_files: tuple[str, ...] = ()
     lifetime_seconds: int = Field(60, ge=5, le=3600)
+    # request: one signature per request, bound to its method, host, path and request id (a
+    #   captured assertion is good for nothing else); costs one ES256/EdDSA signature per request.
+    # caller: one assertion per verified caller, re-signed when half its lifetime is gone and
+    #   reused meanwhile (no ``req`` claim; bind it to the backend with ``audience``): what IAP-style
+    #   gateways send, at the cost of a dictionary lookup.
+    binding: Literal["request", "caller"] = "request"
 
     @field_validator("issuer")
     @classmethod

@@ -93,6 +93,9 @@ class IdentityStage(Stage):
         self._metadata_url = metadata_url(cfg)
         self._scope = " ".join(cfg.challenge_scopes) or None
         self._max_header = cfg.max_token_bytes + 64
+        self._prepared: dict[int, tuple[Principal, tuple[tuple[str, str], ...], str | None]] = {}
+        self._prepared_max = max(1024, cfg.token_cache.max_entries)
+        self._bind_request = cfg.assertion.binding == "request"
 
     # --- the hook --------------------------------------------------------------------------------
 
@@ -186,23 +189,44 @@ class IdentityStage(Stage):
     # --- mutations -------------------------------------------------------------------------------
 
     def _set_identity(self, m: Mutations, p: Principal, request: Request) -> None:
-        h = self.cfg.headers
-        m.set_header(h.user, header_value(p.subject))
-        if p.issuer:
-            m.set_header(h.issuer, header_value(p.issuer))
-        if p.email:
-            m.set_header(h.email, header_value(p.email))
-        if p.tenant:
-            m.set_header(h.tenant, header_value(p.tenant))
-        if p.client:
-            m.set_header(h.client, header_value(p.client))
-        if p.roles:
-            m.set_header(h.roles, header_list(p.roles))
-        if p.scopes:
-            m.set_header(h.scopes, header_list(p.scopes))
+        headers, claims = self._prepared_for(p)
+        set_headers = m.set_headers
+        for name, value in headers:
+            set_headers[name] = value
         if self.signer is not None:
-            m.set_header(h.assertion, self.signer.sign(p, request))
-            metrics.ASSERTIONS_SIGNED.inc()
+            if self._bind_request:
+                set_headers[self.cfg.headers.assertion] = self.signer.sign(p, request, claims)
+                metrics.ASSERTIONS_SIGNED.inc()
+            else:
+                set_headers[self.cfg.headers.assertion] = self.signer.sign_for_caller(
+                    p, claims, metrics.ASSERTIONS_SIGNED.inc)
+        if m.remove_headers:
+            m.remove_headers.difference_update(set_headers)
+
+    def _prepared_for(self, p: Principal) -> tuple[tuple[tuple[str, str], ...], str | None]:
+        """The identity headers and the assertion's caller claims for ``p``, worked out once per
+        verified principal: the token cache hands back the same ``Principal`` object for the
+        same token, so a steady stream of requests pays for neither again."""
+        entry = self._prepared.get(id(p))
+        if entry is not None and entry[0] is p:
+            return entry[1], entry[2]
+        h = self.cfg.headers
+        headers = [(h.user, header_value(p.subject))]
+        for name, value in ((h.issuer, p.issuer), (h.email, p.email), (h.tenant, p.tenant),
+                            (h.client, p.client)):
+            if value:
+                headers.append((name, header_value(value)))
+        if p.roles:
+            headers.append((h.roles, header_list(p.roles)))
+        if p.scopes:
+            headers.append((h.scopes, header_list(p.scopes)))
+        prepared = tuple((name.lower(), value) for name, value in headers)
+        claims = self.signer.principal_claims(p) if self.signer is not None else None
+        if len(self._prepared) >= self._prepared_max:
+            self._prepared.clear()  # the live principals come back on their next request
+        # The entry keeps ``p`` alive, so its id cannot be reused by another object meanwhile.
+        self._prepared[id(p)] = (p, prepared, claims)
+        return prepared, claims
 
     def _strip_credentials(self, m: Mutations, path: str) -> None:
         if path_matches(path, self.cfg.passthrough_authorization_paths):

@@ -37,7 +37,8 @@ class Decision:
             out["required_scopes"] = list(self.scopes)
         if self.rewrite_model:
             out["rewrite_model"] = self.rewrite_model
-        out["inputs"] = self.inputs
+        if self.inputs:
+            out["inputs"] = self.inputs
         return out
 
 
@@ -125,10 +126,13 @@ class Policy:
         return a.http_action(request)
 
     def evaluate(self, principal: Principal, request: Request, action: a.Action,
-                 now: datetime.datetime | None = None) -> Decision:
+                 now: datetime.datetime | None = None, *, explain: bool = True) -> Decision:
+        """Decide. ``explain`` records the inputs used in ``Decision.inputs`` (for ``authz
+        explain`` and tests); the request path leaves it off: nothing there reads them."""
         now = now or datetime.datetime.now(datetime.UTC)
-        inputs = {"principal": _principal_inputs(principal), "action": action.describe(),
-                  "method": request.method, "host": request.host, "path": request.path_only}
+        inputs = ({"principal": _principal_inputs(principal), "action": action.describe(),
+                   "method": request.method, "host": request.host, "path": request.path_only}
+                  if explain else {})
         decision = self._first_match(principal, request, action, now, inputs)
         if decision.rewrite_model is None:
             return decision

@@ -48,8 +48,10 @@ default_challenge = challenge_for(None)
 class PolicyStage(Stage):
     name = "policy"
 
-    def __init__(self, cfg: PolicyConfig, *, challenge: Challenge = default_challenge) -> None:
+    def __init__(self, cfg: PolicyConfig, *, challenge: Challenge = default_challenge,
+                 explain: bool = False) -> None:
         self.cfg = cfg
+        self.explain = explain  # record each decision's inputs (``authz explain``)
         self.policy = Policy(cfg)
         self.challenge = challenge
         self._claim_paths = sorted({p for r in self.policy.rules for p in r.require.claim_paths()})
@@ -68,7 +70,7 @@ class PolicyStage(Stage):
         if action.model is not None:
             ctx.facts["model"] = action.model
 
-        decision = self.policy.evaluate(ctx.principal, request, action)
+        decision = self.policy.evaluate(ctx.principal, request, action, explain=self.explain)
         ctx.facts["policy"] = decision.explain()
         ctx.facts["rule"] = decision.rule or "-"
         if decision.dry_run:

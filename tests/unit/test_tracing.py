@@ -39,7 +39,7 @@ async def test_a_check_continues_the_callers_trace_with_a_span_per_stage(tmp_pat
     http = req.attributes.request.http
     http.method, http.path = "GET", "/x"
     http.headers["traceparent"] = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
-    resp = await AuthorizationServicer(rt).Check(req, None)
+    resp = auth_pb2.CheckResponse.FromString(await AuthorizationServicer(rt).Check(req, None))
     assert resp.denied_response.status.code == 403
     spans = {s.name: s for s in exporter.get_finished_spans()}
     check, stage = spans["authz.check"], spans["authz.stage.policy"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -234,3 +235,37 @@ def test_backend_import_is_light():
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_caller_binding_reuses_one_assertion_until_half_its_lifetime():
+    clock = FakeClock()
+    s = signer(clock=clock)
+    signed = []
+    first = s.sign_for_caller(ALICE, on_sign=lambda: signed.append(1))
+    assert s.sign_for_caller(ALICE, on_sign=lambda: signed.append(1)) == first
+    claims = verify(first, jwks=s.jwks(), issuer=ISSUER, now=clock.now)
+    assert "req" not in claims and claims["sub"] == "alice" and claims["exp"] == claims["iat"] + 60
+    # A backend that asks for request binding refuses it: it names no request.
+    with pytest.raises(InvalidAssertion) as err:
+        verify(first, jwks=s.jwks(), issuer=ISSUER, now=clock.now, **BINDING)
+    assert err.value.reason == "assertion.missing_claim"
+    clock.advance(29)
+    assert s.sign_for_caller(ALICE) == first
+    clock.advance(2)  # past half of the 60 s lifetime: a fresh one, still valid for 60 s
+    second = s.sign_for_caller(ALICE, on_sign=lambda: signed.append(1))
+    assert second != first and len(signed) == 2
+    assert verify(second, jwks=s.jwks(), issuer=ISSUER, now=clock.now + 50)["sub"] == "alice"
+
+
+def test_caller_binding_is_per_principal_and_follows_key_rotation():
+    clock = FakeClock()
+    s = signer(clock=clock)
+    bob = Principal(subject="bob", issuer="https://idp")
+    a, b = s.sign_for_caller(ALICE), s.sign_for_caller(bob)
+    assert verify(b, jwks=s.jwks(), issuer=ISSUER, now=clock.now)["sub"] == "bob"
+    assert verify(a, jwks=s.jwks(), issuer=ISSUER, now=clock.now)["sub"] == "alice"
+    new = SigningKey.generate()
+    s.keyring.install(new, retire_after=120)
+    rotated = s.sign_for_caller(ALICE)
+    assert rotated != a
+    assert json.loads(base64.urlsafe_b64decode(rotated.split(".")[0] + "=="))["kid"] == new.kid
