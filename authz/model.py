@@ -11,9 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Request:
     """One HTTP request as Envoy describes it to ``Check`` (or to ``Process`` at request headers).
+
+    Treat it as read-only: stages change what goes upstream through ``Mutations``, never here.
+    (Not ``frozen``: a frozen dataclass's ``__init__`` costs ~2 µs more per request.)
 
     ``headers`` keys are lower-case. When the client sent a header more than once Envoy joins the
     values with ``,`` in ``headers``; ``header_lists`` keeps the individual values where Envoy
@@ -35,8 +38,7 @@ class Request:
     path_only: str = dataclasses.field(init=False)  # the path without its query string
 
     def __post_init__(self) -> None:
-        # Read by every stage: split once.
-        object.__setattr__(self, "path_only", self.path.split("?", 1)[0])
+        self.path_only = self.path.split("?", 1)[0]  # read by every stage: split once
 
     @property
     def query(self) -> str:

@@ -133,14 +133,28 @@ class TokenVerifier:
     def issuers(self) -> tuple[IssuerVerifier, ...]:
         return tuple(self._issuers.values())
 
+    def cached(self, token: str) -> Verified | None:
+        """The earlier verification of this very token, while it is still good; else None."""
+        if self.cache is None or len(token) > self.max_token_bytes:
+            return None
+        principal = self.cache.get(token)
+        if principal is None:
+            return None
+        return Verified(principal, self._names.get(principal.issuer, ""), True)
+
     async def verify(self, token: str) -> Verified:
         """Verify an access token or raise a ``TokenInvalid`` subclass (or ``KeysUnavailable``)."""
         if len(token) > self.max_token_bytes:
             raise TokenTooLarge()
-        if self.cache is not None:
-            principal = self.cache.get(token)
-            if principal is not None:
-                return Verified(principal, self._names.get(principal.issuer, ""), True)
+        verified = self.cached(token)
+        if verified is not None:
+            return verified
+        return await self.verify_fresh(token)
+
+    async def verify_fresh(self, token: str) -> Verified:
+        """``verify`` for a token the cache has just been asked about (and did not have)."""
+        if len(token) > self.max_token_bytes:
+            raise TokenTooLarge()
         try:
             jws = split_compact(token, max_bytes=self.max_token_bytes)
         except JoseError as exc:

@@ -60,13 +60,17 @@ def _check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {duplicate!r}")
     return out
+
+
+# Built once: json.loads(..., object_pairs_hook=...) builds a new decoder on every call.
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
 
 
 def parse_json(body: bytes) -> Any:
@@ -74,7 +78,7 @@ def parse_json(body: bytes) -> Any:
     how a policy is bypassed), bounded nesting. Raises ``ValueError``."""
     try:
         text = body.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates)
+        value = _STRICT_DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except UnicodeDecodeError:

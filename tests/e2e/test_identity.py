@@ -148,3 +148,26 @@ def test_every_hostile_input_is_a_401_with_a_challenge_through_envoy(env, idps):
             failures.append(f"{case.id}: {', '.join(problems)}")
     assert not failures, "\n".join(failures)
     assert len(CASES) >= 30
+
+
+def test_caller_binding_sends_one_assertion_per_caller_through_envoy(idps, tmp_path):
+    a, _ = idps
+    cfg = {"log": {"format": "json"}, "policy": {"default": "allow"},
+           "identity": {"resource": RESOURCE, "issuers": [{"name": "idp0", "issuer": a.issuer}],
+                        "assertion": {"issuer": "urn:authz:e2e", "audience": "backend", "binding": "caller"}}}
+    path = tmp_path / "authz.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with Stack(authz_config=path, issuer=False) as stack, httpx.Client(base_url=stack.url, timeout=10) as http:
+        oscar = a.mint(sub="oscar", roles=["accounting"], azp="chatgpt")
+        alice = a.mint(sub="alice", roles=["doctor"], azp="claude")
+        seen = [echo(http, [("authorization", f"Bearer {t}")]).json()["headers"] for t in (oscar, oscar, alice)]
+        first, again, other = (s["x-authz-assertion"] for s in seen)
+        assert first == again and other != first  # signed once per caller, not per request
+        jwks = f"{stack.authz_http}/.well-known/jwks.json"
+        claims = assertion.verify(first, issuer="urn:authz:e2e", audience="backend", jwks_url=jwks)
+        assert claims["sub"] == "oscar" and claims["client"] == "chatgpt" and "req" not in claims
+        assert assertion.verify(other, issuer="urn:authz:e2e", audience="backend", jwks_url=jwks)["sub"] == "alice"
+        # It names no request, so a backend that insists on request binding refuses it.
+        with pytest.raises(assertion.InvalidAssertion, match="no request binding"):
+            assertion.verify(first, issuer="urn:authz:e2e", audience="backend", jwks_url=jwks, method="POST",
+                             host=seen[0]["host"], path="/echo/identity", request_id=seen[0]["x-request-id"])
