@@ -1,4 +1,9 @@
-"""Redis store: one asyncio connection pool, every operation bounded by a timeout."""
+"""Redis store, every operation bounded by a timeout.
+
+Single-node Redis goes through ``authz.store.resp``: one pipelined connection, a few µs of CPU
+per command (the rate-limit script runs once per request). A Redis Cluster goes through
+redis-py's cluster client, which routes each command to the master of its slot.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from authz import metrics
 from authz.limits import algorithm as alg
 from authz.limits.script import LIMITS_LUA
 from authz.store.base import Store, StoreUnavailable
+from authz.store.resp import RespClient, RespError, Script, encode_command
 
 log = logging.getLogger("authz.store")
 
@@ -26,6 +32,9 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) 
 return v
 """
 T = TypeVar("T")
+_OPS = ("get", "set", "incr", "delete", "ttl", "limits", "time", "ping")
+_LIMITS = Script(LIMITS_LUA)
+_INCR = Script(INCR_LUA)
 
 
 class RedisStore(Store):
@@ -37,14 +46,21 @@ class RedisStore(Store):
         self.timeout = timeout
         self.cluster = cluster
         self._prefix = prefix
+        # Label children resolved once: the request path only observes / increments.
+        self._seconds = {op: metrics.STORE_SECONDS.labels(backend="redis", op=op) for op in _OPS}
+        self._errors = {op: metrics.STORE_ERRORS.labels(backend="redis", op=op) for op in _OPS}
+        self._limits_seconds = self._seconds["limits"]
+        self._limits_errors = self._errors["limits"]
         self.client: Any
+        self._resp: RespClient | None = None
         if cluster:
             self.client = RedisCluster.from_url(
                 url, socket_timeout=max(timeout, 0.001), socket_connect_timeout=connect_timeout,
                 max_connections=max_connections)
         else:
-            # A blocking pool waits (up to the op timeout) for a free connection instead of
-            # failing at once when a burst exceeds max_connections.
+            # Every Store operation goes through the pipelined client. redis-py's client stays
+            # for tools and tests (FLUSHDB, inspection); it opens no connection unless used.
+            self._resp = RespClient(url, timeout=timeout, connect_timeout=connect_timeout)
             pool = aioredis.BlockingConnectionPool.from_url(
                 url, max_connections=max_connections, timeout=timeout,
                 socket_timeout=max(timeout, 0.001), socket_connect_timeout=connect_timeout,
@@ -59,41 +75,82 @@ class RedisStore(Store):
             async with asyncio.timeout(self.timeout):
                 return await coro
         except (RedisError, OSError, TimeoutError) as exc:
-            metrics.STORE_ERRORS.labels(backend="redis", op=op).inc()
+            self._errors[op].inc()
             raise StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            metrics.STORE_SECONDS.labels(backend="redis", op=op).observe(
-                time.perf_counter() - started)
+            self._seconds[op].observe(time.perf_counter() - started)
+
+    async def _resp_run(self, op: str, call: Awaitable[T]) -> T:
+        # The pipelined client bounds every command by the timeout itself.
+        started = time.perf_counter()
+        try:
+            return await call
+        except (RespError, OSError, TimeoutError) as exc:
+            self._errors[op].inc()
+            raise StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._seconds[op].observe(time.perf_counter() - started)
 
     async def get(self, key: str) -> bytes | None:
+        if self._resp is not None:
+            return await self._resp_run("get", self._resp.request(encode_command("GET", self._prefix + key)))
         return await self._run("get", self.client.get(self._prefix + key))
 
     async def set(self, key: str, value: bytes, *, ttl: float | None = None,
                   only_if_absent: bool = False) -> bool:
         px = None if ttl is None else max(1, int(ttl * 1000))
+        if self._resp is not None:
+            args: list[Any] = ["SET", self._prefix + key, value]
+            if px is not None:
+                args += ["PX", px]
+            if only_if_absent:
+                args.append("NX")
+            return await self._resp_run("set", self._resp.request(encode_command(*args))) is not None
         result = await self._run("set", self.client.set(self._prefix + key, value, px=px,
                                                         nx=only_if_absent))
         return bool(result)
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         k = self._prefix + key
+        resp = self._resp
         if ttl is None:
+            if resp is not None:
+                return int(await self._resp_run("incr", resp.request(encode_command("INCRBY", k, amount))))
             return int(await self._run("incr", self.client.incrby(k, amount)))
         # One round trip, atomic: INCRBY, then an expiry only if the key has none.
-        value = await self._run("incr", self._incr_script(keys=[k], args=[amount, max(1, int(ttl * 1000))]))
+        args = [amount, max(1, int(ttl * 1000))]
+        if resp is not None:
+            return int(await self._resp_run("incr", resp.eval(_INCR, [k], args)))
+        value = await self._run("incr", self._incr_script(keys=[k], args=args))
         return int(value)
 
     async def delete(self, key: str) -> bool:
+        if self._resp is not None:
+            return bool(await self._resp_run("delete", self._resp.request(encode_command("DEL", self._prefix + key))))
         return bool(await self._run("delete", self.client.delete(self._prefix + key)))
 
     async def ttl(self, key: str) -> float | None:
-        ms = await self._run("ttl", self.client.pttl(self._prefix + key))
+        if self._resp is not None:
+            ms = await self._resp_run("ttl", self._resp.request(encode_command("PTTL", self._prefix + key)))
+        else:
+            ms = await self._run("ttl", self.client.pttl(self._prefix + key))
         return None if ms is None or ms < 0 else ms / 1000
 
     async def apply_limits(self, rates: Sequence[alg.RateOp], reserves: Sequence[alg.ReserveOp]
                            ) -> alg.BatchResult:
-        if not self.cluster:
-            return await self._run("limits", self._limits_call(rates, reserves))
+        resp = self._resp
+        if resp is not None:  # the request path: one EVALSHA, kept lean
+            n = len(rates) + len(reserves)
+            body = self._limits_body(rates, reserves)
+            started = time.perf_counter()
+            try:
+                raw = await resp.evalsha(_LIMITS, n, 2 + 3 * n, body)
+            except (RespError, OSError, TimeoutError) as exc:
+                self._limits_errors.inc()
+                raise StoreUnavailable(f"redis limits failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                self._limits_seconds.observe(time.perf_counter() - started)
+            return _batch_result(raw, len(rates), len(reserves))
         # On a cluster one script may only touch one slot: keys that share a hash tag (the
         # same user, say) go together; different slots are separate calls, sent concurrently.
         slots: dict[int, tuple[list[int], list[int]]] = {}
@@ -121,23 +178,57 @@ class RedisStore(Store):
             args += [repr(op.interval_us), op.burst, op.cost]
         for op in reserves:
             args += [op.limit, op.amount, op.ttl_seconds]
-        raw = [int(x) for x in await self._limits_script(keys=keys, args=args)]
-        rate_results = tuple(alg.RateResult(raw[k] == 1, raw[k + 1], raw[k + 2], raw[k + 3])
-                             for k in range(2, 2 + 4 * len(rates), 4))
-        base = 2 + 4 * len(rates)
-        budget_results = tuple(alg.BudgetResult(raw[k] == 1, raw[k + 1], raw[k + 2])
-                               for k in range(base, base + 3 * len(reserves), 3))
-        return alg.BatchResult(raw[0] == 1, rate_results, budget_results)
+        return _batch_result(await self._limits_script(keys=keys, args=args), len(rates), len(reserves))
+
+    def _limits_body(self, rates: Sequence[alg.RateOp], reserves: Sequence[alg.ReserveOp]) -> bytes:
+        """KEYS and ARGV of the limits script as RESP bulk strings (what ``_limits_call`` passes
+        redis-py, encoded the same way: numbers as ``repr``), built as one str, encoded once."""
+        prefix = self._prefix
+        parts = []
+        for op in rates:
+            k = prefix + op.key
+            parts.append(f"${len(k) if k.isascii() else len(k.encode())}\r\n{k}\r\n")
+        for op in reserves:
+            k = prefix + op.key
+            parts.append(f"${len(k) if k.isascii() else len(k.encode())}\r\n{k}\r\n")
+        nr, nb = str(len(rates)), str(len(reserves))
+        parts.append(f"${len(nr)}\r\n{nr}\r\n${len(nb)}\r\n{nb}\r\n")
+        for op in rates:
+            a, b, c = repr(op.interval_us), repr(op.burst), repr(op.cost)
+            parts.append(f"${len(a)}\r\n{a}\r\n${len(b)}\r\n{b}\r\n${len(c)}\r\n{c}\r\n")
+        for op in reserves:
+            a, b, c = repr(op.limit), repr(op.amount), repr(op.ttl_seconds)
+            parts.append(f"${len(a)}\r\n{a}\r\n${len(b)}\r\n{b}\r\n${len(c)}\r\n{c}\r\n")
+        return "".join(parts).encode()
 
     async def time_us(self) -> int:
-        seconds, micros = await self._run("time", self.client.time())
+        if self._resp is not None:
+            seconds, micros = await self._resp_run("time", self._resp.request(b"*1\r\n$4\r\nTIME\r\n"))
+        else:
+            seconds, micros = await self._run("time", self.client.time())
         return int(seconds) * 1_000_000 + int(micros)
 
     async def ping(self) -> None:
-        await self._run("ping", self.client.ping())
+        if self._resp is not None:
+            await self._resp_run("ping", self._resp.request(b"*1\r\n$4\r\nPING\r\n"))
+        else:
+            await self._run("ping", self.client.ping())
 
     async def close(self) -> None:
-        try:
-            await self.client.aclose()
-        except Exception:  # closing must never raise during shutdown
-            log.debug("error closing redis client", exc_info=True)
+        clients = [self.client] if self._resp is None else [self._resp, self.client]
+        for client in clients:
+            try:
+                await (client.close() if client is self._resp else client.aclose())
+            except Exception:  # closing must never raise during shutdown
+                log.debug("error closing redis client", exc_info=True)
+
+
+def _batch_result(reply: Sequence[Any], n_rates: int, n_budgets: int) -> alg.BatchResult:
+    """The limits script's reply (see ``authz.limits.script``) as a ``BatchResult``."""
+    raw = list(map(int, reply))
+    rate_results = tuple([alg.RateResult(raw[k] == 1, raw[k + 1], raw[k + 2], raw[k + 3])
+                          for k in range(2, 2 + 4 * n_rates, 4)]) if n_rates else ()
+    base = 2 + 4 * n_rates
+    budget_results = tuple([alg.BudgetResult(raw[k] == 1, raw[k + 1], raw[k + 2])
+                            for k in range(base, base + 3 * n_budgets, 3)]) if n_budgets else ()
+    return alg.BatchResult(raw[0] == 1, rate_results, budget_results)
