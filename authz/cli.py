@@ -5,10 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from authz import __version__
 from authz.errors import ConfigError
+
+
+def run_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """Run ``main`` to completion on the configured event loop."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # e.g. a platform without a uvloop wheel: say so, run anyway
+            print("authz: uvloop is not installed; serving on asyncio's event loop", file=sys.stderr)
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -25,8 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     runtime = Runtime(args.config, config=config, sha256=sha)
     try:
-        return asyncio.run(serve(runtime, grpc_address=args.grpc_address,
-                                 http_address=args.http_address))
+        return run_loop(serve(runtime, grpc_address=args.grpc_address, http_address=args.http_address),
+                        config.server.event_loop)
     except OSError as exc:
         print(f"authz: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """The floor: a grpc.aio ext_authz servicer that allows everything and does nothing else.
 
-``python -m bench.noop_authz --port 9001``. Whatever authz costs on top of this is ours.
+``python -m bench.noop_authz --port 9001 [--event-loop uvloop]``. Whatever authz costs on top of
+this is ours.
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ async def serve(port: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=9001)
+    p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="asyncio (the floor as defined) or uvloop (what authz serves on by default)")
     args = p.parse_args()
     try:
-        asyncio.run(serve(args.port))
+        if args.event_loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve(args.port))
+        else:
+            asyncio.run(serve(args.port))
     except KeyboardInterrupt:
         pass
 

@@ -53,6 +53,8 @@ def notes(r: Mapping[str, Any], *, backend: str | None = None) -> str:
         return f"{r.get('status', 'failed').upper()}: {r.get('error', '')}".splitlines()[0]
     if not clean(r):
         out.append(f"NOT CLEAN: {r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} socket errors")
+    if len(r.get("rounds_requests_per_second", ())) > 1:
+        out.append("rounds " + "/".join(str(x) for x in r["rounds_requests_per_second"]))
     cpu = [f"{who} {r[f'{who}_cpu_us_per_request']:.0f}"
            for who in (backend, "envoy") if who and f"{who}_cpu_us_per_request" in r]
     if cpu:

@@ -121,7 +121,7 @@ def _start(sc: Scenario, settings: Settings, stack: Stack) -> Context:
         stack.start_issuer()
     ctx = Context(workdir=stack.workdir, issuer_url=stack.issuer_url, redis_url=redis_url)
     if sc.backend == "noop":
-        argv = [sys.executable, "-m", "bench.noop_authz", "--port", str(ports.authz_grpc)]
+        argv = [sys.executable, "-m", "bench.noop_authz", "--port", str(ports.authz_grpc), *sc.noop_args]
         noop = ManagedProcess("noop", argv, cwd=ROOT).start()
         stack.procs["noop"] = noop
         noop.wait_ready(lambda: port_open(ports.authz_grpc), cancel=stack.cancel)

@@ -61,6 +61,7 @@ class Scenario:
     redis: bool = False              # start a private redis-server; Context.redis_url points at it
     issuer: bool = False             # start the dev token issuer; Context.issuer_url points at it
     target: Target | None = None
+    noop_args: tuple[str, ...] = ()  # extra arguments for bench.noop_authz (backend "noop")
     redis_round_trips: float | None = None   # at most this many Redis round trips per request
 
     def __post_init__(self) -> None:
@@ -144,6 +145,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     # authz's work on the request and not the size of the request itself.
     Scenario("floor+token", "the floor with the signed-in request (bearer token) of the "
              "scenarios below", "noop", request=signed_in_mcp_call, issuer=True),
+    # authz serves on uvloop by default (server.event_loop), which makes the hop itself cheaper:
+    # this is the same do-nothing servicer on uvloop, to show how much of any margin that is.
+    Scenario("floor+token+uvloop", "floor+token with the do-nothing servicer on uvloop", "noop",
+             request=signed_in_mcp_call, issuer=True, noop_args=("--event-loop", "uvloop")),
     Scenario("authz", "+ ext_authz to authz, allow-all (anonymous path, default allow)", "authz",
              allow_all()),
     Scenario("authz+decision-log", "authz with a JSON decision log line per request", "authz",
