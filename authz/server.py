@@ -75,10 +75,11 @@ class Server:
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
-        log.info("authz %s listening: grpc %s:%d, http %s:%d (instance %s)", __version__,
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        log.info("authz %s listening: grpc %s:%d, http %s:%d (instance %s, %s event loop)", __version__,
                  self.grpc_address.rpartition(":")[0], self.grpc_port, host, self.http_port,
-                 instance_id(cfg), extra={"fields": {"event": "listening", "grpc_port": self.grpc_port,
-                                                     "http_port": self.http_port}})
+                 instance_id(cfg), loop, extra={"fields": {"event": "listening", "grpc_port": self.grpc_port,
+                                                           "http_port": self.http_port, "event_loop": loop}})
 
     async def _set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving

@@ -38,3 +38,15 @@ def test_explain_routes_a_doctor_to_the_medical_upstream(capsys):
                  "--roles", "doctor", "--body", '{"model":"gpt-medical","messages":[]}']) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["route"] == "medical" and out["upstream_headers"]["x-authz-route"] == "medical"
+
+
+def test_serve_runs_on_the_configured_event_loop():
+    import asyncio
+
+    from authz.cli import run_loop
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_loop(loop_module(), "uvloop").startswith("uvloop")
+    assert run_loop(loop_module(), "asyncio").startswith("asyncio")
