@@ -48,6 +48,26 @@ def field(number: int, payload: bytes) -> bytes:
 _OVERWRITE = b"\x18\x02"
 
 
+_OPTIONS: dict[tuple[str, str], bytes] = {}  # (name, value) -> encoded field, for values that repeat
+_OPTIONS_MAX = 8192
+
+
+def header_field(number: int, key: str, value: str) -> bytes:
+    """Field ``number`` holding a ``HeaderValueOption`` that overwrites ``key`` with ``value``.
+
+    The identity headers of a caller are the same strings on each of its requests: their
+    encodings are kept (bounded; values over 256 characters, such as assertions, never are)."""
+    if len(value) > 256:
+        return field(number, header_option(key, value))
+    cache_key = (key, value) if number == 2 else (f"{number}:{key}", value)
+    encoded = _OPTIONS.get(cache_key)
+    if encoded is None:
+        if len(_OPTIONS) >= _OPTIONS_MAX:
+            _OPTIONS.clear()
+        encoded = _OPTIONS[cache_key] = field(number, header_option(key, value))
+    return encoded
+
+
 def header_option(key: str, value: str) -> bytes:
     """One ``HeaderValueOption`` (without its own field tag) that overwrites ``key``."""
     k = key.encode()
@@ -72,9 +92,9 @@ def ok_http_response(headers: Mapping[str, str], remove: Iterable[str],
                      response_headers: Mapping[str, str]) -> bytes:
     """An ``OkHttpResponse``: set ``headers`` upstream, remove ``remove`` (sorted, as the slow
     path did, so the bytes are deterministic), add ``response_headers`` to the client's answer."""
-    parts = [field(2, header_option(k, v)) for k, v in headers.items()]
+    parts = [header_field(2, k, v) for k, v in headers.items()]
     parts += [_remove_field(name) for name in sorted(remove)]
-    parts += [field(6, header_option(k, v)) for k, v in response_headers.items()]
+    parts += [header_field(6, k, v) for k, v in response_headers.items()]
     return b"".join(parts)
 
 

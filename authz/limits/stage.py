@@ -85,6 +85,22 @@ class LimitsStage(Stage):
         self._rates = tuple((r, _Selected(r.match, r.when)) for r in cfg.rate_limits)
         self._budgets = tuple((b, _Selected(b.match, b.when)) for b in cfg.budgets)
         self._prices = tuple((Glob((name,)), price) for name, price in cfg.prices.items())
+        self._counters: dict[tuple, Any] = {}
+        # Per rate limit, worked out once: GCRA emission interval and burst, RateLimit-Policy item.
+        self._gcra: dict[str, tuple[float, int]] = {}
+        self._policy_items: dict[str, str] = {}
+        for r in cfg.rate_limits:
+            count, window = r.count_and_window
+            self._gcra[r.id] = (window * 1_000_000 / count, r.burst or count)
+            self._policy_items[r.id] = f'"{r.id}";q={count};w={window}'
+
+    def _counter(self, metric: Any, **labels: str) -> Any:
+        """``metric.labels(**labels)``, resolved once per label set (ids come from config)."""
+        key = (metric, *labels.values())
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = metric.labels(**labels)
+        return child
 
     # --- key building ----------------------------------------------------------------------------
 
@@ -135,8 +151,8 @@ class LimitsStage(Stage):
             key = self.key_for("rl", limit.id, limit.key, values)
             if key is None:
                 continue
-            count, window = limit.count_and_window
-            rates.append((limit, alg.RateOp(key, window * 1_000_000 / count, limit.burst or count)))
+            interval_us, burst = self._gcra[limit.id]
+            rates.append((limit, alg.RateOp(key, interval_us, burst)))
         reserves: list[tuple[Budget, alg.ReserveOp]] = []
         model = values["model"]
         if ctx.action is not None and ctx.action.protocol == "llm" and model:
@@ -214,15 +230,13 @@ class LimitsStage(Stage):
         ctx.facts["limits"] = facts
         headers = {}
         if items:
-            headers["ratelimit-policy"] = ", ".join(
-                f'"{limit.id}";q={limit.count_and_window[0]};w={limit.count_and_window[1]}'
-                for limit, _ in rates)
+            headers["ratelimit-policy"] = ", ".join(self._policy_items[limit.id] for limit, _ in rates)
             headers["ratelimit"] = ", ".join(items)
         if result.allowed:
             for limit, _ in rates:
-                RATE_DECISIONS.labels(limit=limit.id, outcome="allowed").inc()
+                self._counter(RATE_DECISIONS, limit=limit.id, outcome="allowed").inc()
             for budget, _ in reserves:
-                BUDGET_DECISIONS.labels(budget=budget.id, outcome="reserved").inc()
+                self._counter(BUDGET_DECISIONS, budget=budget.id, outcome="reserved").inc()
             if self.cfg.headers_on_allowed:
                 ctx.mutations.response_headers.update(headers)
             if reserves:
@@ -231,7 +245,7 @@ class LimitsStage(Stage):
         refused_rates = [(limit, r) for (limit, _), r in zip(rates, result.rates, strict=True)
                          if not r.allowed]
         for limit, r in zip([limit for limit, _ in rates], result.rates, strict=True):
-            RATE_DECISIONS.labels(limit=limit.id, outcome="allowed" if r.allowed else "limited").inc()
+            self._counter(RATE_DECISIONS, limit=limit.id, outcome="allowed" if r.allowed else "limited").inc()
         if refused_rates:
             retry = max(math.ceil(r.retry_after_us / 1e6) for _, r in refused_rates)
             headers["retry-after"] = str(max(1, retry))

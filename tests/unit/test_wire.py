@@ -49,3 +49,10 @@ def test_varints_across_byte_boundaries():
         parsed = auth_pb2.OkHttpResponse.FromString(wire.field(5, payload))
         assert parsed.headers_to_remove == ["x" * n]
         assert encoded.endswith(payload)
+
+
+def test_cached_header_encodings_stay_correct_past_the_cache_bound():
+    for i in range(wire._OPTIONS_MAX + 50):
+        ok = auth_pb2.OkHttpResponse.FromString(wire.header_field(2, "x-n", str(i)) + wire.header_field(6, "x-n", "r"))
+        assert ok.headers[0].header.value == str(i) and ok.response_headers_to_add[0].header.value == "r"
+    assert len(wire._OPTIONS) <= wire._OPTIONS_MAX
