@@ -6,6 +6,7 @@ the JSON object. Nothing here ever logs a token or a body: callers pass only saf
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import logging
@@ -19,6 +20,8 @@ _listener: logging.handlers.QueueListener | None = None
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "preformatted", False):
+            return record.getMessage()  # a batch of lines DecisionLines already wrote as JSON
         out: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                   + f".{int(record.msecs):03d}Z",
@@ -49,9 +52,72 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class DecisionLines:
+    """One JSON line per decision without the logging module on the request path.
+
+    A decision line through ``logging`` cost a LogRecord, a copy in the queue handler, a JSON
+    formatter and a write per line in the listener thread, and the GIL going back and forth for
+    each: a quarter of the sidecar's throughput with ``log.decisions`` on (measured). Here the
+    event loop encodes the line (C ``json``) and keeps it; once per ``FLUSH_SECONDS`` the batch
+    goes to the logging thread as one record, written with one write. Same line format as
+    ``JsonFormatter``; with text logs (or no running loop) lines go through ``logging`` as before.
+    """
+
+    FLUSH_SECONDS = 0.05
+    MAX_LINES = 512  # flush early past this many: a burst does not sit in memory
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._second = -1
+        self._stamp = ""
+
+    def emit(self, msg: str, fields: dict[str, object]) -> None:
+        if not _json_format:
+            self.logger.info(msg, extra={"fields": fields})
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # the timestamp's date part, formatted once a second
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = {"ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
+                "logger": self.logger.name, "msg": msg, **fields}
+        self._lines.append(json.dumps(line, default=str, separators=(",", ":")))
+        if len(self._lines) >= self.MAX_LINES:
+            self.flush()
+        elif not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+                self._scheduled = True
+            except RuntimeError:  # no event loop (a CLI, a test): write now
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        text, self._lines = "\n".join(self._lines), []
+        record = self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, text, (), None)
+        record.preformatted = True
+        self.logger.handle(record)
+
+
+_json_format = True
+_decision_lines: list[DecisionLines] = []
+
+
+def decision_lines(logger: logging.Logger) -> DecisionLines:
+    """The batching writer for ``logger`` (flushed at exit)."""
+    writer = DecisionLines(logger)
+    _decision_lines.append(writer)
+    return writer
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     """(Re)configure the root logger. Safe to call again on config reload."""
-    global _listener
+    global _listener, _json_format
+    _json_format = fmt == "json"
     root = logging.getLogger()
     root.setLevel(level.upper())
     handler = logging.StreamHandler(sys.stderr)
@@ -70,5 +136,7 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
 
 @atexit.register
 def _flush() -> None:
+    for writer in _decision_lines:
+        writer.flush()
     if _listener is not None:
         _listener.stop()

@@ -15,7 +15,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as proc_grpc
 
-from authz import metrics, tracing
+from authz import logs, metrics, tracing
 from authz.envoy import check as check_adapter
 from authz.envoy import process as proc_adapter
 from authz.errors import BadRequest, Deny, InternalError
@@ -38,6 +38,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
         self._seconds = metrics.RPC_SECONDS.labels(rpc="check")
         self._inflight = metrics.InFlight("check")
         self._decisions: dict[tuple[str, str], Any] = {}  # label children, resolved once
+        self._lines = logs.decision_lines(log)
 
     async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
                     ) -> bytes:
@@ -114,7 +115,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
                                                                          "model", "dry_run")})
         if message:
             fields["message"] = message
-        log.info("%s %s", decision, reason, extra={"fields": fields})
+        self._lines.emit(f"{decision} {reason}", fields)
 
 
 class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
