@@ -21,7 +21,7 @@ def build_pipeline(config: Config, store: Store) -> Pipeline:
     network, so a reload can build a new pipeline without disturbing the one serving.
     """
     stages: list[Stage] = [
-        build_identity_stage(config.identity),
+        build_identity_stage(config.identity, store=store),
         PolicyStage(config.policy, challenge=challenge_for(metadata_url(config.identity))),
         RoutingStage(config.routing),
         LimitsStage(config.limits, store, meter_all=config.audit.enabled),

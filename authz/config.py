@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from authz.audit.config import AuditConfig
 from authz.errors import ConfigError
@@ -101,6 +101,13 @@ class Config(Model):
     redaction: RedactionConfig = RedactionConfig()
     audit: AuditConfig = AuditConfig()
     tracing: TracingConfig = TracingConfig()
+
+    @model_validator(mode="after")
+    def _api_keys_store(self) -> Config:
+        if self.identity.api_keys.store == "redis" and not self.store.redis_url:
+            raise ValueError("identity.api_keys.store is redis but store.redis_url is empty: "
+                             "set store.redis_url (or use store: config)")
+        return self
 
     @property
     def instance_id(self) -> str:

@@ -265,12 +265,24 @@ class ApiKey(Model):
 
 
 class ApiKeysConfig(Model):
-    """API keys are accepted only when at least one key is configured, so an LLM client's own
-    ``x-api-key`` for an upstream provider is left alone on deployments that do not use them."""
+    """API keys are accepted only when at least one key is configured or ``store: redis``, so
+    an LLM client's own ``x-api-key`` for an upstream provider is left alone on deployments that
+    do not use them.
+
+    ``store: redis`` also looks keys up in Redis (``authz apikeys add``), after ``keys``: a hash
+    at ``<store.key_prefix>apikey:<sha256 of the key>``; it needs ``store.redis_url``. Lookups
+    are cached in-process: a found key for ``cache_seconds`` (so a revoked key may still pass
+    for that long), an unknown one for ``negative_cache_seconds`` (a flood of random keys costs
+    Redis one lookup per key and period, not one per request), each cache up to
+    ``cache_max_entries``."""
 
     header: str = "x-api-key"
     scheme: str = "ApiKey"  # also accepted as "Authorization: ApiKey <key>"
     keys: tuple[ApiKey, ...] = ()
+    store: Literal["config", "redis"] = "config"
+    cache_seconds: float = Field(30, ge=0, le=3600)
+    negative_cache_seconds: float = Field(5, ge=0, le=3600)
+    cache_max_entries: int = Field(10_000, ge=1, le=1_000_000)
 
     @field_validator("header")
     @classmethod
@@ -295,7 +307,7 @@ class ApiKeysConfig(Model):
 
     @property
     def enabled(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys) or self.store == "redis"
 
 
 def hash_api_key(key: str) -> str:

@@ -29,7 +29,13 @@ from urllib.parse import quote
 from authz import metrics
 from authz.assertion import AssertionSigner, KeyRing
 from authz.errors import ConfigError
-from authz.identity.apikeys import ApiKeyStore, ConfigApiKeys, check_key_syntax
+from authz.identity.apikeys import (
+    ApiKeyStore,
+    ChainApiKeys,
+    ConfigApiKeys,
+    StoreApiKeys,
+    check_key_syntax,
+)
 from authz.identity.cache import TokenCache
 from authz.identity.challenge import bearer_challenge
 from authz.identity.config import AssertionConfig, IdentityConfig
@@ -48,6 +54,7 @@ from authz.identity.paths import path_matches
 from authz.identity.tokens import IssuerVerifier, TokenVerifier
 from authz.model import ANONYMOUS, Context, Mutations, Principal, Request
 from authz.pipeline import Stage
+from authz.store.base import Store
 
 log = logging.getLogger("authz.identity")
 
@@ -277,12 +284,31 @@ def build_signer(cfg: AssertionConfig, *, keyring: KeyRing,
                            audience=cfg.audience, clock=clock)
 
 
+def build_api_keys(cfg: IdentityConfig, store: Store | None, *,
+                   clock: Callable[[], float] = time.time) -> ApiKeyStore | None:
+    """Config keys, then (``api_keys.store: redis``) the shared store's; None when off."""
+    ak = cfg.api_keys
+    if not ak.enabled:
+        return None
+    config_keys = ConfigApiKeys(ak.keys)
+    if ak.store != "redis":
+        return config_keys
+    if store is None:
+        raise ConfigError("identity.api_keys", [("identity.api_keys.store",
+                                                 "redis needs the shared store (store.redis_url)")])
+    stored = StoreApiKeys(store, cache_seconds=ak.cache_seconds,
+                          negative_cache_seconds=ak.negative_cache_seconds,
+                          max_entries=ak.cache_max_entries, clock=clock)
+    return ChainApiKeys(config_keys, stored) if len(config_keys) else stored
+
+
 def build_identity_stage(cfg: IdentityConfig, *, http_session_factory: SessionFactory | None = None,
-                         keyring: KeyRing | None = None, clock: Callable[[], float] = time.time
-                         ) -> IdentityStage:
+                         keyring: KeyRing | None = None, clock: Callable[[], float] = time.time,
+                         store: Store | None = None) -> IdentityStage:
     """Build the stage from its config section. Nothing touches the network here; remote keys
     are fetched on first use (or by ``await stage.warm()``). The stage owns the HTTP session it
-    creates from ``http_session_factory`` and closes it in ``close()``."""
+    creates from ``http_session_factory`` and closes it in ``close()``; ``store`` (needed for
+    ``api_keys.store: redis``) is borrowed, not closed."""
     http = HttpClient(http_session_factory)
     issuers = [IssuerVerifier(i, audiences=cfg.audiences_for(i),
                               keys=build_key_source(i, http=http, clock=clock))
@@ -290,7 +316,7 @@ def build_identity_stage(cfg: IdentityConfig, *, http_session_factory: SessionFa
     tc = cfg.token_cache
     cache = TokenCache(tc.max_entries, max_ttl=tc.max_ttl_seconds, clock=clock) if tc.enabled else None
     verifier = TokenVerifier(issuers, max_token_bytes=cfg.max_token_bytes, cache=cache, clock=clock)
-    api_keys = ConfigApiKeys(cfg.api_keys.keys) if cfg.api_keys.enabled else None
+    api_keys = build_api_keys(cfg, store, clock=clock)
     signer = None
     if cfg.enabled and cfg.assertion.enabled:
         signer = build_signer(cfg.assertion, keyring=keyring or DEFAULT_KEYRING, clock=clock)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from authz.errors import AuthzError
 from authz.limits.algorithm import BatchResult, RateOp, ReserveOp
@@ -50,6 +50,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
+
+    # Hashes (API keys kept in the store). Not abstract, so a store without them still builds.
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        """Every field of the hash at ``key`` (empty when it does not exist)."""
+        raise NotImplementedError(f"the {self.backend} store has no hashes")
+
+    async def hset(self, key: str, fields: Mapping[str, bytes | str]) -> int:
+        """Set ``fields`` of the hash at ``key``; returns how many fields were new."""
+        raise NotImplementedError(f"the {self.backend} store has no hashes")
+
+    async def hdel(self, key: str, *fields: str) -> int:
+        """Remove ``fields`` from the hash at ``key``; returns how many existed."""
+        raise NotImplementedError(f"the {self.backend} store has no hashes")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

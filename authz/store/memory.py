@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from authz.limits import algorithm as alg
 from authz.store.base import Store
@@ -17,13 +17,13 @@ class MemoryStore(Store):
         self._prefix = prefix
         self._clock = clock
         self._wall = wall_clock
-        self._data: dict[str, tuple[bytes | int, float | None]] = {}
+        self._data: dict[str, tuple[bytes | int | dict[str, bytes], float | None]] = {}
         self._ops = 0
         self._sweep_every = sweep_every
 
     # Each method runs without awaiting, so it is atomic with respect to other coroutines.
 
-    def _live(self, key: str) -> tuple[bytes | int, float | None] | None:
+    def _live(self, key: str) -> tuple[bytes | int | dict[str, bytes], float | None] | None:
         self._ops += 1
         if self._ops % self._sweep_every == 0:
             self._sweep()
@@ -109,6 +109,38 @@ class MemoryStore(Store):
                 expiry = entry[1] if entry else self._clock() + op.ttl_seconds
                 self._data[k] = ((int(entry[0]) if entry else 0) + op.amount, expiry)
         return alg.BatchResult(allowed, tuple(rate_results), tuple(budget_results))
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        entry = self._live(self._prefix + key)
+        if entry is None:
+            return {}
+        if not isinstance(entry[0], dict):
+            raise ValueError(f"value at {key!r} is not a hash")
+        return dict(entry[0])
+
+    async def hset(self, key: str, fields: Mapping[str, bytes | str]) -> int:
+        k = self._prefix + key
+        entry = self._live(k)
+        if entry is not None and not isinstance(entry[0], dict):
+            raise ValueError(f"value at {key!r} is not a hash")
+        current: dict[str, bytes] = dict(entry[0]) if entry is not None else {}  # type: ignore[arg-type]
+        added = len(fields.keys() - current.keys())
+        current.update({f: v.encode() if isinstance(v, str) else bytes(v) for f, v in fields.items()})
+        self._data[k] = (current, entry[1] if entry is not None else None)
+        return added
+
+    async def hdel(self, key: str, *fields: str) -> int:
+        k = self._prefix + key
+        entry = self._live(k)
+        if entry is None or not isinstance(entry[0], dict):
+            return 0
+        current = dict(entry[0])
+        removed = sum(current.pop(f, None) is not None for f in fields)
+        if current:
+            self._data[k] = (current, entry[1])
+        else:
+            del self._data[k]
+        return removed
 
     async def time_us(self) -> int:
         return int(self._wall() * 1_000_000)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -32,7 +32,7 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) 
 return v
 """
 T = TypeVar("T")
-_OPS = ("get", "set", "incr", "delete", "ttl", "limits", "time", "ping")
+_OPS = ("get", "set", "incr", "delete", "ttl", "limits", "time", "ping", "hgetall", "hset", "hdel")
 _LIMITS = Script(LIMITS_LUA)
 _INCR = Script(INCR_LUA)
 
@@ -200,6 +200,30 @@ class RedisStore(Store):
             a, b, c = repr(op.limit), repr(op.amount), repr(op.ttl_seconds)
             parts.append(f"${len(a)}\r\n{a}\r\n${len(b)}\r\n{b}\r\n${len(c)}\r\n{c}\r\n")
         return "".join(parts).encode()
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        if self._resp is not None:
+            flat = await self._resp_run("hgetall", self._resp.request(encode_command("HGETALL", self._prefix + key)))
+            return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+        raw = await self._run("hgetall", self.client.hgetall(self._prefix + key))
+        return {k.decode(): v for k, v in raw.items()}
+
+    async def hset(self, key: str, fields: Mapping[str, bytes | str]) -> int:
+        if not fields:
+            return 0
+        if self._resp is not None:
+            args = [a for item in fields.items() for a in item]
+            return int(await self._resp_run("hset", self._resp.request(
+                encode_command("HSET", self._prefix + key, *args))))
+        return int(await self._run("hset", self.client.hset(self._prefix + key, mapping=dict(fields))))
+
+    async def hdel(self, key: str, *fields: str) -> int:
+        if not fields:
+            return 0
+        if self._resp is not None:
+            return int(await self._resp_run("hdel", self._resp.request(
+                encode_command("HDEL", self._prefix + key, *fields))))
+        return int(await self._run("hdel", self.client.hdel(self._prefix + key, *fields)))
 
     async def time_us(self) -> int:
         if self._resp is not None:

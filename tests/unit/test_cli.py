@@ -50,3 +50,22 @@ def test_serve_runs_on_the_configured_event_loop():
 
     assert run_loop(loop_module(), "uvloop").startswith("uvloop")
     assert run_loop(loop_module(), "asyncio").startswith("asyncio")
+
+
+def test_apikeys_uses_redis_url_from_the_environment(tmp_path, capsys, monkeypatch, redis_url):
+    import uuid
+
+    cfg = tmp_path / "authz.yaml"
+    cfg.write_text(f"store: {{key_prefix: 'cli-env-{uuid.uuid4().hex[:8]}:'}}\n")
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["apikeys", "list", "-c", str(cfg)]) == 0
+    assert "no API keys in Redis" in capsys.readouterr().out
+    assert main(["apikeys", "add", "-c", str(cfg), "--name", "svc", "--subject", "svc-a"]) == 0
+    out = capsys.readouterr()
+    assert "not redis in this config" in out.err  # the sidecar would not look it up
+    assert main(["apikeys", "list", "-c", str(cfg), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["subject"], r["state"]) for r in rows] == [("svc", "svc-a", "active")]
+    assert out.out.strip() not in json.dumps(rows)
+    assert main(["apikeys", "revoke", "-c", str(cfg), "--sha256", rows[0]["sha256"]]) == 0
+    assert main(["apikeys", "bogus"]) == 2
