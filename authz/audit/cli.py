@@ -1,4 +1,4 @@
-"""``authz audit verify | explain | export | keygen``."""
+"""``authz audit verify | explain | export | export-stream | keygen``."""
 
 from __future__ import annotations
 
@@ -121,6 +121,12 @@ def main(argv: Sequence[str]) -> int:
     x = sub.add_parser("export", help="CSV for spreadsheets")
     x.add_argument("paths", nargs="+")
     x.add_argument("--out", help="file (default: stdout)")
+    xs = sub.add_parser("export-stream", help="write the Redis Stream (audit.redis_stream) as per-instance "
+                        "files that verify checks")
+    xs.add_argument("--redis-url", required=True)
+    xs.add_argument("--stream", default="authz:audit")
+    xs.add_argument("--instance", help="only this instance (default: all)")
+    xs.add_argument("--out", required=True, help="directory: one sub-directory per instance")
     k = sub.add_parser("keygen", help="write an Ed25519 key pair for checkpoint signing")
     k.add_argument("--out", required=True)
     args = p.parse_args(list(argv))
@@ -146,6 +152,20 @@ def main(argv: Sequence[str]) -> int:
         finally:
             if args.out:
                 out.close()
+        return 0
+    if args.cmd == "export-stream":
+        from authz.audit.redis_stream import export_stream
+        from authz.store.resp import RespError
+        try:
+            summary = export_stream(args.redis_url, args.stream, Path(args.out), instance=args.instance)
+        except (OSError, TimeoutError, ValueError, RespError) as exc:
+            print(f"authz audit export-stream: {exc}", file=sys.stderr)
+            return 1
+        if not summary:
+            print(f"authz audit export-stream: no records in stream {args.stream}", file=sys.stderr)
+            return 1
+        print("\n".join(summary))
+        print(f"verify with: authz audit verify {args.out} --public-key KEY")
         return 0
     private, public = keygen(Path(args.out))
     print(f"wrote {private} (mount as a secret; audit.signing_key_file) and {public} (give to auditors)")

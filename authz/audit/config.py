@@ -9,6 +9,16 @@ from pydantic import Field
 from authz.schema import Model
 
 
+class RedisStreamConfig(Model):
+    """An additional sink: every record line XADDed to a Redis Stream for central collection.
+    The file (or stdout) sink stays the source of truth; the stream is best effort."""
+
+    url: str = ""                          # empty: off
+    stream: str = "authz:audit"
+    maxlen: int = Field(1_000_000, ge=1)   # XADD MAXLEN ~ maxlen (trimmed records show as a gap)
+    buffer_records: int = Field(100_000, ge=1, le=10_000_000)  # unsent lines kept while Redis is down
+
+
 class AuditConfig(Model):
     enabled: bool = False                  # the reference config turns it on; see README
     sink: Literal["file", "stdout"] = "file"
@@ -22,3 +32,4 @@ class AuditConfig(Model):
     on_full: Literal["block", "fail_closed"] = "block"
     block_ms: int = Field(50, ge=0, le=10_000)
     signing_key_file: str | None = None    # Ed25519 private key, PEM (authz audit keygen)
+    redis_stream: RedisStreamConfig = RedisStreamConfig()

@@ -9,7 +9,9 @@ first record links to the last record the directory already holds, so a restart 
 chain; a clean stop writes a final checkpoint that closes the segment.
 
 Requests never wait for the disk: they put a dict on a bounded queue; one writer task hashes,
-signs and writes (file I/O in a thread).
+signs and writes (file I/O in a thread). With ``audit.redis_stream.url`` set, the lines written
+are also handed to a Redis Stream sink (``authz.audit.redis_stream``), best effort and never
+waited for.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -33,6 +35,9 @@ from prometheus_client import Counter, Gauge
 
 from authz.audit.canonical import canonical
 from authz.audit.config import AuditConfig
+
+if TYPE_CHECKING:
+    from authz.audit.redis_stream import RedisStreamSink
 
 log = logging.getLogger("authz.audit")
 
@@ -44,6 +49,10 @@ WRITE_FAILURES = Counter("authz_audit_write_failures_total", "Audit writes that 
 REFUSED = Counter("authz_audit_refused_total",
                   "Requests refused, or records lost after the answer, because the queue was full.",
                   ["when"])
+STREAM_FAILURES = Counter("authz_audit_stream_failures_total",
+                          "Audit lines not written to the Redis Stream (audit.redis_stream): failed "
+                          "(sent again later) or dropped (its buffer was full; the files hold them).", ["what"])
+STREAM_BACKLOG = Gauge("authz_audit_stream_backlog", "Audit lines waiting to be sent to the Redis Stream.")
 
 GENESIS = "0" * 64
 FILE_PREFIX = "audit-"
@@ -102,6 +111,10 @@ class AuditLog:
         self._writer: asyncio.Task | None = None
         self._pending: list[bytes] = []
         self.users = 0
+        self.stream: RedisStreamSink | None = None
+        if cfg.redis_stream.url:
+            from authz.audit.redis_stream import RedisStreamSink  # imports this module's metrics
+            self.stream = RedisStreamSink(cfg.redis_stream, instance=instance)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -113,6 +126,8 @@ class AuditLog:
             await asyncio.to_thread(self._open_directory)
         self._append({"type": "segment", "segment": self.segment, "instance": self.instance, "kid": self.kid,
                       "pid": os.getpid(), "continues": self._seq > 0})
+        if self.stream is not None:
+            self.stream.start()
         self._writer = asyncio.get_running_loop().create_task(self._run())
 
     def _open_directory(self) -> None:
@@ -147,10 +162,16 @@ class AuditLog:
             await self._writer
         self._writer = None
         self._checkpoint(final=True)
-        self._flush(sync=True)
+        lines, last_seq = self._pending, self._seq
+        try:
+            self._flush(sync=True)
+        finally:
+            self._to_stream(lines, last_seq)
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self.stream is not None:
+            await self.stream.close()
 
     # --- the request side ------------------------------------------------------------------------
 
@@ -201,7 +222,11 @@ class AuditLog:
                     self._checkpoint()
                     sealed = True
                 if self._pending:
-                    await asyncio.to_thread(self._flush, sync=sealed)
+                    lines, last_seq = self._pending, self._seq
+                    try:
+                        await asyncio.to_thread(self._flush, sync=sealed)
+                    finally:  # _flush took the list: hand the same lines to the stream
+                        self._to_stream(lines, last_seq)
             except OSError:
                 WRITE_FAILURES.inc()
                 log.exception("audit write failed")
@@ -210,6 +235,11 @@ class AuditLog:
                     self.queue.task_done()
                 QUEUE_DEPTH.set(self.queue.qsize())
                 CHECKPOINT_LAG.set(time.monotonic() - self._last_checkpoint)
+
+    def _to_stream(self, lines: list[bytes], last_seq: int) -> None:
+        """The lines just written (consecutive seqs ending at last_seq) to the Redis Stream sink."""
+        if self.stream is not None and lines:
+            self.stream.submit(lines, last_seq)
 
     def _append(self, record: dict[str, Any]) -> None:
         self._seq += 1

@@ -132,7 +132,9 @@ def _verify_chain(instance: str, files: list[Path], key: ed25519.Ed25519PublicKe
         if expected_seq is None:
             expected_seq = seq if isinstance(seq, int) else 1
             if rec.get("prev") != GENESIS and seq != 1:
-                report.notes.append(f"{where}: the files start at seq {seq}, not at the beginning of the chain")
+                report.notes.append(f"{where}: gap: the files start at seq {seq}, not at the beginning of the chain "
+                                    f"(seq 1..{seq - 1 if isinstance(seq, int) else '?'} are missing: rotated "
+                                    "away, or trimmed from a Redis Stream by MAXLEN)")
                 prev = rec.get("prev")
         if rec.get("hash") != record_hash(rec):
             report.problems.append(f"{where} (seq {seq}): content does not match its hash (edited)")
