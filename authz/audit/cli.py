@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from authz.audit.log import format_time
-from authz.audit.verify import audit_files, load_public_key, read_records, verify
+from authz.audit.verify import audit_files, load_public_keys, read_records, verify
 
 
 def _records(paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -114,7 +114,9 @@ def main(argv: Sequence[str]) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="check chain, signatures, gaps, order and truncation")
     v.add_argument("paths", nargs="+", help="audit files or directories")
-    v.add_argument("--public-key", required=True, help="Ed25519 public key: PEM, a JWK or the JWKS")
+    v.add_argument("--public-key", required=True, action="append",
+                   help="Ed25519 public key: PEM, a JWK or a JWKS (every Ed25519 key in it); repeat it "
+                        "for each key the sidecars signed with when the audit key was rotated")
     e = sub.add_parser("explain", help="tell one request's story")
     e.add_argument("request_id")
     e.add_argument("paths", nargs="+")
@@ -132,11 +134,11 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
     if args.cmd == "verify":
         try:
-            key = load_public_key(args.public_key)
+            keys = [k for path in args.public_key for k in load_public_keys(path)]
         except (OSError, ValueError, KeyError, StopIteration) as exc:
             print(f"authz audit verify: cannot read the public key: {exc}", file=sys.stderr)
             return 1
-        report = verify(args.paths, key)
+        report = verify(args.paths, keys)
         print(report.render())
         return report.status
     if args.cmd == "explain":

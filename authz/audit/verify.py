@@ -56,18 +56,27 @@ class Report:
         return "\n".join(lines)
 
 
-def load_public_key(path: str | Path) -> ed25519.Ed25519PublicKey:
+def load_public_keys(path: str | Path) -> list[ed25519.Ed25519PublicKey]:
+    """The Ed25519 keys in a PEM file (one) or a JWK / JWKS file (every Ed25519 key in it, as
+    published on ``/.well-known/jwks.json``: the current audit key and the ones it replaced)."""
     data = Path(path).read_bytes()
-    if data.lstrip().startswith(b"{"):  # a JWK (as published on /.well-known/jwks.json)
-        jwk = json.loads(data)
-        if "keys" in jwk:
-            jwk = next(k for k in jwk["keys"] if k.get("crv") == "Ed25519")
-        raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
-        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    if data.lstrip().startswith(b"{"):
+        doc = json.loads(data)
+        jwks = doc["keys"] if "keys" in doc else [doc]
+        keys = [ed25519.Ed25519PublicKey.from_public_bytes(
+                    base64.urlsafe_b64decode(k["x"] + "=" * (-len(k["x"]) % 4)))
+                for k in jwks if isinstance(k, dict) and k.get("crv") == "Ed25519"]
+        if not keys:
+            raise ValueError(f"{path} holds no Ed25519 key")
+        return keys
     key = serialization.load_pem_public_key(data)
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise ValueError(f"{path} is not an Ed25519 public key")
-    return key
+    return [key]
+
+
+def load_public_key(path: str | Path) -> ed25519.Ed25519PublicKey:
+    return load_public_keys(path)[0]
 
 
 def audit_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -104,20 +113,25 @@ def read_records(files: list[Path], report: Report | None = None) -> list[Row]:
     return rows
 
 
-def verify(paths: Iterable[str | Path], public_key: ed25519.Ed25519PublicKey) -> Report:
+def verify(paths: Iterable[str | Path],
+           public_key: ed25519.Ed25519PublicKey | Iterable[ed25519.Ed25519PublicKey]) -> Report:
+    """Check every chain under ``paths``. Each checkpoint is checked with the given key whose id
+    matches its ``kid``: pass every key the sidecars signed with, old and new, when they rotated."""
     report = Report()
-    kid = key_id(public_key)
+    given = [public_key] if isinstance(public_key, ed25519.Ed25519PublicKey) else list(public_key)
+    keys = {key_id(k): k for k in given}
     by_instance: dict[str, list[Path]] = {}
     for f in audit_files(paths):
         by_instance.setdefault(f.parent.name, []).append(f)
     if not by_instance:
         report.problems.append("no audit files found")
     for instance, files in by_instance.items():
-        _verify_chain(instance, sorted(files), public_key, kid, report)
+        _verify_chain(instance, sorted(files), keys, report)
     return report
 
 
-def _verify_chain(instance: str, files: list[Path], key: ed25519.Ed25519PublicKey, kid: str, report: Report) -> None:
+def _verify_chain(instance: str, files: list[Path], keys: dict[str, ed25519.Ed25519PublicKey],
+                  report: Report) -> None:
     prev, expected_seq = GENESIS, None
     last_sealed_seq, since_seal = 0, []
     segment_open: str | None = None
@@ -152,15 +166,20 @@ def _verify_chain(instance: str, files: list[Path], key: ed25519.Ed25519PublicKe
                                        "closed (crash)")
             segment_open, since_seal = rec.get("segment"), []
         elif rec.get("type") == "checkpoint":
-            try:
-                if rec.get("kid") != kid:
-                    raise InvalidSignature
-                key.verify(base64.b64decode(rec.get("sig", "")), checkpoint_message(rec))
-                last_sealed_seq, since_seal = seq, []
-                if rec.get("final"):
-                    segment_open = None
-            except (InvalidSignature, ValueError, TypeError):
-                report.problems.append(f"{where} (seq {seq}): checkpoint signature is not valid for key {kid}")
+            kid = rec.get("kid")
+            key = keys.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                report.problems.append(f"{where} (seq {seq}): checkpoint signed with key {kid}, which is not "
+                                       f"among the keys given ({', '.join(sorted(keys))}): pass that public key too "
+                                       "if it was yours, else the checkpoint is forged")
+            else:
+                try:
+                    key.verify(base64.b64decode(rec.get("sig", "")), checkpoint_message(rec))
+                    last_sealed_seq, since_seal = seq, []
+                    if rec.get("final"):
+                        segment_open = None
+                except (InvalidSignature, ValueError, TypeError):
+                    report.problems.append(f"{where} (seq {seq}): checkpoint signature is not valid for key {kid}")
         else:
             since_seal.append(seq)
         prev = rec.get("hash")

@@ -227,3 +227,23 @@ async def test_block_waits_briefly_then_fails_closed(tmp_path, key):
     with pytest.raises(Unavailable):
         await stage.on_decision(ctx_for(b""), None)
     assert asyncio.get_running_loop().time() - started >= 0.04
+
+
+async def test_a_rotated_audit_key_verifies_with_both_keys_and_not_with_one(tmp_path, key):
+    from cryptography.hazmat.primitives import serialization
+
+    await write(tmp_path, 7, key)                       # segment 1, signed with the old key
+    new = ed25519.Ed25519PrivateKey.generate()
+    await write(tmp_path, 4, new)                       # segment 2 after a restart with a new key
+    report = verify([tmp_path], [key.public_key(), new.public_key()])
+    assert report.status == 0, report.render()
+    only_new = verify([tmp_path], new.public_key())
+    assert only_new.status == 1 and "not among the keys given" in only_new.render()
+    pems = []
+    for i, k in enumerate((key, new)):
+        pem = tmp_path / f"pub{i}.pem"
+        pem.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+        pems += ["--public-key", str(pem)]
+    assert main(["verify", str(tmp_path / "i1"), *pems]) == 0
+    assert main(["verify", str(tmp_path / "i1"), *pems[2:]]) == 1
