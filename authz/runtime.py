@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -28,6 +29,26 @@ log = logging.getLogger("authz.runtime")
 RETIRE_AFTER_SECONDS = 30.0
 
 
+def key_files(config: Config) -> list[Path]:
+    """Files the config points at whose contents matter as much as the config's own: the
+    assertion signing keys and the audit signing key (mounted Secrets, rotated in place)."""
+    paths = [Path(p) for p in config.identity.assertion.key_files]
+    if config.audit.signing_key_file:
+        paths.append(Path(config.audit.signing_key_file))
+    return paths
+
+
+def keys_digest(config: Config) -> str:
+    h = hashlib.sha256()
+    for path in key_files(config):
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            h.update(b"\0missing")  # reading it is the build's job, which says what is wrong
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Generation:
     """One loaded config and everything built from it."""
@@ -37,6 +58,7 @@ class Generation:
     pipeline: Pipeline
     store: Store
     loaded_at: float
+    keys_digest: str = ""  # of the key files the config names: a rotated key file is a change too
 
 
 @dataclasses.dataclass(slots=True)
@@ -79,8 +101,8 @@ class Runtime:
         config, sha = self._initial
         if config is None:
             config, sha = load_config(self.config_path)
-        self._file_signature = self._signature()
         self._install(await self._build(config, sha, previous=None))
+        self._file_signature = self._signature()
         metrics.CONFIG_RELOADS.labels(result="success").inc()
 
     async def _build(self, config: Config, sha: str, previous: Generation | None) -> Generation:
@@ -95,7 +117,7 @@ class Runtime:
             if previous is None or store is not previous.store:
                 await store.close()
             raise
-        return Generation(config, sha, pipeline, store, time.time())
+        return Generation(config, sha, pipeline, store, time.time(), keys_digest(config))
 
     def _install(self, gen: Generation) -> None:
         old, self.current = self.current, gen
@@ -119,7 +141,8 @@ class Runtime:
             assert self.current is not None
             try:
                 config, sha = await asyncio.to_thread(load_config, self.config_path)
-                if sha == self.current.sha256:
+                digest = await asyncio.to_thread(keys_digest, config)
+                if sha == self.current.sha256 and digest == self.current.keys_digest:
                     log.info("config unchanged (%s)", cause)
                     self.last_reload_error = ""
                     return True
@@ -149,12 +172,20 @@ class Runtime:
 
     def _signature(self) -> tuple | None:
         # os.stat follows symlinks: a Kubernetes ConfigMap update swaps the ..data symlink, which
-        # changes the inode we see here even when size and mtime happen to match.
+        # changes the inode we see here even when size and mtime happen to match. The key files
+        # the config names are watched the same way (a Secret rotated in place).
         try:
             st = os.stat(self.config_path)
         except OSError:
             return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, os.path.realpath(self.config_path))
+        sig: tuple = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, os.path.realpath(self.config_path))
+        for path in key_files(self.current.config) if self.current is not None else ():
+            try:
+                k = os.stat(path)
+                sig += (k.st_dev, k.st_ino, k.st_size, k.st_mtime_ns)
+            except OSError:
+                sig += (None,)
+        return sig
 
     async def watch(self) -> None:
         """Poll the file; reload when what it points at changes."""

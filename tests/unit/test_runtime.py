@@ -80,3 +80,27 @@ async def test_draining_makes_the_runtime_unready(tmp_path):
     ready, components = rt.readiness()
     assert not ready and components["draining"] == {"ok": False}
     await rt.close()
+
+
+async def test_a_rotated_assertion_key_file_is_picked_up_without_touching_the_config(tmp_path):
+    from authz.assertion import SigningKey
+    from authz.identity.stage import DEFAULT_KEYRING
+
+    key_file = tmp_path / "assertion.pem"
+    old, new = SigningKey.generate(), SigningKey.generate()
+    key_file.write_bytes(old.private_pem())
+    path = tmp_path / "authz.yaml"
+    path.write_text(GOOD.format(t=50) + f"identity:\n  assertion:\n    key_files: [{key_file}]\n")
+    rt = Runtime(path)
+    await rt.start()
+    rt.start_background()
+    try:
+        first = rt.current
+        assert DEFAULT_KEYRING.active.kid == old.kid
+        key_file.write_bytes(new.private_pem())  # the Secret rotated in place; authz.yaml untouched
+        await wait_for(lambda: rt.current is not first)
+        assert DEFAULT_KEYRING.active.kid == new.kid
+        published = {k["kid"] for k in DEFAULT_KEYRING.jwks()["keys"]}
+        assert {old.kid, new.kid} <= published  # the old key stays published while its assertions live
+    finally:
+        await rt.close()
