@@ -18,7 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as proc_grpc
 from authz import logs, metrics, tracing
 from authz.envoy import check as check_adapter
 from authz.envoy import process as proc_adapter
-from authz.errors import BadRequest, Deny, InternalError
+from authz.errors import Answer, BadRequest, Deny, InternalError
 from authz.model import Context, Exchange, Mutations, Request
 from authz.pipeline import Pipeline
 from authz.responses import render_denial
@@ -75,7 +75,9 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
                 extra = {"x-authz-check": "allow"} if self.runtime.config.server.debug_headers else None
                 return check_adapter.allow_response(ctx, extra_response_headers=extra)
             assert deny is not None
-            self._record("deny", deny.reason, deny.status, req, ctx, message=deny.message)
+            # An Answer (an approval granted) travels the denial path but refuses nothing.
+            self._record("answer" if isinstance(deny, Answer) else "deny", deny.reason, deny.status,
+                         req, ctx, message=deny.message)
             return check_adapter.deny_response(render_denial(deny, req)).SerializeToString()
         finally:
             inflight.count -= 1

@@ -3,6 +3,7 @@ body; a secret in MCP tool arguments is blocked naming its type; approvals acros
 
 import json
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +53,10 @@ def test_approval_flow_across_two_users(stack):
     assert stack.http.post(f"/authz/approvals/{approval}/grant", headers=stack.auth(oscar)).status_code == 403
     granted = stack.http.post(f"/authz/approvals/{approval}/grant", headers=stack.auth(vera))
     assert granted.status_code == 200 and granted.json()["status"] == "granted"
+    # A grant is the sidecar answering, not a refusal: it is not counted as a denial.
+    metrics = httpx.get(f"{stack.stack.authz_http}/metrics").text
+    assert 'authz_decisions_total{decision="answer",reason="approvals.granted"}' in metrics
+    assert 'decision="deny",reason="approvals.granted"' not in metrics
 
     # Another user cannot ride on it; Oscar's retry passes once, redacted, then not again.
     other = stack.token("mallory", roles=["accounting"])
