@@ -126,3 +126,33 @@ def test_kill_9_under_load_then_restart(tmp_path):
         assert "never sealed" in after.stdout or "after its last checkpoint" in after.stdout
     finally:
         stack.stop()
+
+
+def test_records_reach_a_redis_stream_that_an_auditor_exports_and_verifies(tmp_path, redis_url):
+    from authz.demo.issuer import mint_token
+
+    stream = f"authz:audit:e2e:{tmp_path.name}"
+    stack = Stack(authz_config=config(tmp_path, redis_stream={"url": redis_url, "stream": stream})).start()
+    try:
+        http = httpx.Client(base_url=stack.url, timeout=10)
+        tok = mint_token(sub="oscar", roles=["accounting"], issuer=stack.issuer_url, dev_dir=stack.workdir / "dev")
+        chat = {"model": "gpt-general", "messages": [{"role": "user", "content": "hello"}]}
+        statuses = [http.post("/v1/chat/completions", headers={"authorization": f"Bearer {tok}"}, json=chat)
+                    .status_code for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        key = save_public_key(stack, tmp_path)
+        stack.stop_authz()  # the final checkpoint goes to the file and then to the stream
+        out = tmp_path / "from-stream"
+        exported = audit_cli("export-stream", "--redis-url", redis_url, "--stream", stream, "--out", str(out))
+        assert exported.returncode == 0, exported.stdout + exported.stderr
+        result = audit_cli("verify", str(out), "--public-key", key)
+        assert result.returncode == 0, result.stdout + result.stderr
+        streamed = [r for _, _, r, _ in read_records(audit_files([out])) if r]
+        allowed = [r for r in streamed if r.get("type") == "decision" and r.get("status") == 200]
+        assert len(allowed) == 3 and all(r["principal"]["subject"] == "oscar" for r in allowed)
+        # The stream holds exactly the lines the file holds: the file stays the source of truth.
+        file_lines = b"".join(f.read_bytes() for f in audit_files([stack.workdir / "audit"])).splitlines()
+        stream_lines = b"".join(f.read_bytes() for f in audit_files([out])).splitlines()
+        assert sorted(stream_lines) == sorted(file_lines)
+    finally:
+        stack.stop()
