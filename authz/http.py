@@ -41,7 +41,7 @@ async def resource_metadata(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     """Public keys of the gateway-signed identity assertions (and of audit checkpoints)."""
-    keys = list(assertion_jwks().get("keys", [])) + [log.jwk() for log in all_logs()]
+    keys = list(assertion_jwks().get("keys", [])) + [k for log in all_logs() for k in log.jwks()]
     for extra in request.app[EXTRA_JWKS]:
         keys.extend(extra().get("keys", []))
     return web.json_response({"keys": keys}, headers={"cache-control": "public, max-age=60"})

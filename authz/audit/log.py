@@ -111,6 +111,8 @@ class AuditLog:
         self._writer: asyncio.Task | None = None
         self._pending: list[bytes] = []
         self.users = 0
+        self._next_key: ed25519.Ed25519PrivateKey | None = None  # a rotation the writer applies
+        self.retired_jwks: list[dict[str, str]] = []  # keys this log signed with before, still published
         self.stream: RedisStreamSink | None = None
         if cfg.redis_stream.url:
             from authz.audit.redis_stream import RedisStreamSink  # imports this module's metrics
@@ -120,6 +122,27 @@ class AuditLog:
 
     def jwk(self) -> dict[str, str]:
         return public_jwk(self.key.public_key(), self.kid)
+
+    def jwks(self) -> list[dict[str, str]]:
+        """The signing key and the ones it replaced (an auditor needs all of them)."""
+        return [self.jwk(), *self.retired_jwks]
+
+    def rotate(self, key: ed25519.Ed25519PrivateKey) -> None:
+        """Sign with ``key`` from the writer's next round on; what the old key covered is sealed
+        by a checkpoint it signs first. (The writer does both, so no record is signed by one key
+        and sealed by the other.)"""
+        if key_id(key.public_key()) != key_id((self._next_key or self.key).public_key()):
+            self._next_key = key
+
+    def _apply_rotation(self) -> None:
+        key, self._next_key = self._next_key, None
+        if key is None:
+            return
+        self._checkpoint()  # seal everything so far with the old key
+        self.retired_jwks.insert(0, self.jwk())
+        old_kid, self.key, self.kid = self.kid, key, key_id(key.public_key())
+        self._append({"type": "key_rotated", "previous_kid": old_kid, "kid": self.kid})
+        log.info("audit signing key rotated from %s to %s", old_kid, self.kid)
 
     async def start(self) -> None:
         if self.cfg.sink == "file":
@@ -204,6 +227,8 @@ class AuditLog:
         # paid per request.
         while True:
             await asyncio.sleep(self.POLL_SECONDS)
+            if self._next_key is not None:
+                self._apply_rotation()
             batch = []
             while len(batch) < 10_000:
                 try:
@@ -311,6 +336,8 @@ def shared_log(cfg: AuditConfig, *, instance: str) -> AuditLog:
     existing = _logs.get(key)
     if existing is None or (existing.users == 0 and existing._writer is None):
         existing = _logs[key] = AuditLog(cfg, instance=instance)
+    elif cfg.signing_key_file:  # a reload: the key file may have been rotated in place
+        existing.rotate(load_signing_key(cfg.signing_key_file))
     return existing
 
 

@@ -247,3 +247,41 @@ async def test_a_rotated_audit_key_verifies_with_both_keys_and_not_with_one(tmp_
         pems += ["--public-key", str(pem)]
     assert main(["verify", str(tmp_path / "i1"), *pems]) == 0
     assert main(["verify", str(tmp_path / "i1"), *pems[2:]]) == 1
+
+
+async def test_a_key_rotated_while_running_seals_with_the_old_key_and_signs_on_with_the_new(tmp_path, key):
+    from cryptography.hazmat.primitives import serialization
+
+    from authz.audit.log import key_id, shared_log
+
+    def pem(k) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    key_file = tmp_path / "audit.pem"
+    key_file.write_bytes(pem(key))
+    config = cfg(tmp_path / "logs", signing_key_file=str(key_file))
+    log = shared_log(config, instance="rot")
+    log.users += 1
+    await log.start()
+    for i in range(3):
+        assert log.offer({"type": "decision", "request_id": f"a{i}", "decision": "allow", "status": 200})
+    await log.queue.join()
+    new = ed25519.Ed25519PrivateKey.generate()
+    key_file.write_bytes(pem(new))
+    assert shared_log(config, instance="rot") is log  # a reload's new stage shares the running writer
+    for i in range(3):
+        assert log.offer({"type": "decision", "request_id": f"b{i}", "decision": "allow", "status": 200})
+    await log.queue.join()
+    await asyncio.sleep(log.POLL_SECONDS * 3)
+    assert log.kid == key_id(new.public_key())
+    assert {k["kid"] for k in log.jwks()} == {key_id(key.public_key()), key_id(new.public_key())}
+    log.users -= 1
+    await log.close()
+    both = verify([tmp_path / "logs"], [key.public_key(), new.public_key()])
+    assert both.status == 0, both.render()
+    assert verify([tmp_path / "logs"], [key.public_key()]).status == 1
+    records = [json.loads(line) for f in sorted((tmp_path / "logs" / "rot").glob("*.jsonl"))
+               for line in f.read_bytes().splitlines()]
+    rotated = [r for r in records if r["type"] == "key_rotated"]
+    assert len(rotated) == 1 and rotated[0]["previous_kid"] == key_id(key.public_key())
