@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,24 +13,37 @@ from bench.scenarios import Scenario
 BUSY_MACHINE_PERCENT = 10.0
 
 
+def ratio(r: Mapping[str, Any] | None, base: Mapping[str, Any] | None) -> float | None:
+    """``r``'s throughput over ``base``'s: the median of the per-round ratios when both ran the
+    same rounds (each round's pair ran minutes apart at most, so the machine's drift between
+    rounds cancels out), else the ratio of the reported numbers."""
+    rps, base_rps = _rps(r), _rps(base)
+    if rps is None or not base_rps:
+        return None
+    assert r is not None and base is not None
+    mine, theirs = r.get("rounds_requests_per_second"), base.get("rounds_requests_per_second")
+    if mine and theirs and len(mine) == len(theirs) and all(theirs):
+        return statistics.median(m / t for m, t in zip(mine, theirs, strict=True))
+    return rps / base_rps
+
+
 def compare(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> None:
     """Add ``percent_of_floor`` and, for scenarios with a target, ``target`` (with ``met``) to
     each measured result, in place. Targets whose baseline was not measured stay unjudged."""
-    floor = _rps(results.get("floor"))
     for sc in scenarios:
         r = results.get(sc.name)
-        rps = _rps(r)
-        if r is None or rps is None:
+        if r is None or _rps(r) is None:
             continue
-        if floor:
-            r["percent_of_floor"] = round(rps / floor * 100, 1)
+        of_floor = ratio(r, results.get("floor"))
+        if of_floor is not None:
+            r["percent_of_floor"] = round(of_floor * 100, 1)
         if sc.target is not None:
-            base = _rps(results.get(sc.target.baseline))
             judged: dict[str, Any] = {"baseline": sc.target.baseline, "source": sc.target.source,
                                       "min_percent": round(sc.target.ratio * 100, 1)}
-            if base:
-                judged["percent_of_baseline"] = round(rps / base * 100, 1)
-                judged["met"] = rps >= sc.target.ratio * base and clean(r)
+            of_base = ratio(r, results.get(sc.target.baseline))
+            if of_base is not None:
+                judged["percent_of_baseline"] = round(of_base * 100, 1)
+                judged["met"] = of_base >= sc.target.ratio and clean(r)
             r["target"] = judged
         if sc.redis_round_trips is not None and "redis_round_trips_per_request" in r:
             # A few health-check PINGs over the run are not the request path's.
