@@ -70,22 +70,20 @@ class RedisStore(Store):
         self._incr_script = self.client.register_script(INCR_LUA)
 
     async def _run(self, op: str, coro: Awaitable[T]) -> T:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await coro
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._errors[op].inc()
-            raise StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._seconds[op].observe(time.perf_counter() - started)
+        """A redis-py call (Cluster, and the rarely used single-node fallbacks), bounded here."""
+        return await self._resp_run(op, self._bounded(coro))
+
+    async def _bounded(self, coro: Awaitable[T]) -> T:
+        async with asyncio.timeout(self.timeout):
+            return await coro
 
     async def _resp_run(self, op: str, call: Awaitable[T]) -> T:
-        # The pipelined client bounds every command by the timeout itself.
+        """Time ``call`` and turn any Redis failure into ``StoreUnavailable``. (The pipelined
+        client bounds every command by the timeout itself.)"""
         started = time.perf_counter()
         try:
             return await call
-        except (RespError, OSError, TimeoutError) as exc:
+        except (RedisError, RespError, OSError, TimeoutError) as exc:
             self._errors[op].inc()
             raise StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
         finally:
