@@ -218,7 +218,7 @@ class AssertionSigner:
 
     def claims(self, principal: Principal, request: Request) -> dict[str, Any]:
         """The claims ``sign`` would sign now (with a fresh ``jti``), as a dict."""
-        return json.loads(self._payload(self.principal_claims(principal), request))
+        return json.loads(self._payload(self.principal_claims(principal), int(self._clock()), request))
 
     def principal_claims(self, principal: Principal) -> str:
         """The claims that depend only on the caller, as JSON members without braces: computed
@@ -237,12 +237,13 @@ class AssertionSigner:
             claims["scope"] = " ".join(sorted(principal.scopes))
         return dump_json(claims).decode()[1:-1]
 
-    def _payload(self, principal_claims: str, request: Request) -> str:
-        now = int(self._clock())
+    def _payload(self, principal_claims: str, now: int, request: Request | None) -> str:
+        """The JSON claims: the caller's, the times, a fresh ``jti`` and (request binding) ``req``."""
+        req = "" if request is None else (
+            f',"req":{{"method":{_json_str(request.method)},"host":{_json_str(request.host)},'
+            f'"path":{_json_str(request.path_only)},"id":{_json_str(request.id)}}}')
         return (f'{{{principal_claims},"iat":{now},"exp":{now + self.lifetime},'
-                f'"jti":"{secrets.token_urlsafe(16)}","req":{{"method":{_json_str(request.method)},'
-                f'"host":{_json_str(request.host)},"path":{_json_str(request.path_only)},'
-                f'"id":{_json_str(request.id)}}}}}')
+                f'"jti":"{secrets.token_urlsafe(16)}"{req}}}')
 
     def sign(self, principal: Principal, request: Request, principal_claims: str | None = None
              ) -> str:
@@ -252,7 +253,7 @@ class AssertionSigner:
         assert key is not None
         if principal_claims is None:
             principal_claims = self.principal_claims(principal)
-        return self._compact(key, self._payload(principal_claims, request).encode())
+        return self._compact(key, self._payload(principal_claims, int(self._clock()), request).encode())
 
     def _compact(self, key: SigningKey, payload: bytes) -> str:
         signing_input = f"{self._header(key)}.{b64url_encode(payload)}"
@@ -272,9 +273,7 @@ class AssertionSigner:
         if principal_claims is None:
             principal_claims = self.principal_claims(principal)
         iat = int(now)
-        payload = (f'{{{principal_claims},"iat":{iat},"exp":{iat + self.lifetime},'
-                   f'"jti":"{secrets.token_urlsafe(16)}"}}').encode()
-        token = self._compact(key, payload)
+        token = self._compact(key, self._payload(principal_claims, iat, None).encode())
         if on_sign is not None:
             on_sign()
         if len(self._caller_tokens) >= self.max_callers:

@@ -78,7 +78,6 @@ class Pipeline:
                         for s in self.stages if s.implements(hook))
             for hook in HOOKS
         }
-        self.deciders = bool(self._hooks["on_decision"])  # read per Check: resolved once
 
     def has(self, hook: str) -> bool:
         return bool(self._hooks[hook])

@@ -105,7 +105,8 @@ class Runtime:
         self._file_signature = self._signature()
         metrics.CONFIG_RELOADS.labels(result="success").inc()
 
-    async def _build(self, config: Config, sha: str, previous: Generation | None) -> Generation:
+    async def _build(self, config: Config, sha: str, previous: Generation | None,
+                     digest: str | None = None) -> Generation:
         if previous is not None and previous.config.store == config.store:
             store = previous.store
         else:
@@ -117,7 +118,8 @@ class Runtime:
             if previous is None or store is not previous.store:
                 await store.close()
             raise
-        return Generation(config, sha, pipeline, store, time.time(), keys_digest(config))
+        return Generation(config, sha, pipeline, store, time.time(),
+                          keys_digest(config) if digest is None else digest)
 
     def _install(self, gen: Generation) -> None:
         old, self.current = self.current, gen
@@ -146,7 +148,7 @@ class Runtime:
                     log.info("config unchanged (%s)", cause)
                     self.last_reload_error = ""
                     return True
-                gen = await self._build(config, sha, previous=self.current)
+                gen = await self._build(config, sha, previous=self.current, digest=digest)
             except ConfigError as exc:
                 self.last_reload_error = str(exc)
                 metrics.CONFIG_RELOADS.labels(result="failure").inc()

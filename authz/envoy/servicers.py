@@ -44,8 +44,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
                     ) -> bytes:
         """Answer one ``Check`` with a serialized ``CheckResponse`` (see ``add_to_server``)."""
         started = perf_counter()
-        inflight = self._inflight
-        inflight.count += 1
+        self._inflight.inc()
         pipeline = self.runtime.pipeline
         req: Request | None = None
         ctx: Context | None = None
@@ -64,7 +63,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
                     deny = await self._decide(pipeline, ctx)
                     span.set_attribute("authz.decision", "allow" if deny is None else "deny")
                     span.set_attribute("authz.reason", "ok" if deny is None else deny.reason)
-            if pipeline.deciders:
+            if pipeline.has("on_decision"):
                 try:
                     await pipeline.decided(ctx, deny)
                 except Deny as exc:  # only when a stage refuses an allowed request (audit fail-closed)
@@ -80,7 +79,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
                          req, ctx, message=deny.message)
             return check_adapter.deny_response(render_denial(deny, req)).SerializeToString()
         finally:
-            inflight.count -= 1
+            self._inflight.dec()
             self._seconds.observe(perf_counter() - started)
 
     @staticmethod
@@ -224,15 +223,10 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
         raise BadRequest(f"unexpected ext_proc message {kind!r}", reason="process.unexpected_message")
 
 
-def _serialize(response: bytes | auth_pb2.CheckResponse) -> bytes:
-    return response if isinstance(response, bytes) else response.SerializeToString()
-
-
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
     """Register ``Check`` as Envoy calls it. The servicer answers with bytes it encoded itself
-    (``authz.envoy.wire``), so the response serializer passes them through."""
+    (``authz.envoy.wire``), so there is no response serializer: grpc sends them as they are."""
     handler = grpc.unary_unary_rpc_method_handler(
-        servicer.Check, request_deserializer=auth_pb2.CheckRequest.FromString,
-        response_serializer=_serialize)
+        servicer.Check, request_deserializer=auth_pb2.CheckRequest.FromString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         CHECK_SERVICE, {"Check": handler}),))

@@ -144,8 +144,6 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Verified:
         """Verify an access token or raise a ``TokenInvalid`` subclass (or ``KeysUnavailable``)."""
-        if len(token) > self.max_token_bytes:
-            raise TokenTooLarge()
         verified = self.cached(token)
         if verified is not None:
             return verified

@@ -6,6 +6,7 @@ is an ``Action`` that policy, limits, routing and audit all read.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from typing import Any
@@ -61,11 +62,10 @@ def _check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
+    out = dict(pairs)  # C-fast; a duplicate shows as fewer keys than pairs
     if len(out) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate key {duplicate!r}")
+        counts = collections.Counter(k for k, _ in pairs)
+        raise ValueError(f"duplicate key {next(k for k, n in counts.items() if n > 1)!r}")
     return out
 
 
