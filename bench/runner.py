@@ -26,7 +26,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    duration: float = 8.0
+    duration: float = 5.0
     warmup: float = 2.0
     connections: int = 32
     wrk_threads: int = 1

@@ -11,7 +11,6 @@ key itself. ``ChainApiKeys`` asks the config first, then the store.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import re
 import time
@@ -19,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from authz.errors import Unavailable
-from authz.identity.config import ApiKey
+from authz.identity.config import ApiKey, hash_api_key
 from authz.identity.errors import CredentialsMalformed
 from authz.model import Principal
 from authz.store.base import Store, StoreUnavailable
@@ -61,7 +60,7 @@ class ConfigApiKeys:
         return len(self._by_digest)
 
     async def lookup(self, key: str) -> ApiKeyMatch | None:
-        return self._by_digest.get(hashlib.sha256(key.encode()).hexdigest())
+        return self._by_digest.get(hash_api_key(key))
 
 
 # --- keys kept in the store ----------------------------------------------------------------------
@@ -118,7 +117,7 @@ class StoreApiKeys:
         self._missing: dict[str, float] = {}
 
     async def lookup(self, key: str) -> ApiKeyMatch | None:
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = hash_api_key(key)
         now = self._clock()
         hit = self._found.get(digest)
         if hit is not None:
@@ -155,9 +154,6 @@ class StoreApiKeys:
     def clear(self) -> None:
         self._found.clear()
         self._missing.clear()
-
-
-RedisApiKeys = StoreApiKeys  # the name the docs use; any Store with hashes works
 
 
 class ChainApiKeys:

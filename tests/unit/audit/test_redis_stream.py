@@ -69,6 +69,12 @@ def failures(what: str) -> float:
     return REGISTRY.get_sample_value("authz_audit_stream_failures_total", {"what": what}) or 0.0
 
 
+async def export(url: str, stream: str, out: Path, *extra: str) -> int:
+    """``authz audit export-stream`` as an auditor runs it (in a thread: it has its own loop)."""
+    return await asyncio.to_thread(main, ["export-stream", "--redis-url", url, "--stream", stream, *extra,
+                                          "--out", str(out)])
+
+
 def jwk_file(tmp: Path, log: AuditLog) -> str:
     p = tmp / "jwks.json"
     p.write_text(json.dumps({"keys": [log.jwk()]}))
@@ -95,8 +101,7 @@ async def test_export_stream_then_verify_with_the_sidecars_public_key(tmp_path, 
         await offer(log, 0, 7)
         await log.close()
     out = tmp_path / "central"
-    assert await asyncio.to_thread(main, ["export-stream", "--redis-url", redis_url, "--stream", stream,
-                                          "--out", str(out)]) == 0
+    assert await export(redis_url, stream, out) == 0
     assert "instance i1:" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["i1", "i2"]
     assert file_lines(tmp_path, "i1") == (out / "i1" / "audit-000000000001.jsonl").read_bytes().splitlines()
@@ -104,12 +109,10 @@ async def test_export_stream_then_verify_with_the_sidecars_public_key(tmp_path, 
     assert "chain intact" in capsys.readouterr().out
     # --instance picks one
     only = tmp_path / "only"
-    assert await asyncio.to_thread(main, ["export-stream", "--redis-url", redis_url, "--stream", stream,
-                                          "--instance", "i2", "--out", str(only)]) == 0
+    assert await export(redis_url, stream, only, "--instance", "i2") == 0
     assert [p.name for p in only.iterdir()] == ["i2"]
     # a second export into the same directory is refused rather than mixed in
-    assert await asyncio.to_thread(main, ["export-stream", "--redis-url", redis_url, "--stream", stream,
-                                          "--out", str(out)]) == 1
+    assert await export(redis_url, stream, out) == 1
 
 
 async def test_redis_down_never_stops_the_file_and_is_caught_up(tmp_path, key, stream):
@@ -161,8 +164,7 @@ async def test_maxlen_trimming_shows_up_in_verify_as_a_gap(tmp_path, key, redis_
     await offer(log, 0, 400)
     await log.close()
     out = tmp_path / "central"
-    assert await asyncio.to_thread(main, ["export-stream", "--redis-url", redis_url, "--stream", stream,
-                                          "--out", str(out)]) == 0
+    assert await export(redis_url, stream, out) == 0
     assert "not in the stream (trimmed by MAXLEN" in capsys.readouterr().out
     report = verify([out], log.key.public_key())
     assert any("gap" in n and "MAXLEN" in n for n in report.notes), report.render()
@@ -191,8 +193,7 @@ async def test_a_full_buffer_skips_lines_counts_them_and_verify_reports_the_gap(
         await offer(log, 35, 5)
         await log.close()
         out = tmp_path / "central"
-        assert await asyncio.to_thread(main, ["export-stream", "--redis-url", url, "--stream", stream,
-                                              "--out", str(out)]) == 0
+        assert await export(url, stream, out) == 0
     finally:
         await log.close()
         proc.stop()
