@@ -126,10 +126,9 @@ class RedisStreamSink:
         futures: list[asyncio.Future[Any]] = []
         error: str | None = None
         try:
-            conn = await self.client._connection()  # pipelined: futures, not tasks
-            for seq, line in batch:
-                futures.append(conn.send(self._head + encode_args((b"r", line, b"instance", self.instance,
-                                                                    b"seq", seq))))
+            futures = await self.client.pipeline(
+                self._head + encode_args((b"r", line, b"instance", self.instance, b"seq", seq))
+                for seq, line in batch)
         except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         ok = 0

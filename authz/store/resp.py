@@ -379,6 +379,15 @@ class RespClient:
             reply = await self.request(head[1] + body)
         return reply
 
+    async def pipeline(self, payloads: Iterable[bytes]) -> list[asyncio.Future[Any]]:
+        """Send encoded commands back to back without waiting between them: one future per
+        reply, in order. An error reply is the future's value (a ``ReplyError``), not raised,
+        so a caller can tell which of a batch went through."""
+        conn = self._conn
+        if conn is None:
+            conn = await self._connection()
+        return [conn.send(payload) for payload in payloads]
+
     async def execute(self, *args: Any) -> Any:
         return await self.request(encode_command(*args))
 

@@ -108,6 +108,18 @@ async def test_concurrent_calls_each_get_their_own_reply(redis_url):
         await client.close()
 
 
+async def test_a_pipeline_answers_each_command_in_order_with_errors_as_values(redis_url):
+    client = RespClient(redis_url, timeout=5)
+    try:
+        futures = await client.pipeline([encode_command("ECHO", "a"), encode_command("NOSUCHCOMMAND"),
+                                         encode_command("ECHO", "b")])
+        first, error, last = [await f for f in futures]
+        assert (first, last) == (b"a", b"b")
+        assert "unknown command" in str(error).lower() and not isinstance(error, bytes)
+    finally:
+        await client.close()
+
+
 async def test_store_ops_and_limits_pipelined(redis_url):
     store = RedisStore(redis_url, timeout=5, prefix="pipe:")
     try:
