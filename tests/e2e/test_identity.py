@@ -171,3 +171,33 @@ def test_caller_binding_sends_one_assertion_per_caller_through_envoy(idps, tmp_p
         with pytest.raises(assertion.InvalidAssertion, match="no request binding"):
             assertion.verify(first, issuer="urn:authz:e2e", audience="backend", jwks_url=jwks, method="POST",
                              host=seen[0]["host"], path="/echo/identity", request_id=seen[0]["x-request-id"])
+
+
+def test_api_keys_kept_in_redis_work_through_envoy_until_revoked(idps, tmp_path, redis_url):
+    import subprocess
+
+    a, _ = idps
+    cfg = {"log": {"format": "json"}, "policy": {"default": "allow"},
+           "store": {"redis_url": redis_url, "key_prefix": f"e2e-{tmp_path.name}:"},
+           "identity": {"resource": RESOURCE, "issuers": [{"name": "idp0", "issuer": a.issuer}],
+                        "api_keys": {"store": "redis", "cache_seconds": 0, "negative_cache_seconds": 0}}}
+    path = tmp_path / "authz.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    def apikeys(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "authz", "apikeys", *args, "-c", str(path)],
+                              capture_output=True, text=True, timeout=60)
+
+    added = apikeys("add", "--name", "nightly", "--subject", "svc-nightly", "--roles", "batch")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    with Stack(authz_config=path, issuer=False) as stack, httpx.Client(base_url=stack.url, timeout=10) as http:
+        r = echo(http, {"x-api-key": key})
+        assert r.status_code == 200, r.text
+        seen = r.json()["headers"]
+        assert seen["x-authz-user"] == "svc-nightly" and seen["x-authz-roles"] == "batch"
+        assert "x-api-key" not in seen  # the key never reaches the upstream
+        assert echo(http, {"x-api-key": key[:-1] + ("A" if key[-1] != "A" else "B")}).status_code == 401
+        assert apikeys("revoke", "--name", "nightly").returncode == 0
+        refused = echo(http, {"x-api-key": key})
+        assert refused.status_code == 401 and "www-authenticate" in refused.headers
