@@ -238,7 +238,7 @@ class AuditLog:
             sealed = False
             try:
                 for r in batch:
-                    self._append(r)
+                    self._append_safely(r)
                     if self._since_checkpoint >= self.cfg.checkpoint_every_records:
                         self._checkpoint()
                         sealed = True
@@ -266,13 +266,25 @@ class AuditLog:
         if self.stream is not None and lines:
             self.stream.submit(lines, last_seq)
 
+    def _append_safely(self, record: dict[str, Any]) -> None:
+        """``_append``, and when the record cannot be encoded (a bug: records hold only JSON
+        values) a stand-in saying which record was lost, so the chain stays whole and says so
+        instead of the writer stopping."""
+        try:
+            self._append(record)
+        except (TypeError, ValueError, UnicodeError) as exc:
+            WRITE_FAILURES.inc()
+            log.error("audit record of request %s could not be encoded: %s", record.get("request_id"), exc)
+            self._append({"type": "unencodable", "record_type": str(record.get("type")),
+                          "request_id": str(record.get("request_id")), "error": type(exc).__name__})
+
     def _append(self, record: dict[str, Any]) -> None:
-        self._seq += 1
-        record = {"v": 1, "seq": self._seq, "instance": self.instance, "segment": self.segment,
+        record = {"v": 1, "seq": self._seq + 1, "instance": self.instance, "segment": self.segment,
                   "time_ms": _now_ms(), **record, "prev": self._prev}
         # Serialize once: the canonical bytes are both what is hashed and (with the hash added
         # as the last member) the line written.
-        body = canonical(record)
+        body = canonical(record)  # may raise: nothing has changed yet
+        self._seq += 1
         digest = hashlib.sha256(body).hexdigest()
         self._prev = digest
         self._pending.append(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')

@@ -9,8 +9,9 @@ The security properties are decided here, by construction rather than by option:
   unknown names, so "HS256 signed with the issuer's RSA public key" cannot even be attempted;
 - a key verifies only the algorithms its type allows (an EC P-256 key never verifies RS256);
 - RSA keys shorter than 2048 bits are refused when the JWK set is loaded;
-- JSON with duplicate keys, ``NaN``/``Infinity``, non-UTF-8 bytes or deep nesting is refused, and
-  a ``RecursionError`` from the decoder becomes an ordinary rejection.
+- JSON with duplicate keys, ``NaN``/``Infinity``, non-UTF-8 bytes, unpaired surrogate escapes
+  or deep nesting is refused, and a ``RecursionError`` from the decoder becomes an ordinary
+  rejection.
 
 Failures raise ``JoseError`` with a short ``code`` (``malformed``, ``duplicate_key``,
 ``too_deep``, ``bad_signature``...). Callers map codes to their own exceptions.
@@ -35,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+
+from authz.jsontext import has_unpaired_surrogate
 
 MIN_RSA_BITS = 2048
 MAX_JSON_DEPTH = 16  # real JOSE headers and claim sets are 2-4 levels deep
@@ -153,6 +156,8 @@ def parse_json_object(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[s
         raise JoseError("malformed", "not a JSON object")
     if _depth_exceeds(value, max_depth):
         raise JoseError("too_deep", "JSON nested too deep")
+    if has_unpaired_surrogate(text, value):
+        raise JoseError("malformed", "an unpaired surrogate escape (not Unicode)")
     return value
 
 

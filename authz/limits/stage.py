@@ -15,7 +15,6 @@ client went away mid-stream (kept: the tokens were probably generated).
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from authz.errors import TooManyRequests, Unavailable
+from authz.jsontext import dumps_utf8
 from authz.limits import algorithm as alg
 from authz.limits.config import Budget, LimitsConfig, RateLimit
 from authz.limits.metering import Usage, UsageMeter
@@ -295,7 +295,7 @@ class LimitsStage(Stage):
             return
         options["include_usage"] = True
         body["stream_options"] = options
-        ex.mutations.replace_body(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+        ex.mutations.replace_body(dumps_utf8(body))
 
     async def on_response_body(self, ex: Exchange) -> None:
         if "budget" not in ex.check:

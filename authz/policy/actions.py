@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from authz.errors import BadRequest, PayloadTooLarge
+from authz.jsontext import has_unpaired_surrogate
 from authz.model import Request
 
 MAX_JSON_DEPTH = 64
@@ -75,7 +76,8 @@ _STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
 
 def parse_json(body: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate keys (two parsers reading two different ``name``s is
-    how a policy is bypassed), bounded nesting. Raises ``ValueError``."""
+    how a policy is bypassed), bounded nesting, no unpaired surrogate escape (a string no UTF-8
+    encoder can write: the audit log, a rewritten body). Raises ``ValueError``."""
     try:
         text = body.decode("utf-8")
         value = _STRICT_DECODER.decode(text)
@@ -89,6 +91,8 @@ def parse_json(body: bytes) -> Any:
             _check_depth(value)
         except _TooDeep:
             raise ValueError("JSON nested too deeply") from None
+    if has_unpaired_surrogate(text, value):
+        raise ValueError("JSON holds an unpaired surrogate escape (\\uD800-\\uDFFF), which is not Unicode")
     return value
 
 

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from authz.envoy.check import principal_from_metadata, principal_metadata
 from authz.errors import Deny, Forbidden, Unauthenticated
 from authz.identity.challenge import bearer_challenge
+from authz.jsontext import dumps_utf8
 from authz.model import Context, Exchange, Request
 from authz.pipeline import Stage
 from authz.policy import actions
@@ -124,7 +125,7 @@ class PolicyStage(Stage):
             return  # Check already refused unparseable bodies; nothing sensible to rewrite
         if isinstance(body, dict) and body.get("model") != model:
             body["model"] = model
-            ex.mutations.replace_body(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+            ex.mutations.replace_body(dumps_utf8(body))
             ex.facts["model_rewritten"] = model
 
     async def on_response_body(self, ex: Exchange) -> None:
@@ -162,7 +163,7 @@ def _filter_json(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
     hidden = filt(msg)
     if not hidden:
         return body, 0
-    return json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode(), hidden
+    return dumps_utf8(msg), hidden
 
 
 def _filter_sse(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
@@ -185,6 +186,6 @@ def _filter_sse(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
                 hidden = filt(msg)
                 if hidden:
                     total += hidden
-                    lines[i] = "data: " + json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+                    lines[i] = "data: " + dumps_utf8(msg).decode()
         out.append("\n".join(lines))
     return "\n\n".join(out).encode(), total

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import re2
 
+from authz.jsontext import replace_surrogates
+
 # type -> category; the sensitivity header names categories.
 CATEGORIES = {
     "email": "pii", "phone": "pii", "card": "pii", "ssn": "pii", "iban": "pii", "ipv4": "pii", "ipv6": "pii",
@@ -189,7 +191,11 @@ class Scanner:
     def scan(self, text: str) -> list[Finding]:
         found: list[Finding] = []
         if self._combined is not None:
-            for m in self._combined.finditer(text):
+            try:
+                matches = list(self._combined.finditer(text))  # RE2 reads UTF-8
+            except UnicodeEncodeError:  # a lone surrogate (from a JSON escape): U+FFFD keeps offsets
+                matches = list(self._combined.finditer(replace_surrogates(text)))
+            for m in matches:
                 kind = m.lastgroup
                 value = m.group()
                 check = VALIDATORS.get(kind)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from authz.jsontext import dumps_utf8
 from authz.redaction.detectors import Finding, Scanner, normalize
 
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
@@ -102,7 +103,7 @@ class Redactor:
                 doc = None
             if doc is not None:
                 new = self.json_value(doc)
-                return json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode() if self.changed else raw
+                return dumps_utf8(new) if self.changed else raw
         if ctype == "application/x-www-form-urlencoded":
             pairs = parse_qsl(text, keep_blank_values=True)
             new_pairs = list(zip([k for k, _ in pairs], self.texts([v for _, v in pairs]), strict=True))

@@ -285,3 +285,20 @@ async def test_a_key_rotated_while_running_seals_with_the_old_key_and_signs_on_w
                for line in f.read_bytes().splitlines()]
     rotated = [r for r in records if r["type"] == "key_rotated"]
     assert len(rotated) == 1 and rotated[0]["previous_kid"] == key_id(key.public_key())
+
+
+async def test_one_unencodable_record_neither_stops_the_writer_nor_breaks_the_chain(tmp_path, key):
+    log = AuditLog(cfg(tmp_path), instance="i1", key=key)
+    await log.start()
+    assert log.offer({"type": "decision", "request_id": "r1", "action": {"name": "\ud800evil"}})
+    assert log.offer({"type": "decision", "request_id": "r2", "facts": {"oops": object()}})  # a bug of ours
+    assert log.offer({"type": "decision", "request_id": "r3", "decision": "allow"})
+    await log.queue.join()
+    assert not log._writer.done()  # still writing
+    await log.close()
+    assert verify([tmp_path], key.public_key()).status == 0
+    records = [json.loads(x) for x in lines(tmp_path)[1]]
+    by_id = {r.get("request_id"): r for r in records}
+    assert by_id["r1"]["action"]["name"] == "\ufffdevil"
+    assert by_id["r2"]["type"] == "unencodable" and by_id["r2"]["record_type"] == "decision"
+    assert by_id["r3"]["decision"] == "allow"

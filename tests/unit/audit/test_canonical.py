@@ -15,3 +15,10 @@ def test_escapes_are_minimal_as_in_rfc8785():
 def test_nan_is_refused():
     with pytest.raises(ValueError):
         canonical(float("nan"))
+
+
+def test_a_lone_surrogate_is_written_as_the_replacement_character_not_raised():
+    # JSON lets "\ud800" through a decoder; UTF-8 cannot hold it. One such value must not stop
+    # the writer: it becomes U+FFFD, the rest of the record unchanged.
+    assert canonical({"tool": "\ud800x", "ok": "é"}) == '{"ok":"é","tool":"\ufffdx"}'.encode()
+    assert canonical({"\udfff": ["\ud83d"]}) == '{"\ufffd":["\ufffd"]}'.encode()

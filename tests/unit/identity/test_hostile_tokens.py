@@ -182,6 +182,10 @@ CASES = [
          "token.too_large"),  # at the default 16 KiB limit; see test_deep_nesting_... below
     Case("payload-nested-40-deep", lambda a, b: h(raw({"alg": "RS256"}, _deep_payload(40), b"s")),
          "token.too_deep"),
+    Case("payload-unpaired-surrogate",  # valid JSON grammar, not Unicode: nothing could write it back
+         lambda a, b: h(raw({"alg": "RS256", "kid": a.current_kid},
+                            f'{{"iss":"{a.issuer}","sub":"\\ud800admin"}}', b"s")),
+         "token.malformed"),
     Case("duplicate-claim-keys",
          lambda a, b: h(raw({"alg": "RS256", "kid": a.current_kid},
                             f'{{"iss":"{a.issuer}","sub":"alice","sub":"admin"}}', b"s")),

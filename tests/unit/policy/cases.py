@@ -112,6 +112,16 @@ CASES = [
     Case("duplicate name keys", OSCAR, "/mcp",
          b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","name":"delete_invoice"}}',
          400, "mcp.invalid_json", e2e=True),
+    # JSON allows a lone \uD800-\uDFFF escape; Unicode does not, and nothing downstream (the
+    # audit log, a rewritten body) could write it back: refused where it is parsed.
+    Case("tool name with an unpaired surrogate", OSCAR, "/mcp",
+         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\ud800whoami"}}', 400,
+         "mcp.invalid_json", e2e=True),
+    Case("unpaired low surrogate in arguments", OSCAR, "/mcp",
+         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{"x":"\\udc00"}}}',
+         400, "mcp.invalid_json"),
+    Case("escaped surrogate pair (an emoji) is fine", OSCAR, "/mcp", call("get_calendar", day="mon \U0001F600"),
+         rule="calendar"),
     Case("Mcp-Name header disagrees with body", OSCAR, "/mcp", call("get_calendar", day="mon"), 400,
          "mcp.header_mismatch", headers=(("mcp-method", "tools/call"), ("mcp-name", "whoami")), e2e=True),
     Case("Mcp headers agree", OSCAR, "/mcp", call("get_calendar", day="mon"), rule="calendar",
@@ -121,6 +131,9 @@ CASES = [
          + b"[" * 5000 + b"]" * 5000 + b"}}}", 400, "mcp.invalid_json"),
     # LLM APIs
     Case("general model", OSCAR, "/v1/chat/completions", chat("gpt-general"), rule="general-models", e2e=True),
+    Case("chat message with an unpaired surrogate", OSCAR, "/v1/chat/completions",
+         b'{"model":"gpt-general","messages":[{"role":"user","content":"hi \\ud83d"}]}', 400,
+         "llm.invalid_json", e2e=True),
     Case("medical model as accountant", OSCAR, "/v1/chat/completions", chat("gpt-medical"), 403,
          "policy.role_required", "medical-models", e2e=True),
     Case("medical model as doctor", DANA, "/v1/chat/completions", chat("gpt-medical"), rule="medical-models",

@@ -198,3 +198,11 @@ def test_text_and_form_bodies_are_redacted_too():
     assert out == b"note=%5BCUSTOMER_1%5D+and+%5BCUSTOMER_2%5D&id=7"
     untouched = b'{"a": 1, "b": [true, null, 2.5]}'
     assert Redactor(s.scanner, lambda t: "mask").body(untouched, "application/json") == untouched
+
+
+def test_a_json_body_with_an_unpaired_surrogate_is_redacted_not_crashed_on():
+    from authz.redaction.redactor import Redactor
+
+    red = Redactor(stage().scanner, lambda t: "mask")
+    out = red.body(b'{"note": "mail oscar@acme.com \\ud800", "who": "\xc3\xa9"}', "application/json")
+    assert json.loads(out) == {"note": "mail ***@acme.com \ud800", "who": "é"}  # escaped, kept exactly
