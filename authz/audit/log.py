@@ -26,6 +26,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from authz.audit.redis_stream import RedisStreamSink
 
 log = logging.getLogger("authz.audit")
+
+# What the request path queues: a record, or (build, args) for the writer to call build(*args).
+Pending = dict[str, Any] | tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]
 
 RECORDS = Counter("authz_audit_records_total", "Audit records written, by type.", ["type"])
 QUEUE_DEPTH = Gauge("authz_audit_queue_depth", "Audit records waiting for the writer.")
@@ -198,15 +202,19 @@ class AuditLog:
 
     # --- the request side ------------------------------------------------------------------------
 
-    def offer(self, record: dict[str, Any]) -> bool:
-        """Queue a record without waiting. False when the queue is full."""
+    def offer(self, record: Pending) -> bool:
+        """Queue a record without waiting. False when the queue is full.
+
+        ``record`` is the record, or ``(build, args)``: the writer calls ``build(*args)`` for it.
+        The request path then only queues what the record is made of, and the building runs
+        in the writer's batch, off the request's critical path and with a warm cache."""
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
             return False
         return True
 
-    async def put(self, record: dict[str, Any], *, wait_ms: int) -> bool:
+    async def put(self, record: Pending, *, wait_ms: int) -> bool:
         if self.offer(record):
             return True
         if wait_ms <= 0:
@@ -266,15 +274,17 @@ class AuditLog:
         if self.stream is not None and lines:
             self.stream.submit(lines, last_seq)
 
-    def _append_safely(self, record: dict[str, Any]) -> None:
-        """``_append``, and when the record cannot be encoded (a bug: records hold only JSON
-        values) a stand-in saying which record was lost, so the chain stays whole and says so
-        instead of the writer stopping."""
+    def _append_safely(self, pending: Pending) -> None:
+        """Build (when deferred) and ``_append`` a record. When that fails (a bug: records hold
+        only JSON values) a stand-in says which record was lost, so the chain stays whole and
+        says so instead of the writer stopping."""
+        record: dict[str, Any] = {}
         try:
+            record = pending if isinstance(pending, dict) else pending[0](*pending[1])
             self._append(record)
-        except (TypeError, ValueError, UnicodeError) as exc:
+        except Exception as exc:
             WRITE_FAILURES.inc()
-            log.error("audit record of request %s could not be encoded: %s", record.get("request_id"), exc)
+            log.error("audit record of request %s could not be written: %r", record.get("request_id"), exc)
             self._append({"type": "unencodable", "record_type": str(record.get("type")),
                           "request_id": str(record.get("request_id")), "error": type(exc).__name__})
 

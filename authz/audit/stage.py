@@ -35,6 +35,36 @@ def _safe_facts(facts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def decision_record(ctx: Context, deny: Deny | None, time_ms: int) -> dict[str, Any]:
+    """The ``decision`` record of a Check (built by the writer: Check is over, ``ctx`` no longer
+    changes)."""
+    req = ctx.request
+    p = ctx.principal
+    return {
+        "type": "decision", "time_ms": time_ms, "request_id": req.id,
+        "method": req.method, "host": req.host, "path": req.path_only,
+        "principal": None if p.anonymous else {"subject": p.subject, "issuer": p.issuer, "tenant": p.tenant,
+                                               "client": p.client, "credential": p.credential},
+        "action": ctx.action.describe() if ctx.action is not None else None,
+        "decision": "allow" if deny is None else "deny",
+        "status": 200 if deny is None else deny.status,
+        "reason": "ok" if deny is None else deny.reason,
+        "body_sha256": hashlib.sha256(req.body).hexdigest() if req.body else None,
+        "facts": _safe_facts(ctx.facts),
+    }
+
+
+def outcome_record(ex: Exchange, time_ms: int) -> dict[str, Any]:
+    """The ``outcome`` record of an exchange Process saw to its end."""
+    forwarded = ex.state.get("forwarded_body")
+    return {
+        "type": "outcome", "time_ms": time_ms, "request_id": ex.request.id,
+        "status": ex.response_status,
+        "forwarded_body_sha256": hashlib.sha256(forwarded).hexdigest() if forwarded else None,
+        "facts": _safe_facts(ex.facts),
+    }
+
+
 class AuditStage(Stage):
     name = "audit"
 
@@ -48,21 +78,10 @@ class AuditStage(Stage):
             await self.log.start()
 
     async def on_decision(self, ctx: Context, deny: Deny | None) -> None:
-        req = ctx.request
-        p = ctx.principal
-        record: dict[str, Any] = {
-            "type": "decision", "time_ms": int(time.time() * 1000), "request_id": req.id,
-            "method": req.method, "host": req.host, "path": req.path_only,
-            "principal": None if p.anonymous else {"subject": p.subject, "issuer": p.issuer, "tenant": p.tenant,
-                                                   "client": p.client, "credential": p.credential},
-            "action": ctx.action.describe() if ctx.action is not None else None,
-            "decision": "allow" if deny is None else "deny",
-            "status": 200 if deny is None else deny.status,
-            "reason": "ok" if deny is None else deny.reason,
-            "body_sha256": hashlib.sha256(req.body).hexdigest() if req.body else None,
-            "facts": _safe_facts(ctx.facts),
-        }
-        if await self.log.put(record, wait_ms=self.cfg.block_ms if self.cfg.on_full == "block" else 0):
+        # Only what the record is made of is queued here; the writer builds it (decision_record).
+        pending = (decision_record, (ctx, deny, int(time.time() * 1000)))
+        if self.log.offer(pending) or (self.cfg.on_full == "block"
+                                       and await self.log.put(pending, wait_ms=self.cfg.block_ms)):
             return
         REFUSED.labels(when="check").inc()
         if deny is None:  # fail closed: no record, no request
@@ -70,14 +89,7 @@ class AuditStage(Stage):
                               headers={"retry-after": "1"})
 
     async def on_complete(self, ex: Exchange) -> None:
-        record: dict[str, Any] = {
-            "type": "outcome", "time_ms": int(time.time() * 1000), "request_id": ex.request.id,
-            "status": ex.response_status,
-            "forwarded_body_sha256": (hashlib.sha256(ex.state["forwarded_body"]).hexdigest()
-                                      if ex.state.get("forwarded_body") else None),
-            "facts": _safe_facts(ex.facts),
-        }
-        if not await self.log.put(record, wait_ms=self.cfg.block_ms):
+        if not await self.log.put((outcome_record, (ex, int(time.time() * 1000))), wait_ms=self.cfg.block_ms):
             # The answer has already gone out; all that is left is to say so loudly.
             REFUSED.labels(when="outcome").inc()
             import logging
