@@ -195,6 +195,9 @@ def parse_config(text: str, *, source: str = "<config>", env: Mapping[str, str] 
     return validate_config(raw, source=source)
 
 
+_NAMED_KEY = re.compile(r"([a-z_]+(?:\.[a-z_0-9]+)+) ")
+
+
 def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(raw)
@@ -204,7 +207,14 @@ def validate_config(raw: Mapping[str, Any], *, source: str = "<config>") -> Conf
             message = err["msg"]
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
-            problems.append((_loc_to_path(err["loc"]), message))
+            path = _loc_to_path(err["loc"])
+            if err["type"] == "value_error":
+                message = message.removeprefix("Value error, ")
+                # A check across sections has no location of its own: it names the key it is about.
+                named = _NAMED_KEY.match(message)
+                if not path and named:
+                    path, message = named.group(1), message[named.end():]
+            problems.append((path, message))
         raise ConfigError(source, problems) from None
 
 

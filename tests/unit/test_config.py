@@ -76,3 +76,9 @@ def test_reference_config_is_valid():
     root = Path(__file__).resolve().parents[2]
     _, sha = load_config(root / "deploy/authz/authz.yaml")
     assert len(sha) == 64
+
+
+def test_a_check_across_sections_is_reported_at_the_key_it_names():
+    found = problems("identity:\n  api_keys:\n    store: redis\n")
+    assert found == {"identity.api_keys.store": "is redis but store.redis_url is empty: set store.redis_url "
+                                                "(or use store: config)"}
