@@ -445,6 +445,7 @@ def encode_compact(header: Mapping[str, Any], payload: Mapping[str, Any], alg: A
 
 
 def is_number(value: Any) -> bool:
-    """A JSON number usable as a NumericDate: int or finite float, never bool."""
-    return (isinstance(value, int) and not isinstance(value, bool)) or (
+    """A JSON number usable as a NumericDate: int or finite float, never bool. An integer must
+    fit in 64 bits (10**400 is valid JSON, but no float: ``exp`` is kept as one)."""
+    return (isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63) or (
         isinstance(value, float) and math.isfinite(value))

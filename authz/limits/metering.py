@@ -12,6 +12,10 @@ import json
 from typing import Any
 
 MAX_EVENT_BYTES = 1024 * 1024  # one SSE event larger than this is skipped, not buffered forever
+# A count above this is charged as this: far beyond any real answer, small enough that a cost in
+# micro-units stays exact as a float (metrics) and inside Redis's 64-bit counters. Unclamped, a
+# usage of 10**4000 (valid JSON) made settlement raise and left the budget counter at that value.
+MAX_TOKENS = 10**12
 
 
 @dataclasses.dataclass(slots=True)
@@ -31,7 +35,9 @@ class Usage:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return min(value, MAX_TOKENS)
+    return 0
 
 
 def _usage_objects(obj: Any) -> list[dict]:

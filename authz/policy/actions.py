@@ -62,6 +62,15 @@ def _check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a decoded JSON ``value`` nests deeper than ``limit`` (iterative: never recurses)."""
+    try:
+        _check_depth(value, limit)
+    except _TooDeep:
+        return True
+    return False
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)  # C-fast; a duplicate shows as fewer keys than pairs
     if len(out) != len(pairs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -155,10 +156,20 @@ class PolicyStage(Stage):
         return hidden
 
 
-def _filter_json(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
+def _load_message(payload: str | bytes) -> Any:
+    """The JSON value of an upstream message, or None when it is not JSON or nests deeper than
+    requests may: one that only just parsed could not be written back (the encoder recurses a
+    frame deeper than the decoder, and a RecursionError there was a 500)."""
     try:
-        msg = json.loads(body)
+        msg = json.loads(payload)
     except (ValueError, RecursionError):
+        return None
+    return None if actions.too_deep(msg) else msg
+
+
+def _filter_json(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
+    msg = _load_message(body)
+    if msg is None:
         return body, 0
     hidden = filt(msg)
     if not hidden:
@@ -166,26 +177,30 @@ def _filter_json(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
     return dumps_utf8(msg), hidden
 
 
+# SSE ends a line with CRLF, LF or CR (a CR not followed by LF); an event ends at an empty line.
+_SSE_EOL = r"(?:\r\n|\n|\r(?!\n))"
+_SSE_EVENT_END = re.compile(f"({_SSE_EOL}{_SSE_EOL})")
+_SSE_LINE_END = re.compile(f"({_SSE_EOL})")
+
+
 def _filter_sse(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
-    """Filter each SSE event's ``data:`` JSON; keep every other line byte for byte."""
-    text = body.decode("utf-8", "replace")
-    events = text.split("\n\n")
+    """Filter each SSE event's ``data:`` JSON; keep every other byte as it was (line endings,
+    bytes that are not UTF-8). Events split at any blank line the SSE grammar allows: split
+    at ``\n\n`` only, a stream with CRLF line endings was one "event" of many data lines,
+    left unfiltered."""
+    text = body.decode("utf-8", "surrogateescape")
+    parts = _SSE_EVENT_END.split(text)  # events at even indices, their separators between
     total = 0
-    out = []
-    for event in events:
-        lines = event.split("\n")
-        data_idx = [i for i, line in enumerate(lines) if line.startswith("data:")]
+    for e in range(0, len(parts), 2):
+        lines = _SSE_LINE_END.split(parts[e])  # lines at even indices, their endings between
+        data_idx = [i for i in range(0, len(lines), 2) if lines[i].startswith("data:")]
         if len(data_idx) == 1:
             i = data_idx[0]
-            payload = lines[i][5:].lstrip(" ")
-            try:
-                msg = json.loads(payload)
-            except (ValueError, RecursionError):
-                msg = None
+            msg = _load_message(lines[i][5:].lstrip(" "))
             if msg is not None:
                 hidden = filt(msg)
                 if hidden:
                     total += hidden
                     lines[i] = "data: " + dumps_utf8(msg).decode()
-        out.append("\n".join(lines))
-    return "\n\n".join(out).encode(), total
+                    parts[e] = "".join(lines)
+    return "".join(parts).encode("utf-8", "surrogateescape"), total

@@ -13,9 +13,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from authz.jsontext import dumps_utf8
+from authz.policy.actions import MAX_JSON_DEPTH, too_deep
 from authz.redaction.detectors import Finding, Scanner, normalize
 
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
+
+
+class Unscannable(ValueError):
+    """A JSON body nested deeper than ``MAX_JSON_DEPTH``: it can be neither walked (the walk
+    recurses) nor scanned as plain text (escapes such as ``\\u0040`` would hide what a JSON
+    reader upstream decodes). The stage refuses it rather than forward it unscanned."""
 
 
 class Redactor:
@@ -93,14 +100,21 @@ class Redactor:
         return _rebuild(doc, iter(self.texts(strings)))
 
     def body(self, raw: bytes, content_type: str) -> bytes:
-        """The body with findings replaced (``raw`` itself when nothing changed)."""
+        """The body with findings replaced (``raw`` itself when nothing changed). Raises
+        ``Unscannable`` for a JSON body nested too deeply to walk."""
         ctype = content_type.split(";", 1)[0].strip().lower()
         text = raw.decode("utf-8", "replace")
         if ctype == "application/json" or ctype.endswith("+json") or (not ctype and text.lstrip()[:1] in "{["):
             try:
                 doc = json.loads(text)
+            except RecursionError:
+                raise Unscannable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
             except ValueError:
                 doc = None
+            # Deeper than the limit needs more brackets than the limit: skip the walk otherwise.
+            if (doc is not None and text.count("[") + text.count("{") > MAX_JSON_DEPTH
+                    and too_deep(doc)):
+                raise Unscannable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
             if doc is not None:
                 new = self.json_value(doc)
                 return dumps_utf8(new) if self.changed else raw

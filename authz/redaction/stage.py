@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 import secrets
 import time
 from typing import Any
@@ -30,7 +31,7 @@ from authz.policy.conditions import CompiledConditions
 from authz.policy.engine import CompiledMatch
 from authz.redaction.config import RedactionConfig, RedactionRule
 from authz.redaction.detectors import Scanner
-from authz.redaction.redactor import Redactor, categories_of
+from authz.redaction.redactor import Redactor, Unscannable, categories_of
 from authz.store import Store, StoreUnavailable
 
 FINDINGS = Counter("authz_redaction_findings_total", "Sensitive values found, by entity type.", ["type"])
@@ -40,6 +41,14 @@ SCAN_SECONDS = Histogram("authz_redaction_scan_seconds", "Time to scan (and rewr
 
 APPROVAL_KEY = "approval:{id}"
 GRANT_KEY = "approval:{id}:granted"
+# What ``secrets.token_urlsafe`` issues. An id is put into a store key: one with a ":" in it
+# (``<id>:granted``) would name a grant instead of an approval record.
+APPROVAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
+def _too_deep(exc: Unscannable) -> BadRequest:
+    return BadRequest(f"the body cannot be scanned ({exc}); it is not forwarded unscanned",
+                      reason="redaction.too_deep")
 
 
 class RedactionStage(Stage):
@@ -96,7 +105,11 @@ class RedactionStage(Stage):
                                   "scans; it is not forwarded unscanned", reason="body.too_large")
         started = time.perf_counter()
         red = self.redactor(rule)
-        red.body(body, ctx.request.header("content-type") or "")
+        try:
+            red.body(body, ctx.request.header("content-type") or "")
+        except Unscannable as exc:
+            ACTIONS.labels(action="unscannable").inc()
+            raise _too_deep(exc) from None
         SCAN_SECONDS.observe(time.perf_counter() - started)
         if not red.found:
             ACTIONS.labels(action="clean").inc()
@@ -131,7 +144,7 @@ class RedactionStage(Stage):
         subject = ctx.principal.subject
         given = ctx.request.header(self.cfg.approval_header)
         try:
-            if given:
+            if given and APPROVAL_ID.match(given):
                 pending = await self.store.get(APPROVAL_KEY.format(id=given))
                 record = json.loads(pending) if pending else None
                 if record and record["subject"] == subject and record["digest"] == digest:
@@ -161,7 +174,8 @@ class RedactionStage(Stage):
         if ctx.request.method != "POST" or verb != "grant" or not approval_id:
             raise BadRequest(f"use POST {self.cfg.approvals_path}/<id>/grant", reason="approvals.bad_request")
         try:
-            raw = await self.store.get(APPROVAL_KEY.format(id=approval_id))
+            raw = (await self.store.get(APPROVAL_KEY.format(id=approval_id))
+                   if APPROVAL_ID.match(approval_id) else None)
             if raw is None:
                 raise Forbidden("no pending approval with that id (expired, used or never issued)",
                                 reason="approvals.unknown")
@@ -191,7 +205,10 @@ class RedactionStage(Stage):
         if rule is None:  # the config changed between Check and Process: do not forward unscanned
             raise Unavailable("the redaction policy changed mid-request; retry", reason="redaction.rule_changed")
         red = self.redactor(rule)
-        new = red.body(ex.request_body_now(), ex.request.header("content-type") or "")
+        try:
+            new = red.body(ex.request_body_now(), ex.request.header("content-type") or "")
+        except Unscannable as exc:
+            raise _too_deep(exc) from None
         if red.changed:
             ex.mutations.replace_body(new)
         ex.facts["redaction"] = {"rule": rule.id, "found": red.summary(), "rewritten": red.changed}
