@@ -48,6 +48,9 @@ class ServerConfig(Model):
     grace_seconds: float = Field(10.0, ge=0, le=600)
     debug_headers: bool = False
     max_concurrent_streams: int = Field(1000, ge=1)
+    # The ext_authz filter's with_request_body.max_request_bytes (0: not known). A body that long
+    # may have been cut without Envoy saying so; it is then never trusted for a decision.
+    max_request_bytes: int = Field(1024 * 1024, ge=0)
     # uvloop: libuv's event loop (measured ~20% more Checks per second than asyncio's own on the
     # 2-core dev box, the gRPC hop included); asyncio: the standard library's. Takes effect at start.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

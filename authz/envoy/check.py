@@ -21,7 +21,9 @@ METADATA_NAMESPACE = "envoy.filters.http.ext_authz"  # where ext_proc finds what
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def request_from_check(msg: auth_pb2.CheckRequest) -> Request:
+def request_from_check(msg: auth_pb2.CheckRequest, *, body_limit: int = 0) -> Request:
+    """Our request from Envoy's. ``body_limit`` is the ext_authz filter's ``max_request_bytes``
+    (0: unknown); see ``_cut`` for why it matters."""
     attrs = msg.attributes
     http = attrs.request.http
     header_lists: dict[str, tuple[str, ...]] = {}
@@ -57,11 +59,26 @@ def request_from_check(msg: auth_pb2.CheckRequest) -> Request:
         headers=headers,
         header_lists=header_lists,
         body=body,
-        body_truncated=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
+        body_truncated=_cut(headers, body, body_limit),
         protocol=http.protocol,
         source_address=addr.address,
         context_extensions=dict(attrs.context_extensions) if len(attrs.context_extensions) else {},
     )
+
+
+def _cut(headers: Mapping[str, str], body: bytes, body_limit: int) -> bool:
+    """Whether the body Envoy sent may be only the start of the request's.
+
+    Envoy says so in ``x-envoy-auth-partial-body`` (and drops a client's own), but it compares
+    what it sends with what it has buffered so far: when the buffer fills exactly at the limit
+    with more still to arrive, it says ``false``. So a body that is shorter than the request's
+    ``content-length``, or as long as the limit itself, is taken as cut too."""
+    if headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
+        return True
+    if body_limit and len(body) >= body_limit:
+        return True
+    declared = headers.get("content-length")
+    return declared is not None and declared.isdigit() and int(declared) > len(body)
 
 
 def _header_options(headers: Mapping[str, str]) -> list[base_pb2.HeaderValueOption]:

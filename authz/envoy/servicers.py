@@ -50,7 +50,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
         ctx: Context | None = None
         deny: Deny | None = None
         try:
-            req = check_adapter.request_from_check(request)
+            req = check_adapter.request_from_check(request, body_limit=self.runtime.config.server.max_request_bytes)
         except Exception:  # a proto we cannot read is the client's problem, not a crash
             log.warning("unreadable CheckRequest", exc_info=True)
             deny = BadRequest("the request could not be read", reason="request.unreadable")

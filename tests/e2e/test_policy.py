@@ -4,6 +4,7 @@ the policy table again end to end."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -128,3 +129,21 @@ def test_policy_case_through_envoy(stack, case):
     else:
         assert r.status_code == case.status, r.text
         assert r.headers["x-authz-reason"] == case.reason
+
+
+@pytest.mark.parametrize(("client_says", "chunked"), [(None, False), ("false", False), (None, True)])
+def test_a_body_envoy_cut_is_never_trusted(stack, client_says, chunked):
+    """A body longer than max_request_bytes reaches Check cut. Envoy's partial-body flag says
+    ``false`` when its buffer fills exactly at the limit (it did here), a client cannot set the
+    flag (Envoy drops it), and a chunked body declares no length: the cut is seen all the same."""
+    token = stack.token("oscar", roles=["accounting"], scopes=["tools:calendar"])
+    headers = {**MCP_HEADERS, **stack.auth(token)}
+    if client_says is not None:
+        headers["x-envoy-auth-partial-body"] = client_says
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "get_calendar", "arguments": {"day": "mon", "pad": "x" * (1 << 20)}}}
+                      ).encode()
+    content = (body[i:i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    r = stack.http.post("/mcp", headers=headers, content=content)
+    assert r.status_code == 413, r.text
+    assert r.headers["x-authz-reason"] == "body.truncated"
