@@ -89,8 +89,28 @@ def _header_options(headers: Mapping[str, str]) -> list[base_pb2.HeaderValueOpti
 
 def to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
-    s.update(data)
+    try:
+        s.update(data)
+    except (OverflowError, TypeError, ValueError):  # e.g. a claim of 10**400 (a Struct holds doubles)
+        s = struct_pb2.Struct()
+        s.update(_struct_safe(data))
     return s
+
+
+def _struct_safe(value: Any) -> Any:
+    """``value`` with what a Struct cannot hold (integers beyond a double, other types) as text."""
+    if isinstance(value, Mapping):
+        return {str(k): _struct_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_struct_safe(v) for v in value]
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int | float):
+        try:
+            return float(value) if isinstance(value, int) else value
+        except OverflowError:
+            return str(value)
+    return str(value)
 
 
 def allow_response(ctx: Context, *, extra_response_headers: Mapping[str, str] | None = None

@@ -29,3 +29,11 @@ def check(body: bytes, **headers: str) -> external_auth_pb2.CheckRequest:
 ])
 def test_a_cut_body_is_recognised(body, headers, limit, cut):
     assert request_from_check(check(body, **headers), body_limit=limit).body_truncated is cut
+
+
+def test_metadata_that_a_struct_cannot_hold_goes_as_text_not_as_an_error():
+    from authz.envoy.check import to_struct
+
+    s = to_struct({"claims": {"level": 10**400, "n": 3, "ok": True, "xs": [1, None, "a"]}})
+    assert s["claims"]["level"] == "1" + "0" * 400
+    assert s["claims"]["n"] == 3 and s["claims"]["ok"] is True and list(s["claims"]["xs"]) == [1, None, "a"]
