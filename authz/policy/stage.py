@@ -29,6 +29,8 @@ log = logging.getLogger("authz.policy")
 
 DRY_RUN_DENIALS = Counter("authz_policy_dry_run_denials_total",
                           "Requests policy would have denied, allowed because of dry-run.", ["reason"])
+TOOLS_LISTS_REFUSED = Counter("authz_mcp_tools_lists_refused_total",
+                              "tools/list answers that could not be filtered and were replaced by an error.")
 TOOLS_HIDDEN = Counter("authz_mcp_tools_hidden_total",
                        "Tools removed from tools/list answers because the user may not call them.")
 
@@ -91,6 +93,7 @@ class PolicyStage(Stage):
         if action.protocol == "mcp" and action.kind == "tools/list" and self.cfg.filter_tools_list:
             ctx.want_body("response", "buffered")
             ctx.metadata["filter_tools"] = True
+            ctx.metadata["jsonrpc_id"] = action.jsonrpc_id  # for the error when the answer is unreadable
             ctx.metadata["principal"] = principal_metadata(ctx.principal)
             if self._claim_paths:
                 ctx.metadata["claims"] = {p: ctx.principal.claims.get(p) for p in self._claim_paths
@@ -133,11 +136,24 @@ class PolicyStage(Stage):
         if not ex.check.get("filter_tools") or not ex.response_end or not ex.response_body:
             return
         principal = principal_from_metadata(ex.check.get("principal"), ex.check.get("claims"))
-        content_type = ex.response_headers.get("content-type", "")
-        if "text/event-stream" in content_type:
-            new, hidden = _filter_sse(ex.response_body, lambda m: self._filter_message(m, principal, ex))
-        else:
-            new, hidden = _filter_json(ex.response_body, lambda m: self._filter_message(m, principal, ex))
+        content_type = ex.response_headers.get("content-type", "").lower()
+        sse = "text/event-stream" in content_type
+        try:
+            if sse:
+                new, hidden = _filter_sse(ex.response_body, lambda m: self._filter_message(m, principal, ex))
+            else:
+                new, hidden = _filter_json(ex.response_body, lambda m: self._filter_message(m, principal, ex))
+        except _Unreadable as exc:
+            # A list we cannot read is a list we cannot filter, and a client may read it all the
+            # same (lenient JSON, several data lines): it is replaced, never passed on.
+            if not sse and "json" not in content_type:
+                return  # not JSON-RPC at all (an error page): nothing a client takes for a tool list
+            TOOLS_LISTS_REFUSED.inc()
+            ex.facts["tools_hidden"] = "all"
+            log.warning("tools/list answer of request %s could not be filtered (%s): replaced by an error",
+                        ex.request.id, exc)
+            ex.mutations.replace_body(_unfilterable(ex.check.get("jsonrpc_id"), sse))
+            return
         if hidden:
             TOOLS_HIDDEN.inc(hidden)
             ex.facts["tools_hidden"] = hidden
@@ -156,21 +172,32 @@ class PolicyStage(Stage):
         return hidden
 
 
+class _Unreadable(ValueError):
+    """An upstream message the tools/list filter cannot read or write back."""
+
+
 def _load_message(payload: str | bytes) -> Any:
-    """The JSON value of an upstream message, or None when it is not JSON or nests deeper than
-    requests may: one that only just parsed could not be written back (the encoder recurses a
-    frame deeper than the decoder, and a RecursionError there was a 500)."""
+    """The JSON value of an upstream message. Raises ``_Unreadable`` when it is not JSON or
+    nests deeper than requests may (one that only just parsed could not be written back: the
+    encoder recurses a frame deeper than the decoder)."""
     try:
         msg = json.loads(payload)
     except (ValueError, RecursionError):
-        return None
-    return None if actions.too_deep(msg) else msg
+        raise _Unreadable("not JSON") from None
+    if actions.too_deep(msg):
+        raise _Unreadable(f"nested deeper than {actions.MAX_JSON_DEPTH} levels")
+    return msg
+
+
+def _unfilterable(jsonrpc_id: Any, sse: bool) -> bytes:
+    error = dumps_utf8({"jsonrpc": "2.0", "id": jsonrpc_id,
+                        "error": {"code": -32603, "message": "the tool list could not be checked "
+                                                             "against your permissions"}})
+    return b"event: message\ndata: " + error + b"\n\n" if sse else error
 
 
 def _filter_json(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
     msg = _load_message(body)
-    if msg is None:
-        return body, 0
     hidden = filt(msg)
     if not hidden:
         return body, 0
@@ -184,23 +211,33 @@ _SSE_LINE_END = re.compile(f"({_SSE_EOL})")
 
 
 def _filter_sse(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
-    """Filter each SSE event's ``data:`` JSON; keep every other byte as it was (line endings,
-    bytes that are not UTF-8). Events split at any blank line the SSE grammar allows: split
-    at ``\n\n`` only, a stream with CRLF line endings was one "event" of many data lines,
-    left unfiltered."""
+    """Filter each SSE event's message; keep every other byte as it was (line endings, bytes
+    that are not UTF-8). Events split at any blank line the SSE grammar allows (split at
+    ``\n\n`` only, a stream with CRLF line endings was one "event", left unfiltered), and an
+    event's ``data:`` lines join with newlines, as a client joins them, into one message."""
     text = body.decode("utf-8", "surrogateescape")
     parts = _SSE_EVENT_END.split(text)  # events at even indices, their separators between
     total = 0
     for e in range(0, len(parts), 2):
         lines = _SSE_LINE_END.split(parts[e])  # lines at even indices, their endings between
         data_idx = [i for i in range(0, len(lines), 2) if lines[i].startswith("data:")]
-        if len(data_idx) == 1:
-            i = data_idx[0]
-            msg = _load_message(lines[i][5:].lstrip(" "))
-            if msg is not None:
-                hidden = filt(msg)
-                if hidden:
-                    total += hidden
-                    lines[i] = "data: " + dumps_utf8(msg).decode()
-                    parts[e] = "".join(lines)
+        if not data_idx:
+            continue  # comments, retry: no message
+        data = "\n".join(_field_value(lines[i][5:]) for i in data_idx)
+        if not data.strip():
+            continue  # an empty message (a keep-alive): nothing a client acts on
+        msg = _load_message(data)
+        hidden = filt(msg)
+        if hidden:
+            total += hidden
+            first = data_idx[0]
+            lines[first] = "data: " + dumps_utf8(msg).decode()
+            for i in reversed(data_idx[1:]):  # the message is one line now
+                del lines[i - 1:i + 1]
+            parts[e] = "".join(lines)
     return "".join(parts).encode("utf-8", "surrogateescape"), total
+
+
+def _field_value(raw: str) -> str:
+    """An SSE field's value: one leading space is not part of it."""
+    return raw[1:] if raw.startswith(" ") else raw

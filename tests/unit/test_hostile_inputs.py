@@ -367,11 +367,14 @@ TOOLS_LIST_ANSWERS = [
     ("json-malformed-entries", JSON, tools_list([*TOOLS, None, 5, "x", {"name": 5}, {}, [], {"name": "\ud800"}]), "filtered"),
     ("json-lone-surrogate-elsewhere", JSON, tools_list(TOOLS).replace(b'"get_calendar"}', b'"get_calendar","d":"\\ud800"}'), "filtered"),
     ("json-odd-numbers", JSON, tools_list(TOOLS).replace(b'"get_calendar"}', b'"get_calendar","x":NaN,"y":1e400,"z":-0}'), "filtered"),
-    ("json-not-utf8", JSON, tools_list(TOOLS).replace(b'"get_calendar"}', b'"get_calendar","d":"\xff\xfe"}'), "untouched"),
+    # what the filter cannot read it cannot filter, and a lenient client might read it all:
+    # replaced by a JSON-RPC error, never passed on
+    ("json-not-utf8", JSON, tools_list(TOOLS).replace(b'"get_calendar"}', b'"get_calendar","d":"\xff\xfe"}'), "refused"),
     ("json-tools-not-a-list", JSON, b'{"jsonrpc":"2.0","id":1,"result":{"tools":{"name":"delete_invoice"}}}', "untouched"),
     ("json-result-a-list", JSON, b'{"jsonrpc":"2.0","id":1,"result":[1]}', "untouched"),
-    ("json-depth-5000", JSON, tools_list(TOOLS)[:-2] + b',"x":' + deep(5000) + b"}}", "untouched"),
-    ("garbage", JSON, b"\xff" * 10, "untouched"),
+    ("json-depth-5000", JSON, tools_list(TOOLS)[:-2] + b',"x":' + deep(5000) + b"}}", "refused"),
+    ("garbage", JSON, b"\xff" * 10, "refused"),
+    ("an-error-page", "text/html", b"<html>502 bad gateway</html>", "untouched"),
     ("sse", SSE, sse(tools_list(TOOLS)), "filtered"),
     ("sse-crlf", SSE, sse(tools_list(TOOLS), eol=b"\r\n"), "filtered"),
     ("sse-cr", SSE, sse(tools_list(TOOLS), eol=b"\r"), "filtered"),
@@ -380,10 +383,14 @@ TOOLS_LIST_ANSWERS = [
     ("sse-lone-surrogate", SSE, sse(tools_list(TOOLS).replace(b'"get_calendar"}', b'"get_calendar","d":"\\udc00"}')), "filtered"),
     ("sse-not-utf8-in-data", SSE, sse(tools_list(TOOLS).replace(b'"get_calendar"}', b'"get_calendar","d":"\xff"}')), "filtered"),
     ("sse-not-utf8-elsewhere", SSE, sse(tools_list(TOOLS)) + b": \xff\xfe\n\n", "filtered"),
-    ("sse-two-data-lines", SSE, b"data: x\ndata: y\n\n", "untouched"),
+    ("sse-two-data-lines", SSE, b"data: x\ndata: y\n\n", "refused"),
+    # a message split over several data: lines is one message to a client (joined with \n)
+    ("sse-json-over-data-lines", SSE, b"event: message\n" + b"".join(
+        b"data: " + line + b"\n" for line in json.dumps(json.loads(tools_list(TOOLS)), indent=1).encode().split(b"\n")
+    ) + b"\n", "filtered"),
     ("sse-empty-data", SSE, b"data:\n\n", "untouched"),
     ("sse-only-newlines", "text/event-stream; charset=\x00", b"\n" * 100_000, "untouched"),
-    ("sse-depth-5000", SSE, sse(tools_list(TOOLS)[:-2] + b',"x":' + deep(5000) + b"}}"), "untouched"),
+    ("sse-depth-5000", SSE, sse(tools_list(TOOLS)[:-2] + b',"x":' + deep(5000) + b"}}"), "refused"),
 ]
 
 
@@ -394,8 +401,15 @@ async def test_tools_list_answers(rt, ctype, answer, expected):
     if expected == "untouched":
         assert new is None
         return
+    if expected == "refused":
+        assert new is not None and b"delete_invoice" not in new and b"get_calendar" not in new
+        message = json.loads(new.split(b"data: ", 1)[1] if ctype == SSE else new)
+        assert message == {"jsonrpc": "2.0", "id": 1, "error": {
+            "code": -32603, "message": "the tool list could not be checked against your permissions"}}
+        return
     assert new is not None and b"delete_invoice" not in new and b"get_calendar" in new
-    if ctype == SSE:  # every byte but the rewritten data line is kept, line endings included
+    several_data_lines = any(event.count(b"data:") > 1 for event in answer.split(b"\n\n"))
+    if ctype == SSE and not several_data_lines:  # all but the rewritten data line kept, line endings too
         def others(sse_body: bytes) -> list[bytes]:
             return [line for line in sse_body.splitlines(keepends=True) if b"get_calendar" not in line]
         assert others(new) == others(answer)
@@ -404,11 +418,12 @@ async def test_tools_list_answers(rt, ctype, answer, expected):
 async def test_tools_list_nested_about_as_deep_as_the_decoder_allows(rt):
     """The decoder and encoder recurse; at the depth where decoding just succeeded encoding the
     filtered answer failed (a RecursionError, a 500). The boundary moves with the stack, so
-    sweep across it."""
+    sweep across it: every depth is refused (not passed on unfiltered, not a 500)."""
     md = await tools_list_metadata(rt)
     for depth in range(850, 1010):
         answer = tools_list(TOOLS)[:-2] + b',"x":' + deep(depth) + b"}}"
-        assert await filter_tools(rt, JSON, answer, md) is None, depth
+        new = await filter_tools(rt, JSON, answer, md)
+        assert new is not None and b"-32603" in new and b"delete_invoice" not in new, depth
 
 
 # --- Process: usage from the LLM upstream ---------------------------------------------------------
