@@ -47,10 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_SECONDS", 5)),
                    help="seconds measured per scenario and round (default 5, or $BENCH_SECONDS)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of load before measuring (default 2)")
-    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)),
+    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 5)),
                    help="run the scenario list this many times, interleaved, and report each "
-                        "scenario's median round (default 3, or $BENCH_ROUNDS): a shared VM drifts "
-                        "by 5-10%% between minutes, more than the margins the targets judge")
+                        "scenario's median round (default 5, or $BENCH_ROUNDS): a shared VM drifts "
+                        "by 5-30%% between minutes, more than the margins the targets judge")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--envoy-concurrency", type=int, default=ENVOY_CONCURRENCY,
