@@ -79,13 +79,17 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's decoder takes NaN and Infinity; JSON does not
+
+
 # Built once: json.loads(..., object_pairs_hook=...) builds a new decoder on every call.
-_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
 
 
 def parse_json(body: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate keys (two parsers reading two different ``name``s is
-    how a policy is bypassed), bounded nesting, no unpaired surrogate escape (a string no UTF-8
+    how a policy is bypassed), no NaN or Infinity, bounded nesting, no unpaired surrogate escape (a string no UTF-8
     encoder can write: the audit log, a rewritten body). Raises ``ValueError``."""
     try:
         text = body.decode("utf-8")
