@@ -50,6 +50,11 @@ def test_a_mixed_session_verifies_and_each_story_is_told(tmp_path):
                          issuer=stack.issuer_url, dev_dir=stack.workdir / "dev")
         auth = {"authorization": f"Bearer {tok}"}
         chat = {"model": "gpt-general", "messages": [{"role": "user", "content": "my card is 4111111111111111"}]}
+        # First, a tool name JSON can carry but Unicode cannot: once, it stopped the audit writer
+        # (and with it every later request). Refused; the records after it prove the writer on.
+        hostile = http.post("/mcp", headers={**auth, "content-type": "application/json"},
+                            content=b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\ud800x"}}')
+        assert (hostile.status_code, hostile.headers["x-authz-reason"]) == (400, "mcp.invalid_json")
         allowed = http.post("/v1/chat/completions", headers=auth, json=chat)
         denied = http.post("/v1/chat/completions", headers=auth, json={**chat, "model": "gpt-medical"})
         anonymous = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
@@ -67,7 +72,7 @@ def test_a_mixed_session_verifies_and_each_story_is_told(tmp_path):
 
         decisions = [r for r in records if r.get("type") == "decision"]
         by_status = {r["status"]: r for r in decisions}
-        assert {200, 401, 403, 429} <= set(by_status)
+        assert {200, 400, 401, 403, 429} <= set(by_status)
         s200 = audit_cli("explain", by_status[200]["request_id"], str(audit_dir)).stdout
         assert "user oscar" in s200 and "ALLOWED by rule general-models" in s200 and "answered 200" in s200
         assert "It used" in s200
