@@ -19,19 +19,21 @@ from authz.errors import Deny, Unavailable
 from authz.model import Context, Exchange
 from authz.pipeline import Stage
 
-FACT_KEYS = ("rule", "route", "tool", "target", "model", "requested_model", "dry_run", "limits", "redaction",
-             "tools_hidden", "model_rewritten", "budgets", "usage", "outcome")
+FACT_KEYS = frozenset(("rule", "route", "tool", "target", "model", "requested_model", "dry_run", "limits",
+                       "redaction", "tools_hidden", "model_rewritten", "budgets", "usage", "outcome"))
+IDENTITY_KEYS = frozenset(("issuer", "credential", "cache_hit"))
+POLICY_KEYS = frozenset(("allowed", "reason", "rule", "required_scopes", "dry_run", "rewrite_model"))
 
 
 def _safe_facts(facts: dict[str, Any]) -> dict[str, Any]:
-    out = {k: facts[k] for k in FACT_KEYS if k in facts}
+    # A record holds only allow-listed facts (never a claim, a header value or a body).
+    out = {k: v for k, v in facts.items() if k in FACT_KEYS}
     identity = facts.get("identity")
     if isinstance(identity, dict):
-        out["identity"] = {k: identity[k] for k in ("issuer", "credential", "cache_hit") if k in identity}
+        out["identity"] = {k: v for k, v in identity.items() if k in IDENTITY_KEYS}
     policy = facts.get("policy")
     if isinstance(policy, dict):
-        out["policy"] = {k: policy[k] for k in ("allowed", "reason", "rule", "required_scopes", "dry_run",
-                                                "rewrite_model") if k in policy}
+        out["policy"] = {k: v for k, v in policy.items() if k in POLICY_KEYS}
     return out
 
 
