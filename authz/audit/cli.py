@@ -67,6 +67,9 @@ def explain(request_id: str, records: list[dict[str, Any]]) -> str:
                 lines.append(f"  Redacted before forwarding: {json.dumps(facts['redaction'], sort_keys=True)}.")
             if facts.get("tools_hidden"):
                 lines.append(f"  {facts['tools_hidden']} tool(s) were hidden from the tools/list answer.")
+            if facts.get("tools_list_refused"):
+                lines.append(f"  The tools/list answer could not be filtered ({facts['tools_list_refused']}); "
+                             "the caller got an error instead.")
     lines.append(f"  (seq {', '.join(str(r['seq']) for r in mine)} on instance {mine[0]['instance']})")
     return "\n".join(lines)
 

@@ -20,7 +20,8 @@ from authz.model import Context, Exchange
 from authz.pipeline import Stage
 
 FACT_KEYS = frozenset(("rule", "route", "tool", "target", "model", "requested_model", "dry_run", "limits",
-                       "redaction", "tools_hidden", "model_rewritten", "budgets", "usage", "outcome"))
+                       "redaction", "tools_hidden", "tools_list_refused", "model_rewritten", "budgets",
+                       "usage", "outcome"))
 IDENTITY_KEYS = frozenset(("issuer", "credential", "cache_hit"))
 POLICY_KEYS = frozenset(("allowed", "reason", "rule", "required_scopes", "dry_run", "rewrite_model"))
 

@@ -46,28 +46,17 @@ LLM_APIS = {
 }
 
 
-class _TooDeep(ValueError):
-    pass
-
-
-def _check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a decoded JSON ``value`` nests deeper than ``limit`` (iterative: never recurses)."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            raise _TooDeep
+            return True
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
-
-
-def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether a decoded JSON ``value`` nests deeper than ``limit`` (iterative: never recurses)."""
-    try:
-        _check_depth(value, limit)
-    except _TooDeep:
-        return True
     return False
 
 
@@ -89,8 +78,9 @@ _STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_c
 
 def parse_json(body: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate keys (two parsers reading two different ``name``s is
-    how a policy is bypassed), no NaN or Infinity, bounded nesting, no unpaired surrogate escape (a string no UTF-8
-    encoder can write: the audit log, a rewritten body). Raises ``ValueError``."""
+    how a policy is bypassed), no NaN or Infinity, bounded nesting, no unpaired surrogate
+    escape (a string no UTF-8 encoder can write: the audit log, a rewritten body). Raises
+    ``ValueError``."""
     try:
         text = body.decode("utf-8")
         value = _STRICT_DECODER.decode(text)
@@ -99,11 +89,8 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise ValueError("body is not UTF-8") from None
     # Nesting deeper than the limit needs more brackets than the limit: skip the walk otherwise.
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
-        try:
-            _check_depth(value)
-        except _TooDeep:
-            raise ValueError("JSON nested too deeply") from None
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and too_deep(value):
+        raise ValueError("JSON nested too deeply")
     if has_unpaired_surrogate(text, value):
         raise ValueError("JSON holds an unpaired surrogate escape (\\uD800-\\uDFFF), which is not Unicode")
     return value

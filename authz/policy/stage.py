@@ -149,7 +149,7 @@ class PolicyStage(Stage):
             if not sse and "json" not in content_type:
                 return  # not JSON-RPC at all (an error page): nothing a client takes for a tool list
             TOOLS_LISTS_REFUSED.inc()
-            ex.facts["tools_hidden"] = "all"
+            ex.facts["tools_list_refused"] = str(exc)
             log.warning("tools/list answer of request %s could not be filtered (%s): replaced by an error",
                         ex.request.id, exc)
             ex.mutations.replace_body(_unfilterable(ex.check.get("jsonrpc_id"), sse))

@@ -22,6 +22,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as proc_pb2
 from google.protobuf import struct_pb2
 
+from authz.audit.cli import explain
 from authz.config import parse_config
 from authz.envoy.check import METADATA_NAMESPACE
 from authz.envoy.servicers import AuthorizationServicer, ExternalProcessorServicer
@@ -398,7 +399,7 @@ TOOLS_LIST_ANSWERS = [
 
 @pytest.mark.parametrize(("ctype", "answer", "expected"), [c[1:] for c in TOOLS_LIST_ANSWERS],
                          ids=[c[0] for c in TOOLS_LIST_ANSWERS])
-async def test_tools_list_answers(rt, ctype, answer, expected):
+async def test_tools_list_answers(rt, tmp_path, ctype, answer, expected):
     new = await filter_tools(rt, ctype, answer)
     if expected == "untouched":
         assert new is None
@@ -408,6 +409,12 @@ async def test_tools_list_answers(rt, ctype, answer, expected):
         message = json.loads(new.split(b"data: ", 1)[1] if ctype == SSE else new)
         assert message == {"jsonrpc": "2.0", "id": 1, "error": {
             "code": -32603, "message": "the tool list could not be checked against your permissions"}}
+        await rt.close()  # the audit outcome record says so, and explain tells it
+        records = [json.loads(line) for f in sorted((tmp_path / "audit").rglob("*.jsonl"))
+                   for line in f.read_bytes().splitlines()]
+        outcome = next(r for r in records if r["type"] == "outcome")
+        assert outcome["facts"]["tools_list_refused"]
+        assert "could not be filtered" in explain(outcome["request_id"], records)
         return
     assert new is not None and b"delete_invoice" not in new and b"get_calendar" in new
     several_data_lines = any(event.count(b"data:") > 1 for event in answer.split(b"\n\n"))
