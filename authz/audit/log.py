@@ -8,10 +8,11 @@ the file is flushed and fsynced: a crash loses at most what came after the last 
 first record links to the last record the directory already holds, so a restart continues the
 chain; a clean stop writes a final checkpoint that closes the segment.
 
-Requests never wait for the disk: they put a dict on a bounded queue; one writer task hashes,
-signs and writes (file I/O in a thread). With ``audit.redis_stream.url`` set, the lines written
-are also handed to a Redis Stream sink (``authz.audit.redis_stream``), best effort and never
-waited for.
+Requests never wait for the disk: a record is encoded when it is offered (its canonical form,
+with stand-ins for ``seq`` and ``prev``) and put on a bounded queue; one writer task links the
+records (fills in seq and prev), hashes, signs and writes (file I/O in a thread). With
+``audit.redis_stream.url`` set, the lines written are also handed to a Redis Stream sink
+(``authz.audit.redis_stream``), best effort and never waited for.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import Counter, Gauge
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("authz.audit")
 
-# What the request path queues: a record, or (build, args) for the writer to call build(*args).
-Pending = dict[str, Any] | tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]
+# What waits for the writer: (type, the record's canonical bytes with the seq and prev still to
+# fill in), or the record itself when orjson could not encode it.
+Pending = tuple[str, bytes] | dict[str, Any]
 
 RECORDS = Counter("authz_audit_records_total", "Audit records written, by type.", ["type"])
 QUEUE_DEPTH = Gauge("authz_audit_queue_depth", "Audit records waiting for the writer.")
@@ -103,8 +105,18 @@ class AuditLog:
         self.instance = instance
         self.key = key or load_signing_key(cfg.signing_key_file)
         self.kid = key_id(self.key.public_key())
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(cfg.queue_size)
+        # The queue is a plain list the writer swaps for an empty one each round: appending is
+        # all a request pays (asyncio.Queue cost it several times that, per record, twice).
+        self._queue: list[Pending] = []
+        self._wake: asyncio.Future[None] | None = None  # the writer's sleep; a full queue ends it early
+        self._round = asyncio.Event()  # set (and replaced) when the writer takes or finishes a batch
+        self._busy = False             # the writer holds a batch it has not written yet
         self.segment = secrets.token_hex(8)
+        # Stand-ins for seq and prev, unguessable, so no value in a record can hold them: a
+        # record is encoded when offered, and the writer puts the chain's place in (_link).
+        mark = secrets.token_hex(32)
+        self._seq_mark, self._prev_mark = mark[:32], mark
+        self._seq_token, self._prev_token = f'"{self._seq_mark}"'.encode(), mark.encode()
         self.dir = Path(cfg.directory) / instance
         self._file: Any = None
         self._path: Path | None = None
@@ -114,6 +126,7 @@ class AuditLog:
         self._last_checkpoint = time.monotonic()
         self._writer: asyncio.Task | None = None
         self._pending: list[bytes] = []
+        self._written: dict[str, int] = {}  # records written this round, by type (for RECORDS)
         self.users = 0
         self._next_key: ed25519.Ed25519PrivateKey | None = None  # a rotation the writer applies
         self.retired_jwks: list[dict[str, str]] = []  # keys this log signed with before, still published
@@ -183,12 +196,15 @@ class AuditLog:
         """Drain the queue, write the final checkpoint, fsync."""
         if self._writer is None:
             return
-        await self.queue.join()
+        await self.drained()
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
+        for pending in self._take():  # offered while the writer was stopping
+            self._append_safely(pending)
         self._checkpoint(final=True)
+        self._count_written()
         lines, last_seq = self._pending, self._seq
         try:
             self._flush(sync=True)
@@ -202,28 +218,86 @@ class AuditLog:
 
     # --- the request side ------------------------------------------------------------------------
 
-    def offer(self, record: Pending) -> bool:
+    def offer(self, record: dict[str, Any]) -> bool:
         """Queue a record without waiting. False when the queue is full.
 
-        ``record`` is the record, or ``(build, args)``: the writer calls ``build(*args)`` for it.
-        The request path then only queues what the record is made of, and the building runs
-        in the writer's batch, off the request's critical path and with a warm cache."""
-        try:
-            self.queue.put_nowait(record)
-        except asyncio.QueueFull:
+        The record is encoded here, in its canonical form with stand-ins for ``seq`` and
+        ``prev``; the writer only fills those in and hashes. Bytes are also what the garbage
+        collector never traces: a request's objects kept for the writer (a hundred requests a
+        round) made every collection dearer. What orjson cannot encode waits as the record
+        itself, for the writer's fallback encoder. The record belongs to the log once offered."""
+        if len(self._queue) >= self.cfg.queue_size:
+            self._wake_writer()  # take the queue now instead of at the next tick
             return False
+        self._chain_fields(record, self._seq_mark, self._prev_mark)
+        try:
+            self._queue.append((record["type"], orjson.dumps(record, option=orjson.OPT_SORT_KEYS)))
+        except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a big integer, a bug of ours
+            self._queue.append(record)
         return True
 
-    async def put(self, record: Pending, *, wait_ms: int) -> bool:
+    def _chain_fields(self, record: dict[str, Any], seq: int | str, prev: str) -> None:
+        # The chain's fields are the log's to set (a record cannot bring its own seq or prev).
+        record["v"] = 1
+        record["seq"] = seq
+        record["instance"] = self.instance
+        record["segment"] = self.segment
+        record["prev"] = prev
+        if "time_ms" not in record:
+            record["time_ms"] = _now_ms()
+
+    async def put(self, record: dict[str, Any], *, wait_ms: int) -> bool:
+        """``offer``, waiting up to ``wait_ms`` for room when the queue is full."""
         if self.offer(record):
             return True
         if wait_ms <= 0:
             return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._round.wait()
+            except TimeoutError:
+                return False
+            if self.offer(record):
+                return True
+        return False
+
+    async def drained(self) -> None:
+        """Wait until everything queued so far is written (and handed to the stream sink)."""
+        while self._writer is not None and (self._queue or self._busy):
+            self._wake_writer()
+            await self._round.wait()
+
+    def _wake_writer(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _sleep(self) -> None:
+        """Until the next tick, or until ``_wake_writer``. (Not ``wait_for`` on an event: on
+        Python 3.11 that can swallow the cancellation ``close`` sends when both come at once.)"""
+        loop = asyncio.get_running_loop()
+        self._wake = loop.create_future()
+        tick = loop.call_later(self.POLL_SECONDS, self._wake_writer)
         try:
-            await asyncio.wait_for(self.queue.put(record), wait_ms / 1000)
-            return True
-        except TimeoutError:
-            return False
+            await self._wake
+        finally:
+            tick.cancel()
+            self._wake = None
+
+    def _signal_round(self) -> None:
+        self._round.set()
+        self._round = asyncio.Event()
+
+    def _take(self) -> list[Pending]:
+        """The oldest queued records, at most BATCH of them (one round must not hold the loop long)."""
+        if len(self._queue) <= self.BATCH:
+            batch, self._queue = self._queue, []
+        else:
+            batch = self._queue[:self.BATCH]
+            del self._queue[:self.BATCH]
+        return batch
 
     # --- the writer --------------------------------------------------------------------------------
 
@@ -231,21 +305,19 @@ class AuditLog:
     # costs the request path more than its records do (a thread hop, GIL handovers, a wake-up):
     # at 20 ms, audit took 8-25% of the throughput of a CPU-bound 2-core box; at 100 ms, 0-5%.
     POLL_SECONDS = 0.1
+    BATCH = 10_000
 
     async def _run(self) -> None:
-        # Wake ten times a second and take everything queued: the cost of the loop, the thread
-        # hop and the write is shared by every record of the round instead of being paid per
-        # request.
+        # Wake ten times a second (or at once when the queue is full) and take everything
+        # queued: the cost of the loop, the thread hop and the write is shared by every record
+        # of the round instead of being paid per request.
         while True:
-            await asyncio.sleep(self.POLL_SECONDS)
+            await self._sleep()
             if self._next_key is not None:
                 self._apply_rotation()
-            batch = []
-            while len(batch) < 10_000:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
+            batch = self._take()
+            self._busy = True
+            self._signal_round()  # room again for requests waiting in put()
             sealed = False
             try:
                 for r in batch:
@@ -267,10 +339,11 @@ class AuditLog:
                 WRITE_FAILURES.inc()
                 log.exception("audit write failed")
             finally:
-                for _ in batch:
-                    self.queue.task_done()
-                QUEUE_DEPTH.set(self.queue.qsize())
+                self._busy = False
+                self._count_written()
+                QUEUE_DEPTH.set(len(self._queue))
                 CHECKPOINT_LAG.set(time.monotonic() - self._last_checkpoint)
+                self._signal_round()
 
     def _to_stream(self, lines: list[bytes], last_seq: int) -> None:
         """The lines just written (consecutive seqs ending at last_seq) to the Redis Stream sink."""
@@ -278,12 +351,20 @@ class AuditLog:
             self.stream.submit(lines, last_seq)
 
     def _append_safely(self, pending: Pending) -> None:
-        """Build (when deferred) and ``_append`` a record. When that fails (a bug: records hold
-        only JSON values) a stand-in says which record was lost, so the chain stays whole and
-        says so instead of the writer stopping."""
+        """Link a queued record into the chain. When that fails (a bug: records hold only JSON
+        values) a stand-in says which record was lost, so the chain stays whole and says so
+        instead of the writer stopping."""
         record: dict[str, Any] = {}
         try:
-            record = pending if isinstance(pending, dict) else pending[0](*pending[1])
+            if type(pending) is tuple:
+                kind, body = pending
+                linked = self._link(body)
+                if linked is not None:
+                    self._add_line(kind, linked)
+                    return
+                record = orjson.loads(body)  # no stand-in: a bug; encode it again
+            else:
+                record = pending
             self._append(record)
         except Exception as exc:
             WRITE_FAILURES.inc()
@@ -291,33 +372,53 @@ class AuditLog:
             self._append({"type": "unencodable", "record_type": str(record.get("type")),
                           "request_id": str(record.get("request_id")), "error": type(exc).__name__})
 
+    def _link(self, body: bytes) -> bytes | None:
+        """``body`` (canonical, from ``offer``) with the next seq and the previous hash in place
+        of their stand-ins: the canonical form of the linked record, as keys sort by name and
+        not by value. None when a stand-in is missing (a bug).
+
+        Only the first of each is looked for: the stand-ins are random and never leave the
+        process, so no value can hold one. (If one did, the record would not link: ``verify``
+        reports a broken chain, nothing is hidden.)"""
+        i = body.find(self._seq_token)
+        j = body.find(self._prev_token)
+        if i < 0 or j < 0:
+            return None
+        seq, prev = b"%d" % (self._seq + 1), self._prev.encode()
+        if i < j:
+            return b"".join((body[:i], seq, body[i + len(self._seq_token):j], prev, body[j + len(self._prev_token):]))
+        return b"".join((body[:j], prev, body[j + len(self._prev_token):i], seq, body[i + len(self._seq_token):]))
+
     def _append(self, record: dict[str, Any]) -> None:
-        record = {"v": 1, "seq": self._seq + 1, "instance": self.instance, "segment": self.segment,
-                  "time_ms": _now_ms(), **record, "prev": self._prev}
-        # Serialize once: the canonical bytes are both what is hashed and (with the hash added
-        # as the last member) the line written.
-        body = canonical(record)  # may raise: nothing has changed yet
+        self._chain_fields(record, self._seq + 1, self._prev)
+        self._add_line(record["type"], canonical(record))  # may raise: nothing has changed yet
+
+    def _add_line(self, kind: str, body: bytes) -> None:
+        """Write the record whose canonical bytes are ``body``: they are both what is hashed and
+        (with the hash added as the last member) the line written."""
         self._seq += 1
         digest = hashlib.sha256(body).hexdigest()
         self._prev = digest
-        self._pending.append(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
-        counter = _RECORD_COUNTERS.get(record["type"])
-        if counter is None:
-            counter = _RECORD_COUNTERS[record["type"]] = RECORDS.labels(type=record["type"])
-        counter.inc()
-        if record["type"] != "checkpoint":
+        self._pending.append(b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode()))
+        self._written[kind] = self._written.get(kind, 0) + 1
+        if kind != "checkpoint":
             self._since_checkpoint += 1
 
+    def _count_written(self) -> None:
+        """Add what the round wrote to ``authz_audit_records_total`` (once a round, not per record)."""
+        for kind, n in self._written.items():
+            counter = _RECORD_COUNTERS.get(kind)
+            if counter is None:
+                counter = _RECORD_COUNTERS[kind] = RECORDS.labels(type=kind)
+            counter.inc(n)
+        self._written.clear()
+
     def _checkpoint(self, *, final: bool = False) -> None:
-        self._seq += 1
-        record = {"v": 1, "seq": self._seq, "instance": self.instance, "segment": self.segment,
+        record = {"v": 1, "seq": self._seq + 1, "instance": self.instance, "segment": self.segment,
                   "time_ms": _now_ms(), "type": "checkpoint", "kid": self.kid, "records": self._since_checkpoint,
                   "final": final, "prev": self._prev}
         record["sig"] = base64.b64encode(self.key.sign(checkpoint_message(record))).decode()
-        record["hash"] = record_hash(record)
-        self._prev = record["hash"]
-        self._pending.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
-        RECORDS.labels(type="checkpoint").inc()
+        self._add_line("checkpoint", canonical(record))
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 

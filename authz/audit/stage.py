@@ -22,25 +22,34 @@ from authz.pipeline import Stage
 FACT_KEYS = frozenset(("rule", "route", "tool", "target", "model", "requested_model", "dry_run", "limits",
                        "redaction", "tools_hidden", "tools_list_refused", "model_rewritten", "budgets",
                        "usage", "outcome"))
-IDENTITY_KEYS = frozenset(("issuer", "credential", "cache_hit"))
+# subject and client repeat the principal; api_key is the label of the key used (never the key).
+IDENTITY_KEYS = frozenset(("issuer", "credential", "cache_hit", "subject", "client", "api_key"))
 POLICY_KEYS = frozenset(("allowed", "reason", "rule", "required_scopes", "dry_run", "rewrite_model"))
 
 
+_NESTED = {"identity": IDENTITY_KEYS, "policy": POLICY_KEYS}
+_TOP_KEYS = FACT_KEYS | _NESTED.keys()
+
+
 def _safe_facts(facts: dict[str, Any]) -> dict[str, Any]:
-    # A record holds only allow-listed facts (never a claim, a header value or a body).
+    """Only allow-listed facts (never a claim, a header value or a body). What the stages write
+    is allow-listed already, so the usual answer is ``facts`` itself, checked in a few set
+    comparisons and not copied: the log encodes the record as soon as it is offered."""
+    if facts.keys() <= _TOP_KEYS:
+        identity, policy = facts.get("identity"), facts.get("policy")
+        if ((identity is None or (type(identity) is dict and identity.keys() <= IDENTITY_KEYS))
+                and (policy is None or (type(policy) is dict and policy.keys() <= POLICY_KEYS))):
+            return facts
     out = {k: v for k, v in facts.items() if k in FACT_KEYS}
-    identity = facts.get("identity")
-    if isinstance(identity, dict):
-        out["identity"] = {k: v for k, v in identity.items() if k in IDENTITY_KEYS}
-    policy = facts.get("policy")
-    if isinstance(policy, dict):
-        out["policy"] = {k: v for k, v in policy.items() if k in POLICY_KEYS}
+    for name, allowed in _NESTED.items():
+        nested = facts.get(name)
+        if isinstance(nested, dict):
+            out[name] = {k: v for k, v in nested.items() if k in allowed}
     return out
 
 
 def decision_record(ctx: Context, deny: Deny | None, time_ms: int) -> dict[str, Any]:
-    """The ``decision`` record of a Check (built by the writer: Check is over, ``ctx`` no longer
-    changes)."""
+    """The ``decision`` record of a Check."""
     req = ctx.request
     p = ctx.principal
     return {
@@ -81,10 +90,9 @@ class AuditStage(Stage):
             await self.log.start()
 
     async def on_decision(self, ctx: Context, deny: Deny | None) -> None:
-        # Only what the record is made of is queued here; the writer builds it (decision_record).
-        pending = (decision_record, (ctx, deny, int(time.time() * 1000)))
-        if self.log.offer(pending) or (self.cfg.on_full == "block"
-                                       and await self.log.put(pending, wait_ms=self.cfg.block_ms)):
+        record = decision_record(ctx, deny, int(time.time() * 1000))
+        if self.log.offer(record) or (self.cfg.on_full == "block"
+                                      and await self.log.put(record, wait_ms=self.cfg.block_ms)):
             return
         REFUSED.labels(when="check").inc()
         if deny is None:  # fail closed: no record, no request
@@ -92,7 +100,7 @@ class AuditStage(Stage):
                               headers={"retry-after": "1"})
 
     async def on_complete(self, ex: Exchange) -> None:
-        if not await self.log.put((outcome_record, (ex, int(time.time() * 1000))), wait_ms=self.cfg.block_ms):
+        if not await self.log.put(outcome_record(ex, int(time.time() * 1000)), wait_ms=self.cfg.block_ms):
             # The answer has already gone out; all that is left is to say so loudly.
             REFUSED.labels(when="outcome").inc()
             import logging

@@ -35,7 +35,7 @@ async def write(tmp: Path, n: int, key, *, close: bool = True, **kw) -> AuditLog
     await log.start()
     for i in range(n):
         assert log.offer({"type": "decision", "request_id": f"r{i}", "decision": "allow", "status": 200})
-    await log.queue.join()
+    await log.drained()
     if close:
         await log.close()
     return log
@@ -229,6 +229,22 @@ async def test_block_waits_briefly_then_fails_closed(tmp_path, key):
     assert asyncio.get_running_loop().time() - started >= 0.04
 
 
+async def test_block_wakes_the_writer_and_gets_in_when_it_makes_room(tmp_path, key):
+    # The writer ticks every 100 ms, longer than block_ms: a full queue wakes it at once.
+    c = cfg(tmp_path, queue_size=1, on_full="block", block_ms=50)
+    log = AuditLog(c, instance="i1", key=key)
+    await log.start()
+    await asyncio.sleep(0.01)  # the writer is asleep until its next tick
+    stage = AuditStage(c, log)
+    started = asyncio.get_running_loop().time()
+    for _ in range(3):
+        await stage.on_decision(ctx_for(b""), None)  # no Unavailable
+    assert asyncio.get_running_loop().time() - started < log.POLL_SECONDS
+    await log.close()
+    assert verify([tmp_path], key.public_key()).status == 0
+    assert [r["type"] for r in map(json.loads, lines(tmp_path)[1])].count("decision") == 3
+
+
 async def test_a_rotated_audit_key_verifies_with_both_keys_and_not_with_one(tmp_path, key):
     from cryptography.hazmat.primitives import serialization
 
@@ -266,13 +282,13 @@ async def test_a_key_rotated_while_running_seals_with_the_old_key_and_signs_on_w
     await log.start()
     for i in range(3):
         assert log.offer({"type": "decision", "request_id": f"a{i}", "decision": "allow", "status": 200})
-    await log.queue.join()
+    await log.drained()
     new = ed25519.Ed25519PrivateKey.generate()
     key_file.write_bytes(pem(new))
     assert shared_log(config, instance="rot") is log  # a reload's new stage shares the running writer
     for i in range(3):
         assert log.offer({"type": "decision", "request_id": f"b{i}", "decision": "allow", "status": 200})
-    await log.queue.join()
+    await log.drained()
     await asyncio.sleep(log.POLL_SECONDS * 3)
     assert log.kid == key_id(new.public_key())
     assert {k["kid"] for k in log.jwks()} == {key_id(key.public_key()), key_id(new.public_key())}
@@ -293,7 +309,7 @@ async def test_one_unencodable_record_neither_stops_the_writer_nor_breaks_the_ch
     assert log.offer({"type": "decision", "request_id": "r1", "action": {"name": "\ud800evil"}})
     assert log.offer({"type": "decision", "request_id": "r2", "facts": {"oops": object()}})  # a bug of ours
     assert log.offer({"type": "decision", "request_id": "r3", "decision": "allow"})
-    await log.queue.join()
+    await log.drained()
     assert not log._writer.done()  # still writing
     await log.close()
     assert verify([tmp_path], key.public_key()).status == 0
@@ -302,3 +318,42 @@ async def test_one_unencodable_record_neither_stops_the_writer_nor_breaks_the_ch
     assert by_id["r1"]["action"]["name"] == "\ufffdevil"
     assert by_id["r2"]["type"] == "unencodable" and by_id["r2"]["record_type"] == "decision"
     assert by_id["r3"]["decision"] == "allow"
+
+
+# Records are encoded when offered, with stand-ins for seq and prev that the writer fills in:
+# the line written must be byte for byte the canonical form of the record it holds.
+AWKWARD = [
+    {"type": "decision", "request_id": "u1", "action": {"name": "caf\u00e9 \u2603 \U0001f600 \u65e5\u672c"}},
+    {"type": "decision", "request_id": "u2", "path": "/a\"b\\c\n\t\u0001\u007f\u2028"},
+    {"type": "decision", "request_id": "u3", "facts": {"prev": "x", "seq": 9, "v": 2, "segment": "s",
+                                                       "limits": {"zeta": [1, None, True], "alpha": {}}}},
+    {"type": "outcome", "request_id": "u4", "status": 200, "facts": {"usage": {"total": 2 ** 63 - 1}}},
+    {"type": "decision", "request_id": "u5", "facts": {"usage": {"total": 2 ** 70}}},  # orjson refuses
+    {"type": "decision", "request_id": "u6", "seq": 1, "prev": "f" * 64, "v": 9, "instance": "evil",
+     "segment": "evil"},  # the chain's fields are the log's, whatever a record brings
+]
+
+
+async def test_every_line_is_the_canonical_form_of_its_record(tmp_path, key):
+    from authz.audit.canonical import canonical
+
+    log = AuditLog(cfg(tmp_path, checkpoint_every_records=1000), instance="i1", key=key)
+    await log.start()
+    for record in AWKWARD:
+        assert log.offer(json.loads(json.dumps(record)))
+    await log.close()
+    assert verify([tmp_path], key.public_key()).status == 0
+    raw = lines(tmp_path)[1]
+    records = [json.loads(x) for x in raw]
+    digests = [r.pop("hash") for r in records]
+    for line, record, digest in zip(raw, records, digests, strict=True):
+        assert line == canonical(record)[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert [r["prev"] for r in records[1:]] == digests[:-1]
+    by_id = {r.get("request_id"): r for r in records}
+    assert by_id["u1"]["action"]["name"] == AWKWARD[0]["action"]["name"]
+    assert by_id["u2"]["path"] == AWKWARD[1]["path"]
+    assert by_id["u3"]["facts"]["prev"] == "x" and by_id["u3"]["facts"]["seq"] == 9
+    assert by_id["u5"]["facts"]["usage"]["total"] == 2 ** 70
+    assert (by_id["u6"]["instance"], by_id["u6"]["segment"], by_id["u6"]["v"]) == ("i1", log.segment, 1)
+    assert by_id["u6"]["seq"] == by_id["u5"]["seq"] + 1 and by_id["u6"]["prev"] != "f" * 64

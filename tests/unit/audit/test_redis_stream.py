@@ -41,7 +41,7 @@ def make_log(tmp: Path, key, url: str, stream: str, *, instance: str = "i1", **k
 async def offer(log: AuditLog, start: int, n: int) -> None:
     for i in range(start, start + n):
         assert log.offer({"type": "decision", "request_id": f"r{i}", "decision": "allow", "status": 200})
-    await log.queue.join()
+    await log.drained()
 
 
 def file_lines(tmp: Path, instance: str = "i1") -> list[bytes]:
