@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(args.rounds):
                 if args.rounds > 1:
                     print(f"round {n + 1} of {args.rounds}", flush=True)
-                for sc in scenarios_to_run:
+                # Every other round runs the list backwards: a scenario and the baseline it is
+                # judged against then take turns going first, so a machine that slows down (or
+                # warms up) through a round does not always favour the same one.
+                for sc in (scenarios_to_run if n % 2 == 0 else scenarios_to_run[::-1]):
                     print(f"  {sc.name:<26} {sc.about} ...", end="", flush=True)
                     r = _measure(sc, settings, Path(tmp) / f"{sc.name.replace('+', '-')}-{n}")
                     rounds.setdefault(sc.name, []).append(r)
