@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -198,11 +197,16 @@ class AuditLog:
             return
         await self.drained()
         self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self._writer
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug: it is said, and what it left queued is written below
+            log.exception("the audit writer had stopped")
         self._writer = None
-        for pending in self._take():  # offered while the writer was stopping
-            self._append_safely(pending)
+        while self._queue:  # offered while the writer was stopping (or after it stopped)
+            for pending in self._take():
+                self._append_safely(pending)
         self._checkpoint(final=True)
         self._count_written()
         lines, last_seq = self._pending, self._seq
@@ -266,7 +270,7 @@ class AuditLog:
 
     async def drained(self) -> None:
         """Wait until everything queued so far is written (and handed to the stream sink)."""
-        while self._writer is not None and (self._queue or self._busy):
+        while self._writer is not None and not self._writer.done() and (self._queue or self._busy):
             self._wake_writer()
             await self._round.wait()
 
