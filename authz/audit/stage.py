@@ -9,7 +9,6 @@ value or a body.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -61,18 +60,16 @@ def decision_record(ctx: Context, deny: Deny | None, time_ms: int) -> dict[str, 
         "decision": "allow" if deny is None else "deny",
         "status": 200 if deny is None else deny.status,
         "reason": "ok" if deny is None else deny.reason,
-        "body_sha256": hashlib.sha256(req.body).hexdigest() if req.body else None,
-        "facts": _safe_facts(ctx.facts),
+        "facts": _safe_facts(ctx.facts),  # body_sha256: added by the log (AuditLog.offer's digest)
     }
 
 
 def outcome_record(ex: Exchange, time_ms: int) -> dict[str, Any]:
-    """The ``outcome`` record of an exchange Process saw to its end."""
-    forwarded = ex.state.get("forwarded_body")
+    """The ``outcome`` record of an exchange Process saw to its end (forwarded_body_sha256: added
+    by the log)."""
     return {
         "type": "outcome", "time_ms": time_ms, "request_id": ex.request.id,
         "status": ex.response_status,
-        "forwarded_body_sha256": hashlib.sha256(forwarded).hexdigest() if forwarded else None,
         "facts": _safe_facts(ex.facts),
     }
 
@@ -91,8 +88,9 @@ class AuditStage(Stage):
 
     async def on_decision(self, ctx: Context, deny: Deny | None) -> None:
         record = decision_record(ctx, deny, int(time.time() * 1000))
-        if self.log.offer(record) or (self.cfg.on_full == "block"
-                                      and await self.log.put(record, wait_ms=self.cfg.block_ms)):
+        digest = ("body_sha256", ctx.request.body)
+        if self.log.offer(record, digest=digest) or (
+                self.cfg.on_full == "block" and await self.log.put(record, wait_ms=self.cfg.block_ms, digest=digest)):
             return
         REFUSED.labels(when="check").inc()
         if deny is None:  # fail closed: no record, no request
@@ -100,7 +98,8 @@ class AuditStage(Stage):
                               headers={"retry-after": "1"})
 
     async def on_complete(self, ex: Exchange) -> None:
-        if not await self.log.put(outcome_record(ex, int(time.time() * 1000)), wait_ms=self.cfg.block_ms):
+        if not await self.log.put(outcome_record(ex, int(time.time() * 1000)), wait_ms=self.cfg.block_ms,
+                                  digest=("forwarded_body_sha256", ex.state.get("forwarded_body"))):
             # The answer has already gone out; all that is left is to say so loudly.
             REFUSED.labels(when="outcome").inc()
             import logging

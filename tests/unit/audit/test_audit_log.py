@@ -4,6 +4,7 @@ found with its location; a crash loses at most the unsealed tail, reported preci
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -198,6 +199,9 @@ async def test_records_carry_no_token_and_no_body_content(tmp_path, key):
     data = b"".join(lines(tmp_path)[1])
     for secret in (b"eyJsecret", b"4111", b"oscar@acme.com", b"sk-secret", b"Bearer"):
         assert secret not in data
+    by_type = {r["type"]: r for r in map(json.loads, data.splitlines())}
+    assert by_type["decision"]["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert by_type["outcome"]["forwarded_body_sha256"] == hashlib.sha256(body).hexdigest()
     assert b'"subject":"oscar"' in data and b"policy.role_required" in data
     story = explain("req-42", [json.loads(x) for x in data.splitlines()])
     assert "user oscar of tenant acme via client chatgpt" in story
@@ -372,3 +376,18 @@ async def test_close_neither_hangs_nor_loses_records_when_the_writer_has_died(tm
     assert verify([tmp_path], key.public_key()).status == 0
     written = [json.loads(x).get("request_id") for x in lines(tmp_path)[1]]
     assert [r for r in written if r and r.startswith("late")] == ["late0", "late1", "late2"]
+
+
+async def test_body_digests_whichever_way_the_record_is_encoded(tmp_path, key):
+    log = AuditLog(cfg(tmp_path), instance="i1", key=key)
+    await log.start()
+    body = b'{"q": "caf\xc3\xa9"}'
+    assert log.offer({"type": "decision", "request_id": "fast"}, digest=("body_sha256", body))
+    assert log.offer({"type": "decision", "request_id": "none"}, digest=("body_sha256", b""))
+    assert log.offer({"type": "decision", "request_id": "slow", "n": 2 ** 70},  # orjson refuses
+                     digest=("body_sha256", body))
+    await log.close()
+    assert verify([tmp_path], key.public_key()).status == 0
+    by_id = {r.get("request_id"): r for r in map(json.loads, lines(tmp_path)[1])}
+    assert by_id["fast"]["body_sha256"] == by_id["slow"]["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert by_id["none"]["body_sha256"] is None
