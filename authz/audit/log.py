@@ -399,8 +399,8 @@ class AuditLog:
         as keys sort by name and not by value. None when a stand-in is missing (a bug).
 
         Only the first of each is looked for: the stand-ins are random and never leave the
-        process, so no value can hold one. (If one did, the record would not link: ``verify``
-        reports a broken chain, nothing is hidden.)"""
+        process, so no value can hold one. (If one did, the filled-in value would land there and
+        the field keep its stand-in: ``verify`` would report the broken chain.)"""
         fills = [(body.find(self._seq_token), self._seq_token, b"%d" % (self._seq + 1)),
                  (body.find(self._prev_token), self._prev_token, self._prev.encode())]
         if data is not None:
