@@ -400,7 +400,7 @@ class AuditLog:
 
         Only the first of each is looked for: the stand-ins are random and never leave the
         process, so no value can hold one. (If one did, the filled-in value would land there and
-        the field keep its stand-in: ``verify`` would report the broken chain.)"""
+        the field keep its stand-in, in plain sight; for seq or prev ``verify`` reports the break.)"""
         fills = [(body.find(self._seq_token), self._seq_token, b"%d" % (self._seq + 1)),
                  (body.find(self._prev_token), self._prev_token, self._prev.encode())]
         if data is not None:
