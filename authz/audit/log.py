@@ -114,13 +114,12 @@ class AuditLog:
         self._round = asyncio.Event()  # set (and replaced) when the writer takes or finishes a batch
         self._busy = False             # the writer holds a batch it has not written yet
         self.segment = secrets.token_hex(8)
-        # Stand-ins for seq and prev, unguessable, so no value in a record can hold them: a
-        # record is encoded when offered, and the writer puts the chain's place in (_link).
-        mark = secrets.token_hex(32)
-        self._seq_mark, self._prev_mark = mark[:32], mark
-        self._seq_token, self._prev_token = f'"{self._seq_mark}"'.encode(), mark.encode()
-        self._digest_mark = secrets.token_hex(32)
-        self._digest_token = self._digest_mark.encode()
+        # Stand-ins for seq, prev and a body digest, unguessable, so no value in a record can
+        # hold one: a record is encoded when offered, and the writer fills them in (_link).
+        # seq's replaces a whole JSON string (quotes included) with an integer.
+        self._seq_mark, self._prev_mark, self._digest_mark = (secrets.token_hex(16) for _ in range(3))
+        self._seq_token = f'"{self._seq_mark}"'.encode()
+        self._prev_token, self._digest_token = self._prev_mark.encode(), self._digest_mark.encode()
         self.dir = Path(cfg.directory) / instance
         self._file: Any = None
         self._path: Path | None = None
