@@ -376,16 +376,13 @@ class AuditLog:
             if type(pending) is tuple:
                 kind, body, data = pending
                 linked = self._link(body, data)
-                if linked is not None:
-                    self._add_line(kind, linked)
-                    return
-                record = orjson.loads(body)  # no stand-in: a bug; encode it again
-                for key, value in record.items():
-                    if value == self._digest_mark:
-                        record[key] = hashlib.sha256(data or b"").hexdigest()
+                if linked is None:  # offer put them there: a bug; the stand-in below names the request
+                    record = orjson.loads(body)
+                    raise ValueError("a queued audit record lost its stand-ins")
+                self._add_line(kind, linked)
             else:
                 record = pending
-            self._append(record)
+                self._append(record)
         except Exception as exc:
             WRITE_FAILURES.inc()
             log.error("audit record of request %s could not be written: %r", record.get("request_id"), exc)

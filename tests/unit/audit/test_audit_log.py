@@ -391,3 +391,17 @@ async def test_body_digests_whichever_way_the_record_is_encoded(tmp_path, key):
     by_id = {r.get("request_id"): r for r in map(json.loads, lines(tmp_path)[1])}
     assert by_id["fast"]["body_sha256"] == by_id["slow"]["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert by_id["none"]["body_sha256"] is None
+
+
+async def test_a_queued_record_that_cannot_be_linked_is_replaced_by_a_stand_in(tmp_path, key):
+    log = AuditLog(cfg(tmp_path), instance="i1", key=key)  # not started: the test edits the queue
+    assert log.offer({"type": "decision", "request_id": "broken"})
+    assert log.offer({"type": "decision", "request_id": "fine"})
+    kind, body, data = log._queue[0]
+    log._queue[0] = (kind, body.replace(log._prev_token, b"x"), data)  # a bug's stand-in
+    await log.start()
+    await log.close()
+    assert verify([tmp_path], key.public_key()).status == 0
+    by_id = {r.get("request_id"): r for r in map(json.loads, lines(tmp_path)[1])}
+    assert by_id["broken"]["type"] == "unencodable" and by_id["broken"]["error"] == "ValueError"
+    assert by_id["fine"]["type"] == "decision"
