@@ -10,15 +10,19 @@ from authz.limits.stage import LimitsStage
 from authz.pipeline import Pipeline, Stage
 from authz.policy.stage import PolicyStage, challenge_for
 from authz.redaction.stage import build_redaction_stage
+from authz.request import BodyStash, Reader
 from authz.routing import RoutingStage
 from authz.store import Store
 
 
-def build_pipeline(config: Config, store: Store) -> Pipeline:
+def build_pipeline(config: Config, store: Store, *, stash: BodyStash | None = None) -> Pipeline:
     """identity → policy → routing → limits → redaction → audit.
 
-    Each stage is built from its config section (and the shared store); nothing here touches the
-    network, so a reload can build a new pipeline without disturbing the one serving.
+    Before them all, the request is read once (``Reader``, by ``policy.protocols``); every stage
+    works on that reading. Each stage is built from its config section (and the shared store);
+    nothing here touches the network, so a reload can build a new pipeline without disturbing the
+    one serving. ``stash`` (the runtime's, which outlives a reload) carries rewritten bodies from
+    Check to Process.
     """
     stages: list[Stage] = [
         build_identity_stage(config.identity, store=store),
@@ -30,4 +34,4 @@ def build_pipeline(config: Config, store: Store) -> Pipeline:
         stages.append(build_redaction_stage(config.redaction, store))
     if config.audit.enabled:  # last: it records what every other stage decided
         stages.append(build_audit_stage(config.audit, instance=config.instance_id))
-    return Pipeline(stages)
+    return Pipeline(stages, reader=Reader(config.policy.protocols), stash=stash)

@@ -23,8 +23,9 @@ from authz.audit.config import AuditConfig
 from authz.errors import ConfigError
 from authz.identity.config import IdentityConfig
 from authz.limits.config import LimitsConfig
-from authz.policy.config import PolicyConfig, RoutingConfig
+from authz.policy.config import PolicyConfig
 from authz.redaction.config import RedactionConfig
+from authz.routing.config import RoutingConfig
 from authz.schema import Model
 from authz.tracing import TracingConfig
 

@@ -8,6 +8,7 @@ Exception tree::
     │   ├── Forbidden             403
     │   ├── BadRequest            400
     │   ├── PayloadTooLarge       413
+    │   ├── UnsupportedMediaType  415 (a body labelled or encoded so that it cannot be read)
     │   ├── TooManyRequests       429
     │   ├── Unavailable           503 (a dependency we fail closed on is down)
     │   ├── InternalError         500 (a stage crashed; we fail closed)
@@ -78,6 +79,12 @@ class PayloadTooLarge(Deny):
     status = 413
     reason = "body.too_large"
     default_message = "request body too large"
+
+
+class UnsupportedMediaType(Deny):
+    status = 415
+    reason = "body.unsupported_media_type"
+    default_message = "the request body's type or encoding is not one the sidecar reads"
 
 
 class TooManyRequests(Deny):

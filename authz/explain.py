@@ -18,6 +18,7 @@ from authz.config import load_config
 from authz.errors import ConfigError, Deny
 from authz.model import ANONYMOUS, Context, Principal, Request
 from authz.policy.stage import PolicyStage
+from authz.request import Reader
 from authz.responses import render_denial
 from authz.routing import RoutingStage
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def explain(config_path: str, request: Request, principal: Principal) -> dict[str, Any]:
     config, _ = load_config(config_path)
-    ctx = Context(request=request, principal=principal)
+    ctx = Context(request=request, view=Reader(config.policy.protocols).read(request), principal=principal)
     out: dict[str, Any] = {"request": {"method": request.method, "host": request.host,
                                        "path": request.path}}
     try:

@@ -10,51 +10,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from authz.request import Action, Outgoing, Reader, Request, RequestView
 
-@dataclasses.dataclass(slots=True)
-class Request:
-    """One HTTP request as Envoy describes it to ``Check`` (or to ``Process`` at request headers).
-
-    Treat it as read-only: stages change what goes upstream through ``Mutations``, never here.
-    (Not ``frozen``: a frozen dataclass's ``__init__`` costs ~2 µs more per request.)
-
-    ``headers`` keys are lower-case. When the client sent a header more than once Envoy joins the
-    values with ``,`` in ``headers``; ``header_lists`` keeps the individual values where Envoy
-    reported them separately (``encode_raw_headers``), so stages that must refuse duplicates can.
-    """
-
-    id: str
-    method: str
-    scheme: str
-    host: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes = b""
-    body_truncated: bool = False
-    protocol: str = ""
-    source_address: str = ""
-    header_lists: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    context_extensions: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    path_only: str = dataclasses.field(init=False)  # the path without its query string
-
-    def __post_init__(self) -> None:
-        self.path_only = self.path.split("?", 1)[0]  # read by every stage: split once
-
-    @property
-    def query(self) -> str:
-        parts = self.path.split("?", 1)
-        return parts[1] if len(parts) == 2 else ""
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        return self.headers.get(name.lower(), default)
-
-    def header_values(self, name: str) -> tuple[str, ...]:
-        """Every value the client sent for ``name`` (at least the joined one when not split)."""
-        name = name.lower()
-        if name in self.header_lists:
-            return self.header_lists[name]
-        value = self.headers.get(name)
-        return () if value is None else (value,)
+__all__ = ["ANONYMOUS", "Action", "Context", "Exchange", "Handoff", "Metering", "Mutations", "Principal",
+           "Request", "RequestView", "Reservation"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,44 +63,122 @@ class Mutations:
         self.body = body
 
 
-@dataclasses.dataclass(slots=True)
-class Context:
-    """Per-request state handed from stage to stage during ``Check``.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reservation:
+    """Budget reserved in ``Check``, settled in ``Process`` against the upstream's usage."""
 
-    ``facts`` collects what later stages and the audit record need (rule id, route, findings):
-    plain JSON-able data, never raw tokens or PII. ``metadata`` is forwarded to Envoy as
-    dynamic metadata, which is how ``Process`` learns what ``Check`` decided.
+    id: str
+    key: str
+    amount: int
+    unit: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Metering:
+    reservations: tuple[Reservation, ...]
+    model: str
+    stream: bool = False
+
+
+BODY_MODES = ("", "streamed", "buffered")
+
+
+@dataclasses.dataclass(slots=True)
+class Handoff:
+    """Everything ``Process`` needs of what ``Check`` decided, as one typed value (encoded at the
+    edge by ``authz.envoy.handoff``, carried by Envoy as dynamic metadata).
+
+    Body modes: "" (Process sees nothing of it), "streamed" (chunks pass through as they come)
+    or "buffered" (the whole body, which may be replaced). Process-side decisions evaluate the
+    same conditions as Check on the same facts: the principal, the source address, the headers
+    conditions read (as the client sent them, before Check's mutations) and Check's clock.
     """
 
-    request: Request
+    request_body: str = ""
+    response_body: str = ""
+    body_key: str = ""              # the rewritten request body, kept in the BodyStash
     principal: Principal = ANONYMOUS
-    mutations: Mutations = dataclasses.field(default_factory=Mutations)
-    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
-    action: Any = None  # authz.policy.actions.Action once the policy stage parsed the request
-    # What Process (ext_proc) should see of this request's bodies: "" (nothing), "streamed"
-    # (chunks pass through as they come) or "buffered" (the whole body, which may be rewritten).
-    request_body_mode: str = ""
-    response_body_mode: str = ""
+    source_address: str = ""
+    checked_at: float = 0.0         # time.time() when Check decided
+    action: Action | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    filter_tools: bool = False
+    metering: Metering | None = None
 
     def want_body(self, which: str, mode: str) -> None:
         """Ask for a body; "buffered" wins over "streamed" when two stages ask."""
         assert which in ("request", "response") and mode in ("streamed", "buffered")
-        attr = f"{which}_body_mode"
+        attr = f"{which}_body"
         if getattr(self, attr) != "buffered":
             setattr(self, attr, mode)
+
+    @property
+    def needed(self) -> bool:
+        """Whether Process has anything to do for this request."""
+        return bool(self.request_body or self.response_body)
+
+    def request_for_conditions(self, request: Request) -> Request:
+        """``request`` as Check saw it, for evaluating conditions in Process."""
+        return Request(id=request.id, method=request.method, scheme=request.scheme, host=request.host,
+                       path=request.path, headers=self.headers, source_address=self.source_address)
+
+
+_DEFAULT_READER = Reader()
+
+
+@dataclasses.dataclass(slots=True)
+class Context:
+    """Per-request state handed from stage to stage during ``Check``.
+
+    ``view`` is the one reading of the request (the pipeline's reader makes it; a context built
+    without one reads the request with the default protocol routes). ``facts`` collects what
+    later stages and the audit record need (rule id, route, findings): plain JSON-able data,
+    never raw tokens or PII. ``handoff`` is what Process will know; ``outgoing`` the body as it
+    will be forwarded, when a stage rewrites it.
+    """
+
+    request: Request
+    view: RequestView = dataclasses.field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    principal: Principal = ANONYMOUS
+    mutations: Mutations = dataclasses.field(default_factory=Mutations)
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    handoff: Handoff = dataclasses.field(default_factory=Handoff)
+    outgoing: Outgoing | None = None
+    model_override: str | None = None  # the model policy rewrote the request to
+
+    def __post_init__(self) -> None:
+        if self.view is None:
+            self.view = _DEFAULT_READER.read(self.request)
+
+    @property
+    def action(self) -> Action:
+        return self.view.action
+
+    @property
+    def model(self) -> str | None:
+        """The model the request will reach (after a policy rewrite)."""
+        return self.model_override or self.view.action.model
+
+    def rewrite(self) -> Outgoing:
+        """The body as it will be forwarded, for a stage about to change it."""
+        if self.outgoing is None:
+            self.outgoing = Outgoing(self.view.body)
+        return self.outgoing
+
+    def want_body(self, which: str, mode: str) -> None:
+        self.handoff.want_body(which, mode)
 
 
 @dataclasses.dataclass(slots=True)
 class Exchange:
     """Per-stream state for ``Process`` (ext_proc): one HTTP request and its response.
 
-    ``check`` is the dynamic metadata ``Check`` left for this request (empty if it left none).
+    ``handoff`` is what ``Check`` left for this request (empty when it left nothing).
     ``mutations`` is reset before each phase; the adapter sends it back as that phase's answer.
     """
 
     request: Request
-    check: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    handoff: Handoff = dataclasses.field(default_factory=Handoff)
     request_body: bytes = b""
     response_status: int = 0
     response_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -153,9 +190,5 @@ class Exchange:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage-private working state
     phases: list[str] = dataclasses.field(default_factory=list)
 
-    def request_body_now(self) -> bytes:
-        """The request body as the stages before have left it (each may rewrite it in turn)."""
-        return self.mutations.body if self.mutations.body is not None else self.request_body
-
     def body_mode(self, which: str) -> str:
-        return str((self.check.get("process") or {}).get(f"{which}_body", ""))
+        return self.handoff.request_body if which == "request" else self.handoff.response_body

@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from authz import metrics, tracing
-from authz.errors import Deny, InternalError
-from authz.model import Context, Exchange
+from authz.errors import Deny, InternalError, Unavailable
+from authz.model import Context, Exchange, Request
+from authz.request import BodyStash, Reader
 
 log = logging.getLogger("authz.pipeline")
 
@@ -67,8 +68,11 @@ Hook = Callable[[Any], Awaitable[None]]
 class Pipeline:
     """Runs stages in order for each phase. Immutable once built; reload swaps the whole object."""
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], *, reader: Reader | None = None,
+                 stash: BodyStash | None = None) -> None:
         self.stages = tuple(stages)
+        self.reader = reader or Reader()
+        self.stash = stash or BodyStash()  # the runtime passes its own: it outlives a reload
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate stage names: {names}")
@@ -81,6 +85,31 @@ class Pipeline:
 
     def has(self, hook: str) -> bool:
         return bool(self._hooks[hook])
+
+    def context(self, request: Request) -> Context:
+        """The context of one ``Check``, with the request read once."""
+        return Context(request=request, view=self.reader.read(request))
+
+    async def check(self, ctx: Context) -> None:
+        """Run ``Check``'s stages; when they rewrote the body, encode it once and keep it for
+        Process to forward. Raises ``Deny``."""
+        await self.run("on_request", ctx)
+        out = ctx.outgoing
+        if out is not None and out.changed:
+            ctx.handoff.body_key = self.stash.put(ctx.request.body, out.encode())
+            ctx.handoff.want_body("request", "buffered")
+
+    async def request_body(self, ex: Exchange) -> None:
+        """The whole request body arrived in Process: swap in what Check made of it, then run the
+        stages that look at it. Raises ``Deny``."""
+        key = ex.handoff.body_key
+        if key:
+            body = self.stash.take(key, ex.request_body)
+            if body is None:  # this process restarted since Check, or the body is not the one checked
+                raise Unavailable("the request changed or expired between its check and its "
+                                  "forwarding; retry", reason="body.rewrite_lost")
+            ex.mutations.replace_body(body)
+        await self.run("on_request_body", ex)
 
     async def run(self, hook: str, subject: Context | Exchange) -> None:
         """Run every stage's ``hook`` in order. Raises ``Deny``; any other error becomes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -22,6 +23,7 @@ from authz.assembly import build_pipeline
 from authz.config import Config, load_config
 from authz.errors import ConfigError
 from authz.pipeline import Pipeline
+from authz.request import BodyStash
 from authz.store import Store, StoreUnavailable, build_store
 
 log = logging.getLogger("authz.runtime")
@@ -70,9 +72,11 @@ class ComponentHealth:
 class Runtime:
     def __init__(self, config_path: str | os.PathLike[str], *, config: Config | None = None,
                  sha256: str = "",
-                 pipeline_factory: Callable[[Config, Store], Pipeline] = build_pipeline) -> None:
+                 pipeline_factory: Callable[[Config, Store], Pipeline] | None = None) -> None:
         self.config_path = Path(config_path)
-        self._pipeline_factory = pipeline_factory
+        # Rewritten request bodies between a Check and its Process: they outlive a reload.
+        self.stash = BodyStash()
+        self._pipeline_factory = pipeline_factory or functools.partial(build_pipeline, stash=self.stash)
         self._initial = (config, sha256)
         self.current: Generation | None = None
         self.draining = False

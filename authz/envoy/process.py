@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import json_format
 
+from authz.envoy import handoff
 from authz.envoy.check import METADATA_NAMESPACE
-from authz.model import Mutations, Request
+from authz.model import Handoff, Mutations, Request
 from authz.responses import Denial
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -39,14 +38,17 @@ def request_from_headers(headers: Mapping[str, str]) -> Request:
     )
 
 
-def check_metadata(msg: pb.ProcessingRequest) -> dict[str, Any] | None:
-    """What ``Check`` left for this request (forwarded by Envoy's metadata_options)."""
+def check_handoff(msg: pb.ProcessingRequest) -> Handoff | None:
+    """What ``Check`` left for this request (forwarded by Envoy's metadata_options), or None."""
     if not msg.HasField("metadata_context"):
         return None
     fm = msg.metadata_context.filter_metadata
     if METADATA_NAMESPACE not in fm:
         return None
-    return json_format.MessageToDict(fm[METADATA_NAMESPACE])
+    fields = fm[METADATA_NAMESPACE].fields
+    if handoff.FIELD not in fields:
+        return None
+    return handoff.decode(fields[handoff.FIELD].string_value)
 
 
 def _header_mutation(m: Mutations, body_length: int | None) -> pb.HeaderMutation | None:

@@ -19,7 +19,7 @@ from authz import logs, metrics, tracing
 from authz.envoy import check as check_adapter
 from authz.envoy import process as proc_adapter
 from authz.errors import Answer, BadRequest, Deny, InternalError
-from authz.model import Context, Exchange, Mutations, Request
+from authz.model import Context, Exchange, Handoff, Mutations, Request
 from authz.pipeline import Pipeline
 from authz.responses import render_denial
 from authz.runtime import Runtime
@@ -55,7 +55,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
             log.warning("unreadable CheckRequest", exc_info=True)
             deny = BadRequest("the request could not be read", reason="request.unreadable")
         if req is not None:
-            ctx = Context(request=req)
+            ctx = pipeline.context(req)
             if tracing.TRACER is None:
                 deny = await self._decide(pipeline, ctx)
             else:
@@ -85,7 +85,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
     @staticmethod
     async def _decide(pipeline: Pipeline, ctx: Context) -> Deny | None:
         try:
-            await pipeline.run("on_request", ctx)
+            await pipeline.check(ctx)
         except Deny as exc:
             return exc
         except Exception:  # never let Envoy see a gRPC error for our own bug: fail closed
@@ -141,10 +141,10 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
                 try:
                     if ex is None:
                         ex = self._exchange(msg, kind)
-                    else:
-                        meta = proc_adapter.check_metadata(msg)
-                        if meta and not ex.check:
-                            ex.check = meta
+                    elif not ex.handoff.needed:
+                        found = proc_adapter.check_handoff(msg)
+                        if found is not None:
+                            ex.handoff = found
                     ex.phases.append(kind)
                     ex.mutations = Mutations()
                     response = await self._handle(pipeline, ex, msg, kind, debug)
@@ -181,7 +181,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
     def _exchange(self, msg: proc_pb2.ProcessingRequest, kind: str) -> Exchange:
         headers = proc_adapter.headers_dict(msg.request_headers) if kind == "request_headers" else {}
         return Exchange(request=proc_adapter.request_from_headers(headers),
-                        check=proc_adapter.check_metadata(msg) or {})
+                        handoff=proc_adapter.check_handoff(msg) or Handoff())
 
     async def _handle(self, pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest, kind: str,
                       debug: bool) -> proc_pb2.ProcessingResponse:
@@ -196,7 +196,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
         if kind == "request_body":
             ex.request_body += msg.request_body.body
             if msg.request_body.end_of_stream:
-                await pipeline.run("on_request_body", ex)
+                await pipeline.request_body(ex)
                 ex.state["forwarded_body"] = (ex.mutations.body if ex.mutations.body is not None
                                               else ex.request_body)
             return proc_adapter.body_response("request_body", ex.mutations)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from authz.policy.config import Conditions, Match
+from authz.matching.config import Conditions, Match
 from authz.schema import Model
 
 Dimension = Literal["user", "tenant", "client", "route", "tool", "model"]

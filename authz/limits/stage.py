@@ -22,15 +22,12 @@ from typing import Any
 from prometheus_client import Counter
 
 from authz.errors import TooManyRequests, Unavailable
-from authz.jsontext import dumps_utf8
 from authz.limits import algorithm as alg
 from authz.limits.config import Budget, LimitsConfig, RateLimit
 from authz.limits.metering import Usage, UsageMeter
-from authz.model import Context, Exchange
+from authz.matching import CompiledConditions, CompiledMatch, Glob
+from authz.model import Context, Exchange, Metering, Reservation
 from authz.pipeline import Stage
-from authz.policy.actions import parse_json
-from authz.policy.conditions import CompiledConditions, Glob
-from authz.policy.engine import CompiledMatch
 from authz.store import Store, StoreUnavailable
 
 log = logging.getLogger("authz.limits")
@@ -71,7 +68,7 @@ class _Selected:
         self.when = CompiledConditions(when)
 
     def applies(self, ctx: Context, now: datetime.datetime) -> bool:
-        return (ctx.action is not None and self.match(ctx.request, ctx.action)
+        return (self.match(ctx.request, ctx.action)
                 and self.when.first_failure(ctx.principal, ctx.request, now) is None)
 
 
@@ -108,13 +105,13 @@ class LimitsStage(Stage):
     def dimensions(ctx: Context) -> dict[str, str | None]:
         p = ctx.principal
         action = ctx.action
-        model = ctx.metadata.get("rewrite_model") or getattr(action, "model", None)
+        model = ctx.model
         return {
             "user": None if p.anonymous else p.subject,
             "tenant": p.tenant,
             "client": p.client,
             "route": ctx.facts.get("route"),
-            "tool": action.name if action is not None and action.kind == "tools/call" else None,
+            "tool": action.name if action.kind == "tools/call" else None,
             "model": model,
         }
 
@@ -135,7 +132,7 @@ class LimitsStage(Stage):
     async def on_request(self, ctx: Context) -> None:
         await self._limit(ctx)
         action = ctx.action
-        if (self.meter_all and "budget" not in ctx.metadata and action is not None and action.protocol == "llm"
+        if (self.meter_all and ctx.handoff.metering is None and action.protocol == "llm"
                 and action.model and action.kind in METERED_APIS):
             self._prepare_metering(ctx, [])
 
@@ -155,7 +152,7 @@ class LimitsStage(Stage):
             rates.append((limit, alg.RateOp(key, interval_us, burst)))
         reserves: list[tuple[Budget, alg.ReserveOp]] = []
         model = values["model"]
-        if ctx.action is not None and ctx.action.protocol == "llm" and model:
+        if ctx.action.protocol == "llm" and model:
             for budget, sel in self._budgets:
                 if not sel.applies(ctx, now):
                     continue
@@ -181,18 +178,7 @@ class LimitsStage(Stage):
         prompt = math.ceil(len(ctx.request.body) / est.bytes_per_token)
         output = 0
         if ctx.action.kind != "embeddings":
-            asked = None
-            try:
-                body = parse_json(ctx.request.body) if ctx.request.body else {}
-            except ValueError:
-                body = {}
-            if isinstance(body, dict):
-                for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-                    value = body.get(field)
-                    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                        asked = value
-                        break
-            output = min(asked or est.default_max_tokens, est.max_output_tokens)
+            output = min(ctx.action.max_tokens or est.default_max_tokens, est.max_output_tokens)
         if budget.unit == "tokens":
             return prompt + output
         price = self.price_for(model)
@@ -263,42 +249,27 @@ class LimitsStage(Stage):
             f"next {refused[0].period} (UTC)", reason="budget.exceeded", headers=headers,
             details={"budgets": [b.id for b in refused]})
 
-    def _prepare_metering(self, ctx: Context, reserves) -> None:
+    def _prepare_metering(self, ctx: Context, reserves: list[tuple[Budget, alg.ReserveOp]]) -> None:
         action = ctx.action
-        ctx.metadata["budget"] = {
-            "reservations": [{"id": b.id, "key": op.key, "amount": op.amount, "unit": b.unit}
-                             for b, op in reserves],
-            "model": ctx.metadata.get("rewrite_model") or action.model,
-            "stream": action.stream,
-        }
+        ctx.handoff.metering = Metering(
+            reservations=tuple(Reservation(b.id, op.key, op.amount, b.unit) for b, op in reserves),
+            model=ctx.model or "", stream=action.stream)
         ctx.want_body("response", "streamed")
         if action.stream and action.kind in ("chat.completions", "completions"):
             # OpenAI only reports usage in a stream when asked; ask, or spend goes unmetered.
-            ctx.metadata["include_usage"] = True
-            ctx.want_body("request", "buffered")
+            out = ctx.rewrite()
+            body = out.document
+            if isinstance(body, dict):
+                options = body.get("stream_options")
+                if not isinstance(options, dict) or options.get("include_usage") is not True:
+                    options = dict(options) if isinstance(options, dict) else {}
+                    options["include_usage"] = True
+                    out.replace({**body, "stream_options": options})
 
     # --- Process ---------------------------------------------------------------------------------
 
-    async def on_request_body(self, ex: Exchange) -> None:
-        if not ex.check.get("include_usage"):
-            return
-        try:
-            body = parse_json(ex.request_body_now())
-        except ValueError:
-            return
-        if not isinstance(body, dict):
-            return
-        options = body.get("stream_options")
-        if not isinstance(options, dict):
-            options = {}
-        if options.get("include_usage") is True:
-            return
-        options["include_usage"] = True
-        body["stream_options"] = options
-        ex.mutations.replace_body(dumps_utf8(body))
-
     async def on_response_body(self, ex: Exchange) -> None:
-        if "budget" not in ex.check:
+        if ex.handoff.metering is None:
             return
         meter = ex.state.get("meter")
         if meter is None:
@@ -313,35 +284,35 @@ class LimitsStage(Stage):
                 meter.feed_json(ex.state.pop("json", b""))
 
     async def on_complete(self, ex: Exchange) -> None:
-        budget = ex.check.get("budget")
-        if not budget:
+        budget = ex.handoff.metering
+        if budget is None:
             return
         meter: UsageMeter | None = ex.state.get("meter")
         if meter is not None and "json" in ex.state:  # stream ended without end_of_stream
             meter.feed_json(ex.state.pop("json"))
         usage = meter.usage if meter is not None else Usage()
         status = ex.response_status
-        for r in budget.get("reservations", []):
-            reserved = int(r["amount"])
+        for r in budget.reservations:
+            reserved = r.amount
             if usage.seen:
-                actual = self._cost(r["unit"], str(budget.get("model") or ""), usage)
+                actual = self._cost(r.unit, budget.model, usage)
                 why = "metered"
             elif status == 0 or status >= 400:
                 actual, why = 0, "released"   # nothing was generated (or billed) for an error
             else:
                 actual, why = reserved, "kept"  # answered but no usage seen: assume the worst
                 log.warning("budget %s: request %s was answered %s without usage; its reservation of %d "
-                            "stays charged", r["id"], ex.request.id, status, reserved)
+                            "stays charged", r.id, ex.request.id, status, reserved)
             delta = actual - reserved
             try:
                 if delta:
-                    await self.store.incr(r["key"], delta, ttl=self.cfg.reservation_ttl_seconds)
+                    await self.store.incr(r.key, delta, ttl=self.cfg.reservation_ttl_seconds)
             except StoreUnavailable as exc:
-                log.error("could not settle budget %s (delta %d): %s", r["id"], delta, exc)
+                log.error("could not settle budget %s (delta %d): %s", r.id, delta, exc)
                 why = "settle_failed"
-            BUDGET_CONSUMED.labels(budget=r["id"], unit=r["unit"]).inc(max(actual, 0))
-            ex.facts.setdefault("budgets", {})[r["id"]] = {"reserved": reserved, "actual": actual,
-                                                          "unit": r["unit"], "settled": why}
+            BUDGET_CONSUMED.labels(budget=r.id, unit=r.unit).inc(max(actual, 0))
+            ex.facts.setdefault("budgets", {})[r.id] = {"reserved": reserved, "actual": actual,
+                                                        "unit": r.unit, "settled": why}
         if usage.seen:
             ex.facts["usage"] = usage.as_dict()
 

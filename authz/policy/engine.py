@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
 from typing import Any
 
-from authz.model import Principal, Request
-from authz.policy import actions as a
+from authz.matching import CompiledConditions, CompiledMatch, Glob
+from authz.model import Action, Principal, Request
 from authz.policy import config as c
-from authz.policy.conditions import CompiledConditions, Glob, host_without_port
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,56 +40,6 @@ class Decision:
         return out
 
 
-Predicate = Callable[[Request, a.Action], bool]
-
-
-class CompiledMatch:
-    """Does a request (and what it is about) fit a ``match`` section? Built once as a tuple of
-    the predicates the section names, cheapest and most selective first."""
-
-    def __init__(self, m: c.Match) -> None:
-        checks: list[Predicate] = []
-        if m.mcp is not None:
-            checks.append(lambda r, act: act.protocol == "mcp")
-            if m.mcp.methods:
-                methods = Glob(m.mcp.methods)
-                checks.append(lambda r, act: methods(act.kind))
-            if m.mcp.tools:
-                tools = Glob(m.mcp.tools)
-                checks.append(lambda r, act: act.kind == "tools/call" and tools(act.name or ""))
-            if m.mcp.resources:
-                resources = Glob(m.mcp.resources)
-                checks.append(lambda r, act: act.kind.startswith("resources/")
-                              and resources(act.name or ""))
-            if m.mcp.prompts:
-                prompts = Glob(m.mcp.prompts)
-                checks.append(lambda r, act: act.kind == "prompts/get" and prompts(act.name or ""))
-        if m.llm is not None:
-            checks.append(lambda r, act: act.protocol == "llm")
-            if m.llm.apis:
-                apis = frozenset(m.llm.apis)
-                checks.append(lambda r, act: act.kind in apis)
-            if m.llm.models:
-                models = Glob(m.llm.models)
-                checks.append(lambda r, act: bool(act.model) and models(act.model))
-        if m.methods:
-            methods_http = frozenset(m.methods)
-            checks.append(lambda r, act: r.method.upper() in methods_http)
-        if m.paths:
-            paths = Glob(m.paths)
-            checks.append(lambda r, act: paths(r.path_only))
-        if m.hosts:
-            hosts = Glob(m.hosts, ignore_case=True)
-            checks.append(lambda r, act: hosts(host_without_port(r.host).lower()))
-        self._checks = tuple(checks)
-
-    def __call__(self, request: Request, action: a.Action) -> bool:
-        for check in self._checks:
-            if not check(request, action):
-                return False
-        return True
-
-
 class CompiledRule:
     def __init__(self, cfg: c.Rule) -> None:
         self.cfg = cfg
@@ -104,28 +52,9 @@ class Policy:
     def __init__(self, cfg: c.PolicyConfig) -> None:
         self.cfg = cfg
         self.rules = tuple(CompiledRule(r) for r in cfg.rules)
-        self._protocols = tuple((Glob(p.paths), Glob(p.hosts, ignore_case=True), p.protocol)
-                                for p in cfg.protocols)
         self.public = Glob(cfg.public_paths)
 
-    def protocol_of(self, request: Request) -> str:
-        path = request.path_only
-        host = host_without_port(request.host).lower()
-        for paths, hosts, protocol in self._protocols:
-            if paths(path) and (not hosts or hosts(host)):
-                return protocol
-        return "http"
-
-    def action_of(self, request: Request) -> a.Action:
-        """Parse what the request is about. Raises ``Deny`` (400/413) on a malformed body."""
-        protocol = self.protocol_of(request)
-        if protocol == "mcp":
-            return a.mcp_action(request)
-        if protocol == "llm":
-            return a.llm_action(request)
-        return a.http_action(request)
-
-    def evaluate(self, principal: Principal, request: Request, action: a.Action,
+    def evaluate(self, principal: Principal, request: Request, action: Action,
                  now: datetime.datetime | None = None, *, explain: bool = True) -> Decision:
         """Decide. ``explain`` records the inputs used in ``Decision.inputs`` (for ``authz
         explain`` and tests); the request path leaves it off: nothing there reads them."""
@@ -148,7 +77,7 @@ class Policy:
         return self._deny(decision.rule, decision.reason, decision.message, decision.status, (),
                           False, inputs)
 
-    def _first_match(self, principal: Principal, request: Request, action: a.Action,
+    def _first_match(self, principal: Principal, request: Request, action: Action,
                      now: datetime.datetime, inputs: dict[str, Any]) -> Decision:
         for rule in self.rules:
             if not rule.matches(request, action):
@@ -183,7 +112,7 @@ class Policy:
     def may_call_tool(self, principal: Principal, request: Request, tool: str,
                       now: datetime.datetime | None = None) -> bool:
         """Would ``tools/call`` of ``tool`` be allowed? Used to filter ``tools/list``."""
-        action = a.Action(protocol="mcp", kind="tools/call", name=tool)
+        action = Action(protocol="mcp", kind="tools/call", name=tool)
         decision = self._first_match(principal, request, action,
                                      now or datetime.datetime.now(datetime.UTC), {})
         # In dry-run nothing is refused, so nothing is hidden either.

@@ -1,12 +1,15 @@
-"""The policy stage: parse what the request is about, decide, and say why.
+"""The policy stage: decide on what the request is about (its one reading), and say why.
 
-In ``Check`` it denies, allows, or allows with a model rewrite. In ``Process`` it applies what
-``Check`` decided to bodies: rewrites ``model`` in the request body and removes the tools a
-user may not call from a ``tools/list`` answer (so a client never shows what it can't use).
+In ``Check`` it denies, allows, or allows with a model rewrite (the forwarded body's ``model``
+is rewritten there, once). In ``Process`` it removes the tools a user may not call from a
+``tools/list`` answer (so a client never shows what it can't use), deciding each with the same
+conditions on the same facts as ``Check`` would for a ``tools/call`` of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import logging
 import re
@@ -15,15 +18,14 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from authz.envoy.check import principal_from_metadata, principal_metadata
 from authz.errors import Deny, Forbidden, Unauthenticated
 from authz.identity.challenge import bearer_challenge
 from authz.jsontext import dumps_utf8
-from authz.model import Context, Exchange, Request
+from authz.model import Action, Context, Exchange, Principal, Request
 from authz.pipeline import Stage
-from authz.policy import actions
 from authz.policy.config import PolicyConfig
 from authz.policy.engine import Decision, Policy
+from authz.request.jsonbody import MAX_JSON_DEPTH, too_deep
 
 log = logging.getLogger("authz.policy")
 
@@ -59,6 +61,7 @@ class PolicyStage(Stage):
         self.policy = Policy(cfg)
         self.challenge = challenge
         self._claim_paths = sorted({p for r in self.policy.rules for p in r.require.claim_paths()})
+        self._header_names = sorted({h for r in self.policy.rules for h in r.require.header_names()})
 
     # --- Check -----------------------------------------------------------------------------------
 
@@ -67,14 +70,16 @@ class PolicyStage(Stage):
         if self.policy.public(request.path_only):
             ctx.facts["rule"] = "public"
             return
-        action = self.policy.action_of(request)  # raises 400/413 on a malformed body
-        ctx.action = action
+        if ctx.view.problem is not None:  # a body that cannot be read cannot be authorized
+            raise ctx.view.problem
+        action = ctx.action
         if action.name is not None and action.protocol == "mcp":
             ctx.facts["tool" if action.kind == "tools/call" else "target"] = action.name
         if action.model is not None:
             ctx.facts["model"] = action.model
 
-        decision = self.policy.evaluate(ctx.principal, request, action, explain=self.explain)
+        now = datetime.datetime.now(datetime.UTC)
+        decision = self.policy.evaluate(ctx.principal, request, action, now, explain=self.explain)
         ctx.facts["policy"] = decision.explain()
         ctx.facts["rule"] = decision.rule or "-"
         if decision.dry_run:
@@ -86,22 +91,32 @@ class PolicyStage(Stage):
         if not decision.allowed:
             raise self._denial(decision, request, action)
         if decision.rewrite_model:
-            ctx.metadata["rewrite_model"] = decision.rewrite_model
-            ctx.facts["model"] = decision.rewrite_model
-            ctx.facts["requested_model"] = action.model
-            ctx.want_body("request", "buffered")
+            self._rewrite_model(ctx, decision.rewrite_model)
         if action.protocol == "mcp" and action.kind == "tools/list" and self.cfg.filter_tools_list:
-            ctx.want_body("response", "buffered")
-            ctx.metadata["filter_tools"] = True
-            ctx.metadata["jsonrpc_id"] = action.jsonrpc_id  # for the error when the answer is unreadable
-            ctx.metadata["principal"] = principal_metadata(ctx.principal)
-            if self._claim_paths:
-                ctx.metadata["claims"] = {p: ctx.principal.claims.get(p) for p in self._claim_paths
-                                          if p in ctx.principal.claims}
+            h = ctx.handoff
+            h.want_body("response", "buffered")
+            h.filter_tools = True
+            h.action = action  # its JSON-RPC id, for the error when the answer is unreadable
+            p = ctx.principal
+            h.principal = dataclasses.replace(p, claims={c: p.claims[c] for c in self._claim_paths
+                                                         if c in p.claims})
+            h.source_address = request.source_address
+            h.headers = {n: request.headers[n] for n in self._header_names if n in request.headers}
+            h.checked_at = now.timestamp()
             # The answer must be readable to be filtered: no compression for this one.
             ctx.mutations.remove_header("accept-encoding")
 
-    def _denial(self, decision: Decision, request: Request, action: actions.Action) -> Deny:
+    @staticmethod
+    def _rewrite_model(ctx: Context, model: str) -> None:
+        ctx.model_override = model
+        ctx.facts["model"] = model
+        ctx.facts["requested_model"] = ctx.action.model
+        out = ctx.rewrite()
+        if isinstance(out.document, dict) and out.document.get("model") != model:
+            out.replace({**out.document, "model": model})
+            ctx.facts["model_rewritten"] = model
+
+    def _denial(self, decision: Decision, request: Request, action: Action) -> Deny:
         details: dict[str, Any] = {"rule": decision.rule}
         if action.protocol == "mcp" and action.kind not in ("http.get", "http.delete"):
             details["jsonrpc_id"] = action.jsonrpc_id
@@ -119,30 +134,21 @@ class PolicyStage(Stage):
 
     # --- Process ---------------------------------------------------------------------------------
 
-    async def on_request_body(self, ex: Exchange) -> None:
-        model = ex.check.get("rewrite_model")
-        if not model:
-            return
-        try:
-            body = actions.parse_json(ex.request_body_now())
-        except ValueError:
-            return  # Check already refused unparseable bodies; nothing sensible to rewrite
-        if isinstance(body, dict) and body.get("model") != model:
-            body["model"] = model
-            ex.mutations.replace_body(dumps_utf8(body))
-            ex.facts["model_rewritten"] = model
-
     async def on_response_body(self, ex: Exchange) -> None:
-        if not ex.check.get("filter_tools") or not ex.response_end or not ex.response_body:
+        h = ex.handoff
+        if not h.filter_tools or not ex.response_end or not ex.response_body:
             return
-        principal = principal_from_metadata(ex.check.get("principal"), ex.check.get("claims"))
+        principal = h.principal
+        request = h.request_for_conditions(ex.request)
+        now = datetime.datetime.fromtimestamp(h.checked_at, datetime.UTC)
         content_type = ex.response_headers.get("content-type", "").lower()
         sse = "text/event-stream" in content_type
         try:
             if sse:
-                new, hidden = _filter_sse(ex.response_body, lambda m: self._filter_message(m, principal, ex))
+                new, hidden = _filter_sse(ex.response_body, lambda m: self._filter_message(m, principal, request, now))
             else:
-                new, hidden = _filter_json(ex.response_body, lambda m: self._filter_message(m, principal, ex))
+                new, hidden = _filter_json(ex.response_body,
+                                           lambda m: self._filter_message(m, principal, request, now))
         except _Unreadable as exc:
             # A list we cannot read is a list we cannot filter, and a client may read it all the
             # same (lenient JSON, several data lines): it is replaced, never passed on.
@@ -152,20 +158,21 @@ class PolicyStage(Stage):
             ex.facts["tools_list_refused"] = str(exc)
             log.warning("tools/list answer of request %s could not be filtered (%s): replaced by an error",
                         ex.request.id, exc)
-            ex.mutations.replace_body(_unfilterable(ex.check.get("jsonrpc_id"), sse))
+            ex.mutations.replace_body(_unfilterable(h.action.jsonrpc_id if h.action else None, sse))
             return
         if hidden:
             TOOLS_HIDDEN.inc(hidden)
             ex.facts["tools_hidden"] = hidden
             ex.mutations.replace_body(new)
 
-    def _filter_message(self, msg: Any, principal, ex: Exchange) -> int:
+    def _filter_message(self, msg: Any, principal: Principal, request: Request,
+                        now: datetime.datetime) -> int:
         result = msg.get("result") if isinstance(msg, dict) else None
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
             return 0
         kept = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
-                and self.policy.may_call_tool(principal, ex.request, t["name"])]
+                and self.policy.may_call_tool(principal, request, t["name"], now)]
         hidden = len(tools) - len(kept)
         if hidden:
             result["tools"] = kept
@@ -184,8 +191,8 @@ def _load_message(payload: str | bytes) -> Any:
         msg = json.loads(payload)
     except (ValueError, RecursionError):
         raise _Unreadable("not JSON") from None
-    if actions.too_deep(msg):
-        raise _Unreadable(f"nested deeper than {actions.MAX_JSON_DEPTH} levels")
+    if too_deep(msg):
+        raise _Unreadable(f"nested deeper than {MAX_JSON_DEPTH} levels")
     return msg
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from authz.policy.config import Conditions, Match
+from authz.matching.config import Conditions, Match
 from authz.redaction.detectors import CATEGORIES, PATTERNS, compile_custom
 from authz.schema import Model
 

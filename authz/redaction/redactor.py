@@ -1,5 +1,6 @@
-"""Apply actions to findings in a body: JSON-aware (only string values change, the document stays
-valid JSON with its structure and non-string values intact), plain text and form bodies too."""
+"""Apply actions to findings in a body as the request view read it: JSON (only string values
+change; the document keeps its structure and non-string values), form names and values,
+multipart parts, text."""
 
 from __future__ import annotations
 
@@ -7,22 +8,12 @@ import bisect
 import collections
 import hashlib
 import hmac
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
-from authz.jsontext import dumps_utf8
-from authz.policy.actions import MAX_JSON_DEPTH, too_deep
 from authz.redaction.detectors import Finding, Scanner, normalize
 
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
-
-
-class Unscannable(ValueError):
-    """A JSON body nested deeper than ``MAX_JSON_DEPTH``: it can be neither walked (the walk
-    recurses) nor scanned as plain text (escapes such as ``\\u0040`` would hide what a JSON
-    reader upstream decodes). The stage refuses it rather than forward it unscanned."""
 
 
 class Redactor:
@@ -70,7 +61,7 @@ class Redactor:
         joined = SEPARATOR.join(norms)
         findings = self.scanner.scan(joined)
         if not findings:
-            return norms
+            return values
         starts, pos = [], 0
         for n in norms:
             starts.append(pos)
@@ -89,7 +80,8 @@ class Redactor:
             out[i].append(new)
             cursor[i] = f.end
             self.changed = True
-        return [norms[i] if not parts else "".join(parts) + joined[cursor[i]:starts[i] + len(norms[i])]
+        # A string with nothing to replace goes back exactly as it came (not in its folded form).
+        return [values[i] if not parts else "".join(parts) + joined[cursor[i]:starts[i] + len(norms[i])]
                 for i, parts in enumerate(out)]
 
     def json_value(self, doc: Any) -> Any:
@@ -99,31 +91,19 @@ class Redactor:
             return doc
         return _rebuild(doc, iter(self.texts(strings)))
 
-    def body(self, raw: bytes, content_type: str) -> bytes:
-        """The body with findings replaced (``raw`` itself when nothing changed). Raises
-        ``Unscannable`` for a JSON body nested too deeply to walk."""
-        ctype = content_type.split(";", 1)[0].strip().lower()
-        text = raw.decode("utf-8", "replace")
-        if ctype == "application/json" or ctype.endswith("+json") or (not ctype and text.lstrip()[:1] in "{["):
-            try:
-                doc = json.loads(text)
-            except RecursionError:
-                raise Unscannable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-            except ValueError:
-                doc = None
-            # Deeper than the limit needs more brackets than the limit: skip the walk otherwise.
-            if (doc is not None and text.count("[") + text.count("{") > MAX_JSON_DEPTH
-                    and too_deep(doc)):
-                raise Unscannable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-            if doc is not None:
-                new = self.json_value(doc)
-                return dumps_utf8(new) if self.changed else raw
-        if ctype == "application/x-www-form-urlencoded":
-            pairs = parse_qsl(text, keep_blank_values=True)
-            new_pairs = list(zip([k for k, _ in pairs], self.texts([v for _, v in pairs]), strict=True))
-            return urlencode(new_pairs).encode() if self.changed else raw
-        new_text = self.text(text)
-        return new_text.encode() if self.changed else raw
+    def rewrite(self, kind: str, document: Any) -> Any:
+        """``document`` (an ``Outgoing`` document of a body of ``kind``) with findings replaced."""
+        if kind == "json":
+            return self.json_value(document)
+        if kind == "form":
+            pairs: tuple[tuple[str, str], ...] = document
+            new = self.texts([n for n, _ in pairs] + [v for _, v in pairs])
+            return tuple(zip(new[:len(pairs)], new[len(pairs):], strict=True))
+        if kind == "multipart":
+            return tuple(self.texts(list(document)))
+        if kind == "text":
+            return self.text(document)
+        raise ValueError(f"a {kind} body cannot be scanned")
 
     def summary(self) -> dict[str, int]:
         return dict(sorted(self.found.items()))

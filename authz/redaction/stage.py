@@ -1,11 +1,12 @@
 """The redaction stage.
 
 Check (where Envoy hands over the whole body): pick the rule for this route and user, refuse
-bodies too large to scan (413), scan, refuse what must not leave (``block``: 403 naming the
-entity types, never the values), hold what needs approval (403 with an approval id), tag the
-request for the upstream (``x-authz-sensitivity: pii,secret``) and, when something must be
-rewritten, ask Process for the body. Process: rewrite the body (JSON stays valid; the adapter
-fixes Content-Length).
+bodies too large to scan (413) or that cannot be read (415 encoded, 400 too deep), scan the
+body as the request view read it (JSON strings decoded, form names and values, multipart parts,
+text), refuse what must not leave (``block``: 403 naming the entity types, never the values),
+hold what needs approval (403 with an approval id), tag the request for the upstream
+(``x-authz-sensitivity: pii,secret``) and rewrite the forwarded body (``Context.rewrite``);
+Process only swaps the rewritten body in.
 
 Approvals: ``POST <approvals_path>/<id>/grant`` through Envoy by a user with an approver role
 (or ``authz approvals grant ID`` by an operator). The user's retry carrying the id in
@@ -24,14 +25,13 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from authz.errors import Answer, BadRequest, Forbidden, PayloadTooLarge, Unavailable
-from authz.model import Context, Exchange
+from authz.errors import Answer, BadRequest, Forbidden, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from authz.matching import CompiledConditions, CompiledMatch
+from authz.model import Context
 from authz.pipeline import Stage
-from authz.policy.conditions import CompiledConditions
-from authz.policy.engine import CompiledMatch
 from authz.redaction.config import RedactionConfig, RedactionRule
 from authz.redaction.detectors import Scanner
-from authz.redaction.redactor import Redactor, Unscannable, categories_of
+from authz.redaction.redactor import Redactor, categories_of
 from authz.store import Store, StoreUnavailable
 
 FINDINGS = Counter("authz_redaction_findings_total", "Sensitive values found, by entity type.", ["type"])
@@ -46,8 +46,8 @@ GRANT_KEY = "approval:{id}:granted"
 APPROVAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
-def _too_deep(exc: Unscannable) -> BadRequest:
-    return BadRequest(f"the body cannot be scanned ({exc}); it is not forwarded unscanned",
+def _unreadable(problem: str) -> BadRequest:
+    return BadRequest(f"the body cannot be scanned ({problem}); it is not forwarded unscanned",
                       reason="redaction.too_deep")
 
 
@@ -67,8 +67,6 @@ class RedactionStage(Stage):
     # --- helpers ---------------------------------------------------------------------------------
 
     def _rule_for(self, ctx: Context) -> RedactionRule | None:
-        if ctx.action is None:
-            return None
         now = datetime.datetime.now(datetime.UTC)
         for rule, match, when in self.rules:
             if match(ctx.request, ctx.action) and when.first_failure(ctx.principal, ctx.request, now) is None:
@@ -96,20 +94,24 @@ class RedactionStage(Stage):
         if path.startswith(self.cfg.approvals_path + "/"):
             await self._approvals_endpoint(ctx, path[len(self.cfg.approvals_path) + 1:])
         rule = self._rule_for(ctx)
-        if rule is None or not ctx.request.body:
+        body = ctx.view.body
+        if rule is None or body.kind == "none":
             return
-        body = ctx.request.body
-        if ctx.request.body_truncated or len(body) > self.cfg.max_body_bytes:
+        if ctx.request.body_truncated or len(body.raw) > self.cfg.max_body_bytes:
             ACTIONS.labels(action="too_large").inc()
             raise PayloadTooLarge(f"the body is larger than the {self.cfg.max_body_bytes} bytes the sidecar "
                                   "scans; it is not forwarded unscanned", reason="body.too_large")
+        if body.kind == "encoded":
+            ACTIONS.labels(action="unscannable").inc()
+            raise UnsupportedMediaType("a body with a Content-Encoding cannot be scanned; send it unencoded",
+                                       reason="body.encoded")
+        if body.kind == "unreadable":
+            ACTIONS.labels(action="unscannable").inc()
+            raise _unreadable(body.problem)
         started = time.perf_counter()
         red = self.redactor(rule)
-        try:
-            red.body(body, ctx.request.header("content-type") or "")
-        except Unscannable as exc:
-            ACTIONS.labels(action="unscannable").inc()
-            raise _too_deep(exc) from None
+        out = ctx.rewrite()
+        new = red.rewrite(out.body.kind, out.document)
         SCAN_SECONDS.observe(time.perf_counter() - started)
         if not red.found:
             ACTIONS.labels(action="clean").inc()
@@ -119,7 +121,8 @@ class RedactionStage(Stage):
             FINDINGS.labels(type=t).inc(n)
         categories = categories_of(found, self.categories)
         action_for = self._actions(rule)
-        ctx.facts["redaction"] = {"rule": rule.id, "found": found, "categories": categories}
+        ctx.facts["redaction"] = {"rule": rule.id, "found": found, "categories": categories,
+                                  "rewritten": red.changed}
         blocked = sorted(t for t in found if action_for(t) == "block")
         if blocked:
             ACTIONS.labels(action="blocked").inc()
@@ -132,8 +135,7 @@ class RedactionStage(Stage):
                 await self._require_approval(ctx, rule, held)
         m.set_header(self.cfg.sensitivity_header, ",".join(categories))
         if red.changed:
-            ctx.want_body("request", "buffered")
-            ctx.metadata["redact"] = rule.id
+            out.replace(new)
             ACTIONS.labels(action="redacted").inc()
         else:
             ACTIONS.labels(action="tagged").inc()
@@ -194,25 +196,6 @@ class RedactionStage(Stage):
         ctx.facts["approval_granted"] = approval_id
         raise Answer(reason="approvals.granted", details={"approval_id": approval_id, "status": "granted",
                                                            "for": record["subject"], "types": record["types"]})
-
-    # --- Process ---------------------------------------------------------------------------------
-
-    async def on_request_body(self, ex: Exchange) -> None:
-        rule_id = ex.check.get("redact")
-        if not rule_id:
-            return
-        rule = self.by_id.get(rule_id)
-        if rule is None:  # the config changed between Check and Process: do not forward unscanned
-            raise Unavailable("the redaction policy changed mid-request; retry", reason="redaction.rule_changed")
-        red = self.redactor(rule)
-        try:
-            new = red.body(ex.request_body_now(), ex.request.header("content-type") or "")
-        except Unscannable as exc:
-            raise _too_deep(exc) from None
-        if red.changed:
-            ex.mutations.replace_body(new)
-        ex.facts["redaction"] = {"rule": rule.id, "found": red.summary(), "rewritten": red.changed}
-
 
 def build_redaction_stage(cfg: RedactionConfig, store: Store) -> RedactionStage:
     return RedactionStage(cfg, store)

@@ -24,10 +24,12 @@ from google.protobuf import struct_pb2
 
 from authz.audit.cli import explain
 from authz.config import parse_config
+from authz.envoy import handoff
 from authz.envoy.check import METADATA_NAMESPACE
 from authz.envoy.servicers import AuthorizationServicer, ExternalProcessorServicer
 from authz.identity.testing import FakeIssuer
 from authz.limits.metering import MAX_TOKENS
+from authz.model import Handoff
 from authz.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +104,10 @@ def headers(values: dict[str, str | bytes] | Iterable[tuple[str, str | bytes]]) 
     return proc_pb2.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
         base_pb2.HeaderValue(key=k, raw_value=v if isinstance(v, bytes) else v.encode())
         for k, v in items]))
+
+
+def handoff_of(struct: struct_pb2.Struct) -> Handoff:
+    return handoff.decode(struct[handoff.FIELD])
 
 
 def metadata(struct: struct_pb2.Struct) -> base_pb2.Metadata:
@@ -219,7 +225,8 @@ LLM_BODIES = [
     ("redaction-depth-990", "/v1/models", b'{"a":' * 990 + b"1" + b"}" * 990, JSON, 400, "redaction.too_deep"),
     ("redaction-depth-5000", "/v1/anything", deep(5000), JSON, 400, "redaction.too_deep"),
     ("redaction-depth-5000-no-type", "/v1/anything", deep(5000), "", 400, "redaction.too_deep"),
-    ("redaction-depth-5000-as-text", "/v1/anything", deep(5000), "text/plain", 200, "ok"),
+    # The label never switches the JSON reading off: JSON sent as text is still JSON too deep to scan.
+    ("redaction-depth-5000-as-text", "/v1/anything", deep(5000), "text/plain", 400, "redaction.too_deep"),
     ("redaction-depth-63", "/v1/models", deep(63), JSON, 200, "ok"),
     ("form-bad-escapes", "/v1/anything", b"a=%ZZ&b=%C3%28&c=x@y.com&%", "application/x-www-form-urlencoded", 200, "ok"),
     ("text-not-utf8", "/v1/anything", b"\xff\xfe mail x@y.com \xed\xa0\x80", "text/plain; charset=utf-16", 200, "ok"),
@@ -249,15 +256,16 @@ HEADER_CASES = [
     ("mcp-method-nul", {**AUTH, "mcp-method": "tools/list\x00"}, (), 400, "mcp.header_mismatch"),
     ("mcp-name-100k", {**AUTH, "mcp-name": "x" * 100_000}, (), 400, "mcp.header_mismatch"),
     ("approval-not-an-id", {**AUTH, "x-authz-approval": "%ZZ:granted\r\n"}, (), 200, "ok"),
-    ("content-type-garbage", {**AUTH, "content-type": "\x01;;;=\x7f"}, (), 200, "ok"),
+    ("content-type-garbage", {**AUTH, "content-type": "\x01;;;=\x7f"}, (), 415, "mcp.unsupported_media_type"),
     ("partial-body-claimed", {**AUTH, "x-envoy-auth-partial-body": "TRUE"}, (), 413, "body.truncated"),
     # header_map: raw bytes as the client sent them, repeats kept apart
     ("raw-not-utf8", {}, [("authorization", f"Bearer {OSCAR}".encode()), ("content-type", JSON.encode()),
                           ("x-request-id", b"\xff\xfe\xed\xa0\x80"), ("x-user-id", b"\xc0\xaf")], 200, "ok"),
     ("raw-two-bearers", {}, [("authorization", f"Bearer {OSCAR}".encode())] * 2, 401, "credentials.multiple"),
     ("raw-two-content-types", {}, [("authorization", f"Bearer {OSCAR}".encode()),
-                                   ("content-type", JSON.encode()), ("content-type", b"text/plain")], 200, "ok"),
-    ("raw-two-mcp-methods", {}, [("authorization", f"Bearer {OSCAR}".encode()),
+                                   ("content-type", JSON.encode()), ("content-type", b"text/plain")],
+     415, "mcp.unsupported_media_type"),
+    ("raw-two-mcp-methods", {}, [("authorization", f"Bearer {OSCAR}".encode()), ("content-type", JSON.encode()),
                                  ("mcp-method", b"tools/list"), ("mcp-method", b"tools/list")], 400, "mcp.header_mismatch"),
 ]
 
@@ -453,23 +461,24 @@ USAGES = [
 @pytest.mark.parametrize("ctype", [JSON, SSE])
 @pytest.mark.parametrize("usage", [u for _, u in USAGES], ids=[i for i, _ in USAGES])
 async def test_hostile_usage_is_settled_within_bounds(rt, usage, ctype):
-    md = await allowed_metadata(rt, "/v1/chat/completions", {"model": "gpt-general", "stream": True,
-                                                              "messages": [{"role": "user", "content": "hi"}]})
+    request = {"model": "gpt-general", "stream": True, "stream_options": "x",
+               "messages": [{"role": "user", "content": "hi"}]}
+    md = await allowed_metadata(rt, "/v1/chat/completions", request)
     if ctype == SSE:
         answer = b'data: {"choices":[]}\r\n\r\ndata: ' + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n"
     else:
         answer = json.dumps({"usage": usage}).encode()
     responses = await process(rt, [
         P(request_headers=headers({":path": "/v1/chat/completions", ":method": "POST"}), metadata_context=metadata(md)),
-        P(request_body=body(b'{"model":"gpt-general","stream":true,"stream_options":"x"}')),
+        P(request_body=body(json.dumps(request).encode())),  # the body Check saw
         P(response_headers=headers({":status": "200", "content-type": ctype})),
         P(response_body=body(answer[:9], end=False)),  # split inside the first event
         P(response_body=body(answer[9:])),
     ])
     assert immediate(responses) is None
     assert json.loads(responses[1].request_body.response.body_mutation.body)["stream_options"] == {"include_usage": True}
-    (reservation,) = md["budget"]["reservations"]
-    used = int(await rt.current.store.get(reservation["key"]))
+    (reservation,) = handoff_of(md).metering.reservations
+    used = int(await rt.current.store.get(reservation.key))
     assert 0 <= used <= 3 * MAX_TOKENS
 
 
@@ -482,7 +491,9 @@ async def test_process_stream_oddities(rt):
     streams = {
         "empty message": ([P()], (400, "process.unexpected_message")),
         "body before headers": ([P(response_body=body(b"x"))], None),
-        "request body without headers": ([P(request_body=body(b"{}"), metadata_context=md)], None),
+        # Not the body Check rewrote (to ask for usage): never forwarded in its place.
+        "request body without headers": ([P(request_body=body(b"{}"), metadata_context=md)],
+                                         (503, "body.rewrite_lost")),
         "status not a number": ([req, P(response_headers=headers({":status": "abc", "content-type": SSE})),
                                  P(response_body=usage)], None),
         "status 5000 digits": ([req, P(response_headers=headers({":status": "9" * 5000}))], None),
@@ -509,16 +520,14 @@ async def test_process_stream_oddities(rt):
     b'{"model":"gpt-general","stream_options":' + deep(64) + b"}",
 ], ids=["depth-3000", "depth-990", "not-utf8", "null", "nan", "lone-surrogate", "options-depth-64"])
 async def test_request_bodies_rewritten_in_process(rt, payload):
-    """Check saw a body needing redaction and usage; Process gets another (Envoy sends what the
-    client sent: Check would refuse most of these, Process must not crash on them either)."""
+    """Check saw a body needing redaction and usage and rewrote it; Process gets another body
+    (Check would refuse most of these): it is refused, never rewritten nor forwarded."""
     md = await allowed_metadata(rt, "/v1/chat/completions", {
         "model": "gpt-general", "stream": True, "messages": [{"role": "user", "content": "mail x@y.com"}]})
-    assert md["redact"] and md["include_usage"]
+    h = handoff_of(md)
+    assert h.body_key and h.request_body == "buffered" and h.metering is not None
     responses = await process(rt, [
         P(request_headers=headers({":path": "/v1/chat/completions", "content-type": JSON}), metadata_context=metadata(md)),
         P(request_body=body(payload)),
     ])
-    answer = immediate(responses)
-    assert answer is None or answer == (400, "redaction.too_deep")
-    if payload.startswith(deep(64)[:64]) or payload.startswith(b'{"a":{"a":'):
-        assert answer == (400, "redaction.too_deep")
+    assert immediate(responses) == (503, "body.rewrite_lost")

@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.errors import Forbidden, Unauthenticated
-from authz.model import Context, Exchange
+from authz.model import Context, Exchange, Principal
 from authz.pipeline import Pipeline, Stage
 from authz.runtime import Runtime
 from authz.server import Server
@@ -30,12 +30,13 @@ class Tagger(Stage):
             raise Forbidden("no", reason="policy.denied")
         ctx.mutations.set_header("x-authz-user", "oscar")
         ctx.mutations.remove_header("authorization")
-        ctx.metadata["subject"] = "oscar"
+        ctx.handoff.principal = Principal(subject="oscar")
+        ctx.handoff.want_body("response", "streamed")
 
     async def on_response_headers(self, ex: Exchange) -> None:
         if ex.response_status == 500:
             raise Forbidden("hidden", reason="test.response_denied")
-        ex.mutations.set_header("x-seen-subject", str(ex.check.get("subject", "")))
+        ex.mutations.set_header("x-seen-subject", ex.handoff.principal.subject)
 
     async def on_complete(self, ex: Exchange) -> None:
         COMPLETED.append(ex.facts.get("outcome"))
@@ -74,7 +75,9 @@ async def test_check_allow_sets_headers_and_metadata(server):
     assert resp.status.code == 0 and resp.HasField("ok_response")
     assert {h.header.key: h.header.value for h in resp.ok_response.headers} == {"x-authz-user": "oscar"}
     assert list(resp.ok_response.headers_to_remove) == ["authorization"]
-    assert resp.dynamic_metadata["subject"] == "oscar"
+    from authz.envoy import handoff
+
+    assert handoff.decode(resp.dynamic_metadata[handoff.FIELD]).principal.subject == "oscar"
     assert resp.ok_response.response_headers_to_add[0].header.key == "x-authz-check"
 
 
@@ -113,9 +116,12 @@ def _headers(phase_headers: dict) -> proc_pb2.HttpHeaders:
 
 
 def _metadata(subject: str) -> base_pb2.Metadata:
+    from authz.envoy import handoff
+    from authz.model import Handoff
+
     md = base_pb2.Metadata()
     s = struct_pb2.Struct()
-    s.update({"subject": subject})
+    s.update(handoff.encode(Handoff(principal=Principal(subject=subject), response_body="streamed")))
     md.filter_metadata["envoy.filters.http.ext_authz"].CopyFrom(s)
     return md
 

@@ -4,7 +4,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
 
 from authz.envoy import check, wire
-from authz.model import Context, Request
+from authz.model import Action, Context, Request
 
 
 def context(**mutations) -> Context:
@@ -15,7 +15,10 @@ def context(**mutations) -> Context:
     for k in mutations.get("remove", ()):
         m.remove_header(k)
     m.response_headers.update(mutations.get("response", {}))
-    ctx.metadata.update(mutations.get("metadata", {}))
+    if "model" in mutations:
+        ctx.handoff.filter_tools = True
+        ctx.handoff.action = Action(protocol="llm", kind="chat.completions", model=mutations["model"],
+                                    jsonrpc_id=2**70)
     return ctx
 
 
@@ -26,7 +29,7 @@ CASES = {
     "unicode and long": context(set={"x-authz-user": "zoë%20" + "é" * 9000},
                                 response={"ratelimit": '"per-user";r=9;t=1'}),
     "metadata": context(set={"x-authz-route": "medical"},
-                        metadata={"rewrite_model": "gpt-medical", "principal": {"roles": ["a"], "n": 1.5}}),
+                        model="gpt-medical"),
 }
 
 
@@ -34,7 +37,7 @@ CASES = {
 def test_wire_encoding_equals_the_upb_message(name):
     ctx = CASES[name]
     if name == "metadata":
-        ctx.request_body_mode = "buffered"
+        ctx.handoff.request_body = "buffered"
     for extra in (None, {"x-authz-check": "allow"}):
         fast = auth_pb2.CheckResponse.FromString(check.allow_response(ctx, extra_response_headers=extra))
         slow = check.allow_response_message(ctx, extra_response_headers=extra)

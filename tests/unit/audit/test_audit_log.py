@@ -24,7 +24,7 @@ from authz.audit.stage import AuditStage
 from authz.audit.verify import verify
 from authz.errors import Forbidden, Unavailable
 from authz.model import Context, Exchange, Principal, Request
-from authz.policy.actions import Action
+from authz.request import Action
 
 
 def cfg(tmp: Path, **kw) -> AuditConfig:
@@ -179,7 +179,7 @@ def ctx_for(token_body: bytes) -> Context:
                   headers={"authorization": "Bearer eyJsecret.token.value"}, body=token_body)
     ctx = Context(request=req, principal=Principal(subject="oscar", issuer="https://idp", tenant="acme",
                                                     client="chatgpt"))
-    ctx.action = Action(protocol="llm", kind="chat.completions", model="gpt-medical")
+    ctx.view.action = Action(protocol="llm", kind="chat.completions", model="gpt-medical")
     ctx.facts.update(rule="medical-models", policy={"allowed": False, "reason": "policy.role_required",
                                                     "rule": "medical-models", "inputs": {"secret": "no"}},
                      identity={"issuer": "https://idp", "credential": "jwt", "cache_hit": True})

@@ -37,7 +37,7 @@ async def test_a_valid_token_binds_the_user_and_client(idp, stage):
     assert m.set_headers["x-authz-assertion"] != "forged"
     assert ctx.facts["identity"] == {"credential": "jwt", "issuer": "idp0", "subject": "alice",
                                      "client": "chatgpt", "cache_hit": False}
-    assert token not in repr(ctx.facts) and token not in repr(ctx.metadata)
+    assert token not in repr(ctx.facts) and token not in repr(ctx.handoff)
     assert ctx.principal.tenant == "acme"
 
 

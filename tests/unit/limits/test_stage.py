@@ -8,7 +8,7 @@ from authz.config import parse_config
 from authz.errors import TooManyRequests, Unavailable
 from authz.limits.stage import LimitsStage
 from authz.model import Context, Exchange, Principal, Request
-from authz.policy.actions import Action
+from authz.request import Action
 from authz.store import MemoryStore, RedisStore
 
 CONFIG = """limits:
@@ -34,15 +34,13 @@ def chat_ctx(body: dict, principal=OSCAR) -> Context:
     raw = json.dumps(body).encode()
     ctx = Context(request=Request(id="r", method="POST", scheme="http", host="h",
                                   path="/v1/chat/completions", headers={}, body=raw), principal=principal)
-    ctx.action = Action(protocol="llm", kind="chat.completions", model=body["model"],
-                        stream=body.get("stream") is True)
     return ctx
 
 
 def tool_ctx(tool: str) -> Context:
     ctx = Context(request=Request(id="r", method="POST", scheme="http", host="h", path="/mcp", headers={}),
                   principal=OSCAR)
-    ctx.action = Action(protocol="mcp", kind="tools/call", name=tool)
+    ctx.view.action = Action(protocol="mcp", kind="tools/call", name=tool)
     return ctx
 
 
@@ -76,16 +74,15 @@ async def test_budget_reservation_and_settlement_to_real_usage():
     body = {"model": "gpt-x", "max_tokens": 200, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     ctx = chat_ctx(body)
     await s.on_request(ctx)
-    reservation = ctx.metadata["budget"]["reservations"][0]
+    reservation = ctx.handoff.metering.reservations[0]
     prompt_estimate = -(-len(ctx.request.body) // 4)
-    assert reservation["amount"] == prompt_estimate + 200
-    assert ctx.response_body_mode == "streamed" and ctx.request_body_mode == "buffered"
-    assert ctx.metadata["include_usage"] is True
+    assert reservation.amount == prompt_estimate + 200
+    assert ctx.handoff.response_body == "streamed"
+    # The forwarded body asks for usage in the stream (rewritten once, in Check).
+    assert json.loads(ctx.outgoing.encode())["stream_options"] == {"include_usage": True}
 
-    ex = Exchange(request=ctx.request, check=ctx.metadata, request_body=ctx.request.body,
+    ex = Exchange(request=ctx.request, handoff=ctx.handoff, request_body=ctx.request.body,
                   response_status=200, response_headers={"content-type": "text/event-stream"})
-    await s.on_request_body(ex)
-    assert json.loads(ex.mutations.body)["stream_options"] == {"include_usage": True}
     for chunk, end in ((b'data: {"choices":[]}\n\ndata: {"choices":[],"usage":', False),
                        (b'{"prompt_tokens":40,"completion_tokens":60}}\n\ndata: [DONE]\n\n', True)):
         ex.response_chunk, ex.response_end = chunk, end
@@ -93,7 +90,7 @@ async def test_budget_reservation_and_settlement_to_real_usage():
     await s.on_complete(ex)
     assert ex.facts["usage"]["total_tokens"] == 100
     assert ex.facts["budgets"]["daily-tokens"]["settled"] == "metered"
-    assert int(await store.get(reservation["key"])) == 100
+    assert int(await store.get(reservation.key)) == 100
 
 
 async def test_failed_upstream_releases_the_reservation():
@@ -101,8 +98,8 @@ async def test_failed_upstream_releases_the_reservation():
     s = stage(store, text="limits:\n  budgets:\n    - {id: d, limit: 1000}\n")
     ctx = chat_ctx({"model": "gpt-x", "max_tokens": 10})
     await s.on_request(ctx)
-    key = ctx.metadata["budget"]["reservations"][0]["key"]
-    ex = Exchange(request=ctx.request, check=ctx.metadata, response_status=503)
+    key = ctx.handoff.metering.reservations[0].key
+    ex = Exchange(request=ctx.request, handoff=ctx.handoff, response_status=503)
     await s.on_complete(ex)
     assert int(await store.get(key)) == 0
     assert ex.facts["budgets"]["d"]["settled"] == "released"
@@ -123,7 +120,7 @@ async def test_cost_budget_uses_the_price_table():
                           "  prices:\n    'gpt-*': {input: 10, output: 30, cached_input: 1}\n")
     ctx = chat_ctx({"model": "gpt-x", "max_tokens": 1000})
     await s.on_request(ctx)
-    ex = Exchange(request=ctx.request, check=ctx.metadata, response_status=200,
+    ex = Exchange(request=ctx.request, handoff=ctx.handoff, response_status=200,
                   response_headers={"content-type": "application/json"},
                   response_chunk=json.dumps({"usage": {"prompt_tokens": 1000, "completion_tokens": 100,
                                                        "prompt_tokens_details": {"cached_tokens": 400}}}).encode(),
@@ -132,7 +129,7 @@ async def test_cost_budget_uses_the_price_table():
     await s.on_complete(ex)
     # 600 uncached * 10 + 400 cached * 1 + 100 * 30 = 9,400 micro-units
     assert ex.facts["budgets"]["c"]["actual"] == 9400
-    assert int(await store.get(ctx.metadata["budget"]["reservations"][0]["key"])) == 9400
+    assert int(await store.get(ctx.handoff.metering.reservations[0].key)) == 9400
 
 
 async def test_store_outage_fails_closed_or_open_per_limit():

@@ -8,9 +8,9 @@ import pytest
 from authz.config import parse_config
 from authz.errors import ConfigError, Forbidden
 from authz.model import ANONYMOUS, Context, Exchange, Principal, Request
-from authz.policy.actions import Action
 from authz.policy.engine import Policy
 from authz.policy.stage import PolicyStage
+from authz.request import Action
 from authz.routing import RoutingStage
 
 OSCAR = Principal(subject="oscar", roles=frozenset({"accounting"}), scopes=frozenset({"a"}),
@@ -196,7 +196,7 @@ def stage() -> PolicyStage:
 
 
 def mcp_request(msg) -> Request:
-    return Request(id="r", method="POST", scheme="http", host="h", path="/mcp", headers={},
+    return Request(id="r", method="POST", scheme="http", host="h", path="/mcp", headers={"content-type": "application/json"},
                    body=json.dumps(msg).encode())
 
 
@@ -223,10 +223,10 @@ async def filtered_tools(body: bytes, content_type: str, principal: Principal) -
     ctx = Context(request=mcp_request({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
                   principal=principal)
     await s.on_request(ctx)
-    assert ctx.response_body_mode == "buffered" and "accept-encoding" in ctx.mutations.remove_headers
-    from authz.envoy.check import check_metadata
+    assert ctx.handoff.response_body == "buffered" and "accept-encoding" in ctx.mutations.remove_headers
+    from authz.envoy import handoff
 
-    ex = Exchange(request=ctx.request, check=json.loads(json.dumps(check_metadata(ctx))),
+    ex = Exchange(request=ctx.request, handoff=handoff.decode(handoff.encode(ctx.handoff)[handoff.FIELD]),
                   response_headers={"content-type": content_type}, response_body=body,
                   response_chunk=body, response_end=True)
     await s.on_response_body(ex)
@@ -257,10 +257,8 @@ async def test_model_rewrite_in_the_request_body():
     ctx = Context(request=Request(id="r", method="POST", scheme="http", host="h",
                                   path="/v1/chat/completions", headers={}, body=body), principal=OSCAR)
     await s.on_request(ctx)
-    assert ctx.metadata["rewrite_model"] == "gpt-general" and ctx.request_body_mode == "buffered"
-    ex = Exchange(request=ctx.request, check=ctx.metadata, request_body=body)
-    await s.on_request_body(ex)
-    rewritten = json.loads(ex.mutations.body)
+    assert ctx.model == "gpt-general" and ctx.outgoing.changed
+    rewritten = json.loads(ctx.outgoing.encode())
     assert rewritten["model"] == "gpt-general" and rewritten["messages"][0]["content"] == "héllo"
 
 
@@ -284,7 +282,7 @@ async def test_routing_by_identity(principal, model, path, route):
     s = RoutingStage(parse_config(ROUTING, env={}).routing)
     ctx = Context(request=Request(id="", method="POST", scheme="", host="", path=path,
                                   headers={"x-authz-route": "medical"}), principal=principal)
-    ctx.action = Action(protocol="llm", kind="chat.completions", model=model)
+    ctx.view.action = Action(protocol="llm", kind="chat.completions", model=model)
     await s.on_request(ctx)
     if route is None:
         assert "x-authz-route" in ctx.mutations.remove_headers

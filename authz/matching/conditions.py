@@ -4,48 +4,14 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from authz.model import Principal, Request
-from authz.policy import config as c
-
-
-class Glob:
-    """``*`` matches any run of characters (including ``/``); everything else is literal.
-    Case-sensitive unless ``ignore_case``. Patterns without ``*`` are compared as strings."""
-
-    __slots__ = ("_exact", "_regex")
-
-    def __init__(self, patterns: Iterable[str], *, ignore_case: bool = False) -> None:
-        exact: set[str] = set()
-        regexes: list[str] = []
-        for p in patterns:
-            if ignore_case:
-                p = p.lower()
-            if "*" in p:
-                regexes.append(".*".join(re.escape(part) for part in p.split("*")))
-            else:
-                exact.add(p)
-        self._exact = frozenset(exact)
-        flags = re.IGNORECASE if ignore_case else 0
-        self._regex = re.compile("(?:" + "|".join(regexes) + r")\Z", flags) if regexes else None
-
-    def __call__(self, value: str) -> bool:
-        if value in self._exact:
-            return True
-        return bool(self._regex and self._regex.match(value))
-
-    def __bool__(self) -> bool:
-        return bool(self._exact or self._regex)
-
-
-def host_without_port(host: str) -> str:
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+from authz.matching import config as c
+from authz.model import Principal
+from authz.patterns import Glob
+from authz.request import Request
 
 
 def claim_at(claims: Any, path: str) -> Any:
@@ -125,6 +91,9 @@ class CompiledConditions:
 
     def claim_paths(self) -> set[str]:
         return set(self.cfg.claims)
+
+    def header_names(self) -> set[str]:
+        return {name.lower() for name in self.cfg.headers}
 
 
 def _authenticated(p: Principal, r: Request, now: datetime.datetime) -> Failure | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime
 
+from authz.matching import CompiledConditions, Glob
 from authz.model import Context
 from authz.pipeline import Stage
-from authz.policy.conditions import CompiledConditions, Glob
-from authz.policy.config import RoutingConfig
+from authz.routing.config import RoutingConfig
 
 
 class RoutingStage(Stage):
@@ -28,7 +28,7 @@ class RoutingStage(Stage):
         ctx.mutations.remove_header(self.header)  # a client never picks its own route
         if not self.cfg.enabled or not self._paths(ctx.request.path_only):
             return
-        model = getattr(ctx.action, "model", None)
+        model = ctx.model
         now = datetime.datetime.now(datetime.UTC)
         route = self.cfg.default
         for conditions, models, choice in self._choices:
