@@ -27,7 +27,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -448,7 +448,7 @@ def encode_compact(header: Mapping[str, Any], payload: Mapping[str, Any], alg: A
     return f"{signing_input}.{b64url_encode(signature)}"
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """A JSON number usable as a NumericDate: int or finite float, never bool. An integer must
     fit in 64 bits (10**400 is valid JSON, but no float: ``exp`` is kept as one)."""
     return (isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63) or (
