@@ -64,7 +64,7 @@ from authz.model import Principal, Request
 log = logging.getLogger("authz.assertion")
 
 # A JSON string literal as dump_json writes one (UTF-8 kept, quotes and controls escaped).
-_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_json_str = json.encoder.encode_basestring
 
 ASSERTION_TYP = "authz-assertion+jwt"
 SIGNING_ALGORITHMS = ("ES256", "EdDSA")
@@ -98,7 +98,7 @@ class InvalidAssertion(Exception):
 class SigningKey:
     kid: str
     alg: str
-    private_key: Any = dataclasses.field(repr=False)
+    private_key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey = dataclasses.field(repr=False)
 
     @classmethod
     def from_private_key(cls, private_key: Any) -> SigningKey:
@@ -218,7 +218,9 @@ class AssertionSigner:
 
     def claims(self, principal: Principal, request: Request) -> dict[str, Any]:
         """The claims ``sign`` would sign now (with a fresh ``jti``), as a dict."""
-        return json.loads(self._payload(self.principal_claims(principal), int(self._clock()), request))
+        claims: dict[str, Any] = json.loads(
+            self._payload(self.principal_claims(principal), int(self._clock()), request))
+        return claims
 
     def principal_claims(self, principal: Principal) -> str:
         """The claims that depend only on the caller, as JSON members without braces: computed

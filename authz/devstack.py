@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shlex
 import shutil
@@ -38,7 +39,8 @@ def free_port() -> int:
     """A port free on 127.0.0.1 right now (someone else may take it before we bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclasses.dataclass
@@ -250,7 +252,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
-            return 200 <= r.status < 300
+            status: int = r.status
+            return 200 <= status < 300
     except (urllib.error.URLError, OSError):
         return False
 
@@ -348,7 +351,7 @@ class Stack:
         for name in ("general", "medical", "financial"):
             port = getattr(p, name)
             waits.append(self._launch(name, self._py("authz.demo.llm", "--name", name, "--port", str(port)),
-                                      lambda port=port: port_open(port)))
+                                      functools.partial(port_open, port)))
         return waits
 
     def start_issuer(self) -> None:

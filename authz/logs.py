@@ -126,7 +126,7 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     if _listener is not None:
         _listener.stop()
-    q: queue.SimpleQueue = queue.SimpleQueue()
+    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(logging.handlers.QueueHandler(q))

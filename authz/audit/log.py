@@ -127,7 +127,7 @@ class AuditLog:
         self._prev = GENESIS
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self._writer: asyncio.Task | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
         self._written: dict[str, int] = {}  # records written this round, by type (for RECORDS)
         self.users = 0
@@ -373,7 +373,7 @@ class AuditLog:
         instead of the writer stopping."""
         record: dict[str, Any] = {}
         try:
-            if type(pending) is tuple:
+            if isinstance(pending, tuple):
                 kind, body, data = pending
                 linked = self._link(body, data)
                 if linked is None:  # offer put them there: a bug; the stand-in below names the request
@@ -405,7 +405,8 @@ class AuditLog:
         fills.sort()
         if fills[0][0] < 0:
             return None
-        parts, at = [], 0
+        parts: list[bytes] = []
+        at = 0
         for i, token, value in fills:
             parts += (body[at:i], value)
             at = i + len(token)

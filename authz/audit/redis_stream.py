@@ -45,7 +45,7 @@ class RedisStreamSink:
                                  backoff=(0.1, 1.0))
         self._buf: collections.deque[tuple[int, bytes]] = collections.deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._head = b"*12\r\n" + encode_args((b"XADD", cfg.stream, b"MAXLEN", b"~", cfg.maxlen, b"*"))
         self.failing = False
         self._error = ""

@@ -132,8 +132,10 @@ def verify(paths: Iterable[str | Path],
 
 def _verify_chain(instance: str, files: list[Path], keys: dict[str, ed25519.Ed25519PublicKey],
                   report: Report) -> None:
-    prev, expected_seq = GENESIS, None
-    last_sealed_seq, since_seal = 0, []
+    prev: object = GENESIS  # a JSON value read back: the previous record's "hash", whatever it holds
+    expected_seq: int | None = None
+    last_sealed_seq = 0
+    since_seal: list[Any] = []
     segment_open: str | None = None
     where = ""
     for f, line_no, rec, _ in read_records(files, report):
@@ -142,7 +144,7 @@ def _verify_chain(instance: str, files: list[Path], keys: dict[str, ed25519.Ed25
             report.problems.append(f"{where}: not a JSON record (edited or corrupted)")
             continue
         report.records += 1
-        seq = rec.get("seq")
+        seq: Any = rec.get("seq")  # any JSON value; a checkpoint's is covered by its signature
         if expected_seq is None:
             expected_seq = seq if isinstance(seq, int) else 1
             if rec.get("prev") != GENESIS and seq != 1:

@@ -75,16 +75,16 @@ def _is_count(value: Any) -> bool:
 def reply_for(body: dict[str, Any], name: str) -> tuple[str, int, bool]:
     """The reply text, its token count, and whether the token limit cut it."""
     reply = REPLY.format(name=name)
-    limit = None
+    limit: int | None = None
     for key in LIMIT_KEYS:
         if key in body and body[key] is not None:
             if not _is_count(body[key]):
                 raise InvalidRequest(f"{key} must be a positive integer")
             limit = body[key]
             break
-    cut = limit is not None and tokens_of(reply) > limit
-    if cut:
-        reply = reply[: limit * 4]
+    cut = False
+    if limit is not None and tokens_of(reply) > limit:
+        reply, cut = reply[: limit * 4], True
     return reply, tokens_of(reply), cut
 
 
@@ -120,8 +120,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def _error_body(request: web.Request, status: int, message: str) -> dict[str, Any]:
     if request.path.startswith("/v1/messages"):
-        kind = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large"}
-        return {"type": "error", "error": {"type": kind.get(status, "api_error"), "message": message}}
+        kinds = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large"}
+        return {"type": "error", "error": {"type": kinds.get(status, "api_error"), "message": message}}
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from authz.errors import Unavailable
 from authz.identity.config import ApiKey, hash_api_key
@@ -121,9 +121,9 @@ class StoreApiKeys:
         now = self._clock()
         hit = self._found.get(digest)
         if hit is not None:
-            until, expires_at, match = hit
+            until, expires_at, found = hit
             if now < until and (expires_at is None or now < expires_at):
-                return match
+                return found
             del self._found[digest]
         until_missing = self._missing.get(digest)
         if until_missing is not None:
@@ -146,7 +146,7 @@ class StoreApiKeys:
         self._remember(self._found, digest, (now + self._ttl, expires_at, match))
         return match
 
-    def _remember(self, cache: dict, digest: str, value: object) -> None:
+    def _remember(self, cache: dict[str, Any], digest: str, value: object) -> None:
         if len(cache) >= self._max:
             del cache[next(iter(cache))]
         cache[digest] = value

@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from authz.config import load_config
 from authz.errors import ConfigError
@@ -96,18 +97,18 @@ async def run(action: str, args: argparse.Namespace) -> int:
             return 0
         index = {n: v.decode() for n, v in (await store.hgetall(INDEX_KEY)).items()}
         if action == "revoke":
-            digest = index.get(args.name) if args.name else args.sha256.strip().lower().removeprefix("sha256:")
-            names = [n for n, d in index.items() if d == digest]
-            existed = bool(digest) and await store.delete(record_key(digest))
+            target = index.get(args.name) if args.name else args.sha256.strip().lower().removeprefix("sha256:")
+            names = [n for n, d in index.items() if d == target]
+            existed = await store.delete(record_key(target)) if target else False
             if names:
                 await store.hdel(INDEX_KEY, *names)
             if not existed and not names:
                 print("authz apikeys: no such key", file=sys.stderr)
                 return 1
-            print(f"revoked {', '.join(names) or digest}; sidecars refuse it within "
+            print(f"revoked {', '.join(names) or target}; sidecars refuse it within "
                   f"identity.api_keys.cache_seconds ({ak.cache_seconds:g} s)")
             return 0
-        rows = []
+        rows: list[dict[str, Any]] = []
         now = time.time()
         for name, digest in sorted(index.items()):
             rec = {k: v.decode(errors="replace") for k, v in (await store.hgetall(record_key(digest))).items()}

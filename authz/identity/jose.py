@@ -26,8 +26,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -125,6 +125,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
@@ -278,7 +279,7 @@ def parse_jwk(jwk: Any) -> VerificationKey:
             key: Any = rsa.RSAPublicNumbers(e, n).public_key()
         elif kty == "EC":
             crv = jwk.get("crv")
-            if crv not in _EC_CURVES:
+            if not isinstance(crv, str) or crv not in _EC_CURVES:
                 raise JoseError("bad_key", "unsupported curve")
             # EllipticCurvePublicNumbers.public_key() checks the point is on the curve.
             key = ec.EllipticCurvePublicNumbers(
@@ -312,9 +313,9 @@ def public_jwk(key: Any) -> dict[str, str]:
         if crv is None:
             raise JoseError("bad_key", "unsupported curve")
         size = (key.curve.key_size + 7) // 8
-        nums = key.public_numbers()
-        return {"kty": "EC", "crv": crv, "x": b64url_encode(nums.x.to_bytes(size, "big")),
-                "y": b64url_encode(nums.y.to_bytes(size, "big"))}
+        point = key.public_numbers()
+        return {"kty": "EC", "crv": crv, "x": b64url_encode(point.x.to_bytes(size, "big")),
+                "y": b64url_encode(point.y.to_bytes(size, "big"))}
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     if isinstance(key, ed25519.Ed25519PublicKey):
         return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
@@ -430,11 +431,14 @@ def sign(alg: Algorithm, private_key: Any, signing_input: bytes) -> bytes:
         return r.to_bytes(alg.coordinate_bytes, "big") + s.to_bytes(alg.coordinate_bytes, "big")
     if alg.kty == "RSA":
         assert alg.hash is not None
+        digest = alg.hash()
         pad: padding.AsymmetricPadding = (
-            padding.PSS(mgf=padding.MGF1(alg.hash()), salt_length=alg.hash.digest_size)
+            padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
             if alg.pss else padding.PKCS1v15())
-        return private_key.sign(signing_input, pad, alg.hash())
-    return private_key.sign(signing_input)
+        signature: bytes = private_key.sign(signing_input, pad, digest)
+        return signature
+    signature = private_key.sign(signing_input)
+    return signature
 
 
 def encode_compact(header: Mapping[str, Any], payload: Mapping[str, Any], alg: Algorithm,
@@ -444,7 +448,7 @@ def encode_compact(header: Mapping[str, Any], payload: Mapping[str, Any], alg: A
     return f"{signing_input}.{b64url_encode(signature)}"
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """A JSON number usable as a NumericDate: int or finite float, never bool. An integer must
     fit in 64 bits (10**400 is valid JSON, but no float: ``exp`` is kept as one)."""
     return (isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63) or (

@@ -40,7 +40,7 @@ def _int(value: Any) -> int:
     return 0
 
 
-def _usage_objects(obj: Any) -> list[dict]:
+def _usage_objects(obj: Any) -> list[dict[str, Any]]:
     if not isinstance(obj, dict):
         return []
     found = []
@@ -50,7 +50,7 @@ def _usage_objects(obj: Any) -> list[dict]:
     return found
 
 
-def merge_usage(usage: Usage, u: dict) -> None:
+def merge_usage(usage: Usage, u: dict[str, Any]) -> None:
     """Fold one ``usage`` object in. Fields only grow: streamed events repeat or accumulate."""
     if "prompt_tokens" in u or "completion_tokens" in u:  # OpenAI chat/completions, embeddings
         inp, out = _int(u.get("prompt_tokens")), _int(u.get("completion_tokens"))

@@ -8,6 +8,7 @@ import getpass
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from authz.config import load_config
 from authz.errors import ConfigError
@@ -15,7 +16,7 @@ from authz.redaction.stage import grant
 from authz.store import StoreUnavailable, build_store
 
 
-async def _grant(config_path: str, approval_id: str, approver: str) -> dict:
+async def _grant(config_path: str, approval_id: str, approver: str) -> dict[str, Any]:
     config, _ = load_config(config_path)
     store = build_store(config.store)
     try:

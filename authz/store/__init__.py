@@ -4,14 +4,19 @@
 URL is configured, with the same semantics inside one process.
 """
 
+from typing import TYPE_CHECKING
+
 from authz.store.base import Store, StoreUnavailable
 from authz.store.memory import MemoryStore
 from authz.store.redis import RedisStore
 
+if TYPE_CHECKING:
+    from authz.config import StoreConfig
+
 __all__ = ["MemoryStore", "RedisStore", "Store", "StoreUnavailable", "build_store"]
 
 
-def build_store(cfg) -> Store:  # cfg: authz.config.StoreConfig
+def build_store(cfg: "StoreConfig") -> Store:
     import logging
 
     if cfg.redis_url:

@@ -41,11 +41,17 @@ class MemoryStore(Store):
     def _expiry(self, ttl: float | None) -> float | None:
         return None if ttl is None else self._clock() + ttl
 
+    @staticmethod
+    def _scalar(value: bytes | int | dict[str, bytes], key: str) -> bytes | int:
+        if isinstance(value, dict):  # Redis answers WRONGTYPE here
+            raise ValueError(f"value at {key!r} is a hash")
+        return value
+
     async def get(self, key: str) -> bytes | None:
         entry = self._live(self._prefix + key)
         if entry is None:
             return None
-        value = entry[0]
+        value = self._scalar(entry[0], key)
         return str(value).encode() if isinstance(value, int) else value
 
     async def set(self, key: str, value: bytes, *, ttl: float | None = None,
@@ -64,7 +70,7 @@ class MemoryStore(Store):
         else:
             value, expiry = entry
             try:
-                new = int(value) + amount
+                new = int(self._scalar(value, key)) + amount
             except ValueError:
                 raise ValueError(f"value at {key!r} is not an integer") from None
         self._data[k] = (new, expiry)
@@ -89,25 +95,25 @@ class MemoryStore(Store):
         rate_results, new_tats = [], []
         for op in rates:
             entry = self._live(self._prefix + op.key)
-            tat = float(entry[0]) if entry is not None else None
+            tat = float(self._scalar(entry[0], op.key)) if entry is not None else None
             result, new_tat = alg.evaluate_rate(tat, now_us, op)
             rate_results.append(result)
             new_tats.append(new_tat)
         budget_results = []
-        for op in reserves:
-            entry = self._live(self._prefix + op.key)
-            budget_results.append(alg.evaluate_budget(int(entry[0]) if entry else 0, op))
+        for rop in reserves:
+            entry = self._live(self._prefix + rop.key)
+            budget_results.append(alg.evaluate_budget(int(self._scalar(entry[0], rop.key)) if entry else 0, rop))
         allowed = all(r.allowed for r in rate_results) and all(b.allowed for b in budget_results)
         if allowed:
             for op, new_tat in zip(rates, new_tats, strict=True):
                 assert new_tat is not None
                 self._data[self._prefix + op.key] = (
                     repr(new_tat).encode(), self._clock() + alg.rate_ttl_ms(new_tat, now_us) / 1000)
-            for op in reserves:
-                k = self._prefix + op.key
+            for rop in reserves:
+                k = self._prefix + rop.key
                 entry = self._live(k)
-                expiry = entry[1] if entry else self._clock() + op.ttl_seconds
-                self._data[k] = ((int(entry[0]) if entry else 0) + op.amount, expiry)
+                expiry = entry[1] if entry else self._clock() + rop.ttl_seconds
+                self._data[k] = ((int(self._scalar(entry[0], rop.key)) if entry else 0) + rop.amount, expiry)
         return alg.BatchResult(allowed, tuple(rate_results), tuple(budget_results))
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
@@ -121,9 +127,10 @@ class MemoryStore(Store):
     async def hset(self, key: str, fields: Mapping[str, bytes | str]) -> int:
         k = self._prefix + key
         entry = self._live(k)
-        if entry is not None and not isinstance(entry[0], dict):
+        value = entry[0] if entry is not None else {}
+        if not isinstance(value, dict):
             raise ValueError(f"value at {key!r} is not a hash")
-        current: dict[str, bytes] = dict(entry[0]) if entry is not None else {}  # type: ignore[arg-type]
+        current = dict(value)
         added = len(fields.keys() - current.keys())
         current.update({f: v.encode() if isinstance(v, str) else bytes(v) for f, v in fields.items()})
         self._data[k] = (current, entry[1] if entry is not None else None)

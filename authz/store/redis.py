@@ -154,8 +154,8 @@ class RedisStore(Store):
         slots: dict[int, tuple[list[int], list[int]]] = {}
         for i, op in enumerate(rates):
             slots.setdefault(key_slot((self._prefix + op.key).encode()), ([], []))[0].append(i)
-        for j, op in enumerate(reserves):
-            slots.setdefault(key_slot((self._prefix + op.key).encode()), ([], []))[1].append(j)
+        for j, rop in enumerate(reserves):
+            slots.setdefault(key_slot((self._prefix + rop.key).encode()), ([], []))[1].append(j)
         groups = list(slots.values())
         results = await self._run("limits", asyncio.gather(*(
             self._limits_call([rates[i] for i in ri], [reserves[j] for j in bj]) for ri, bj in groups)))
@@ -174,8 +174,8 @@ class RedisStore(Store):
         args: list[Any] = [len(rates), len(reserves)]
         for op in rates:
             args += [repr(op.interval_us), op.burst, op.cost]
-        for op in reserves:
-            args += [op.limit, op.amount, op.ttl_seconds]
+        for rop in reserves:
+            args += [rop.limit, rop.amount, rop.ttl_seconds]
         return _batch_result(await self._limits_script(keys=keys, args=args), len(rates), len(reserves))
 
     def _limits_body(self, rates: Sequence[alg.RateOp], reserves: Sequence[alg.ReserveOp]) -> bytes:
@@ -186,16 +186,16 @@ class RedisStore(Store):
         for op in rates:
             k = prefix + op.key
             parts.append(f"${len(k) if k.isascii() else len(k.encode())}\r\n{k}\r\n")
-        for op in reserves:
-            k = prefix + op.key
+        for rop in reserves:
+            k = prefix + rop.key
             parts.append(f"${len(k) if k.isascii() else len(k.encode())}\r\n{k}\r\n")
         nr, nb = str(len(rates)), str(len(reserves))
         parts.append(f"${len(nr)}\r\n{nr}\r\n${len(nb)}\r\n{nb}\r\n")
         for op in rates:
             a, b, c = repr(op.interval_us), repr(op.burst), repr(op.cost)
             parts.append(f"${len(a)}\r\n{a}\r\n${len(b)}\r\n{b}\r\n${len(c)}\r\n{c}\r\n")
-        for op in reserves:
-            a, b, c = repr(op.limit), repr(op.amount), repr(op.ttl_seconds)
+        for rop in reserves:
+            a, b, c = repr(rop.limit), repr(rop.amount), repr(rop.ttl_seconds)
             parts.append(f"${len(a)}\r\n{a}\r\n${len(b)}\r\n{b}\r\n${len(c)}\r\n{c}\r\n")
         return "".join(parts).encode()
 
@@ -237,10 +237,10 @@ class RedisStore(Store):
             await self._run("ping", self.client.ping())
 
     async def close(self) -> None:
-        clients = [self.client] if self._resp is None else [self._resp, self.client]
-        for client in clients:
+        closers = [self.client.aclose] if self._resp is None else [self._resp.close, self.client.aclose]
+        for closer in closers:
             try:
-                await (client.close() if client is self._resp else client.aclose())
+                await closer()
             except Exception:  # closing must never raise during shutdown
                 log.debug("error closing redis client", exc_info=True)
 

@@ -81,6 +81,16 @@ async def test_memory_incr_on_non_integer_fails_clearly():
         await s.incr("x")
 
 
+async def test_memory_hash_read_as_a_scalar_fails_clearly():
+    s = MemoryStore()
+    await s.hset("h", {"f": b"v"})
+    with pytest.raises(ValueError, match="is a hash"):
+        await s.get("h")
+    with pytest.raises(ValueError, match="not an integer"):
+        await s.incr("h")
+    assert await s.hgetall("h") == {"f": b"v"}
+
+
 async def test_unreachable_redis_raises_store_unavailable_within_timeout():
     from authz.devstack import free_port
 

@@ -93,6 +93,14 @@ def test_ec_point_not_on_the_curve_is_refused():
         jose.parse_jwk(jwk)
 
 
+@pytest.mark.parametrize("crv", [["P-256"], {"P-256": 1}, 256, None])
+def test_ec_curve_that_is_not_a_string_is_a_bad_key(crv):
+    jwk = jwk_of(generate_key("ES256"), crv=crv)
+    with pytest.raises(jose.JoseError) as info:
+        jose.parse_jwk(jwk)
+    assert info.value.code == "bad_key"
+
+
 def test_parse_jwks_skips_bad_keys_and_reports_them():
     good = jwk_of(generate_key("ES256"), kid="good")
     keys, problems = jose.parse_jwks({"keys": [good, {"kty": "oct", "k": "AA", "kid": "bad"}]})
