@@ -62,7 +62,7 @@ class Stage:
         """Release resources when the pipeline is replaced or the server stops."""
 
 
-Hook = Callable[[Any], Awaitable[None]]
+Hook = Callable[..., Awaitable[None]]  # (Context | Exchange) or, for on_decision, (Context, Deny | None)
 
 
 class Pipeline:

@@ -15,8 +15,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from authz import metrics
 from authz.assembly import build_pipeline
@@ -82,8 +83,8 @@ class Runtime:
         self.draining = False
         self.last_reload_error: str = ""
         self.store_health = ComponentHealth(ok=True)
-        self._file_signature: tuple | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._file_signature: tuple[object, ...] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
 
     # --- access used on the request path ---------------------------------------------------------
@@ -176,7 +177,7 @@ class Runtime:
                      extra={"event": "config_reloaded"})
             return True
 
-    def _signature(self) -> tuple | None:
+    def _signature(self) -> tuple[object, ...] | None:
         # os.stat follows symlinks: a Kubernetes ConfigMap update swaps the ..data symlink, which
         # changes the inode we see here even when size and mtime happen to match. The key files
         # the config names are watched the same way (a Secret rotated in place).
@@ -184,7 +185,7 @@ class Runtime:
             st = os.stat(self.config_path)
         except OSError:
             return None
-        sig: tuple = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, os.path.realpath(self.config_path))
+        sig: tuple[object, ...] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, os.path.realpath(self.config_path))
         for path in key_files(self.current.config) if self.current is not None else ():
             try:
                 k = os.stat(path)
@@ -230,7 +231,7 @@ class Runtime:
     def readiness(self) -> tuple[bool, dict[str, dict[str, object]]]:
         components: dict[str, dict[str, object]] = {}
         cfg_ok = self.current is not None
-        components["config"] = {"ok": cfg_ok, "sha256": self.current.sha256[:12] if cfg_ok else "",
+        components["config"] = {"ok": cfg_ok, "sha256": self.current.sha256[:12] if self.current else "",
                                 "last_reload_error": self.last_reload_error}
         store = self.current.store if self.current else None
         components["store"] = {"ok": self.store_health.ok,
@@ -241,7 +242,7 @@ class Runtime:
         ready = cfg_ok and not self.draining and (self.store_health.ok or not store_required)
         return ready, components
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -73,7 +73,8 @@ class Server:
         await self._http_runner.setup()
         site = web.TCPSite(self._http_runner, host.strip("[]"), int(port), reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []  # aiohttp keeps the asyncio server private
         self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         log.info("authz %s listening: grpc %s:%d, http %s:%d (instance %s, %s event loop)", __version__,
@@ -84,6 +85,8 @@ class Server:
     async def _set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.health is None:
+            return
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 

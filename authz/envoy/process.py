@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
@@ -16,6 +17,7 @@ from authz.responses import Denial
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 Mode = processing_mode_pb2.ProcessingMode
+ModeMessage = Any  # the generated ProcessingMode class (xds-protos ships no types)
 
 
 def headers_dict(headers: pb.HttpHeaders) -> dict[str, str]:
@@ -79,7 +81,7 @@ def common_response(m: Mutations, *, body_phase: bool = False) -> pb.CommonRespo
     return common
 
 
-def headers_response(phase: str, m: Mutations, *, mode: Mode | None = None
+def headers_response(phase: str, m: Mutations, *, mode: ModeMessage | None = None
                      ) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse(**{phase: pb.HeadersResponse(response=common_response(m))})
     if mode is not None:
@@ -111,7 +113,7 @@ def immediate_response(denial: Denial) -> pb.ProcessingResponse:
 _BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "buffered": Mode.BUFFERED}
 
 
-def body_mode(*, request_body: str, response_body: str) -> Mode:
+def body_mode(*, request_body: str, response_body: str) -> ModeMessage:
     # Every field spelled out: Envoy checks an override against allowed_override_modes, and older
     # builds compare the raw values (a DEFAULT would match no entry and the override be ignored).
     return Mode(request_header_mode=Mode.SEND, response_header_mode=Mode.SEND,

@@ -26,11 +26,11 @@ from authz.runtime import Runtime
 
 log = logging.getLogger("authz.decision")
 CHECK_SERVICE = "envoy.service.auth.v3.Authorization"
-_completions: set[asyncio.Task] = set()  # strong references until each completion has run
+_completions: set[asyncio.Task[None]] = set()  # strong references until each completion has run
 proc_log = logging.getLogger("authz.process")
 
 
-class AuthorizationServicer(auth_grpc.AuthorizationServicer):
+class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[misc]  # generated, untyped
     """envoy.service.auth.v3.Authorization/Check."""
 
     def __init__(self, runtime: Runtime) -> None:
@@ -40,7 +40,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
         self._decisions: dict[tuple[str, str], Any] = {}  # label children, resolved once
         self._lines = logs.decision_lines(log)
 
-    async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
                     ) -> bytes:
         """Answer one ``Check`` with a serialized ``CheckResponse`` (see ``add_to_server``)."""
         started = perf_counter()
@@ -77,7 +77,8 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
             # An Answer (an approval granted) travels the denial path but refuses nothing.
             self._record("answer" if isinstance(deny, Answer) else "deny", deny.reason, deny.status,
                          req, ctx, message=deny.message)
-            return check_adapter.deny_response(render_denial(deny, req)).SerializeToString()
+            denied: bytes = check_adapter.deny_response(render_denial(deny, req)).SerializeToString()
+            return denied
         finally:
             self._inflight.dec()
             self._seconds.observe(perf_counter() - started)
@@ -119,7 +120,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):
         self._lines.emit(f"{decision} {reason}", fields)
 
 
-class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
+class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated, untyped
     """envoy.service.ext_proc.v3.ExternalProcessor/Process: one stream per HTTP request."""
 
     def __init__(self, runtime: Runtime) -> None:
@@ -128,7 +129,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
         self._inflight = metrics.InFlight("process")
 
     async def Process(self, request_iterator: AsyncIterator[proc_pb2.ProcessingRequest],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[proc_pb2.ProcessingResponse]:
+                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[proc_pb2.ProcessingResponse]:
         pipeline = self.runtime.pipeline  # one pipeline for the whole exchange, even across reloads
         debug = self.runtime.config.server.debug_headers
         ex: Exchange | None = None
@@ -183,7 +184,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
         return Exchange(request=proc_adapter.request_from_headers(headers),
                         handoff=proc_adapter.check_handoff(msg) or Handoff())
 
-    async def _handle(self, pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest, kind: str,
+    async def _handle(self, pipeline: Pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest, kind: str,
                       debug: bool) -> proc_pb2.ProcessingResponse:
         if kind == "request_headers":
             # Check decided per request whether bodies need to be seen (redaction, metering,
@@ -226,7 +227,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
     """Register ``Check`` as Envoy calls it. The servicer answers with bytes it encoded itself
     (``authz.envoy.wire``), so there is no response serializer: grpc sends them as they are."""
-    handler = grpc.unary_unary_rpc_method_handler(
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
         servicer.Check, request_deserializer=auth_pb2.CheckRequest.FromString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         CHECK_SERVICE, {"Check": handler}),))

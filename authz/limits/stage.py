@@ -23,9 +23,10 @@ from prometheus_client import Counter
 
 from authz.errors import TooManyRequests, Unavailable
 from authz.limits import algorithm as alg
-from authz.limits.config import Budget, LimitsConfig, RateLimit
+from authz.limits.config import Budget, LimitsConfig, Price, RateLimit
 from authz.limits.metering import Usage, UsageMeter
 from authz.matching import CompiledConditions, CompiledMatch, Glob
+from authz.matching.config import Conditions, Match
 from authz.model import Context, Exchange, Metering, Reservation
 from authz.pipeline import Stage
 from authz.store import Store, StoreUnavailable
@@ -63,7 +64,7 @@ def period_bounds(period: str, now: datetime.datetime) -> tuple[str, datetime.da
 
 
 class _Selected:
-    def __init__(self, match, when) -> None:
+    def __init__(self, match: Match, when: Conditions) -> None:
         self.match = CompiledMatch(match)
         self.when = CompiledConditions(when)
 
@@ -82,7 +83,7 @@ class LimitsStage(Stage):
         self._rates = tuple((r, _Selected(r.match, r.when)) for r in cfg.rate_limits)
         self._budgets = tuple((b, _Selected(b.match, b.when)) for b in cfg.budgets)
         self._prices = tuple((Glob((name,)), price) for name, price in cfg.prices.items())
-        self._counters: dict[tuple, Any] = {}
+        self._counters: dict[tuple[Any, ...], Any] = {}
         # Per rate limit, worked out once: GCRA emission interval and burst, RateLimit-Policy item.
         self._gcra: dict[str, tuple[float, int]] = {}
         self._policy_items: dict[str, str] = {}
@@ -161,9 +162,9 @@ class LimitsStage(Stage):
                     continue
                 period_id, end = period_bounds(budget.period, now)
                 amount = self._estimate(ctx, budget, model)
-                limit = int(budget.limit if budget.unit == "tokens" else budget.limit * MICRO)
+                cap = int(budget.limit if budget.unit == "tokens" else budget.limit * MICRO)
                 ttl = int((end - now).total_seconds()) + 86400
-                reserves.append((budget, alg.ReserveOp(f"{key}:{period_id}", limit, amount, ttl)))
+                reserves.append((budget, alg.ReserveOp(f"{key}:{period_id}", cap, amount, ttl)))
         if not rates and not reserves:
             return
         try:
@@ -186,13 +187,13 @@ class LimitsStage(Stage):
             return 0
         return math.ceil(prompt * price.input + output * price.output)
 
-    def price_for(self, model: str):
+    def price_for(self, model: str) -> Price | None:
         for glob, price in self._prices:
             if glob(model):
                 return price
         return None
 
-    def _store_failed(self, ctx: Context, exc: StoreUnavailable, limits: list) -> None:
+    def _store_failed(self, ctx: Context, exc: StoreUnavailable, limits: list[RateLimit | Budget]) -> None:
         closed = [limit.id for limit in limits if limit.on_store_error == "fail_closed"]
         if closed:
             STORE_FAILURES.labels(action="fail_closed").inc()
@@ -203,8 +204,8 @@ class LimitsStage(Stage):
         log.warning("limit store unavailable, failing open: %s", exc)
         ctx.facts["limits"] = {"store": "unavailable", "fail_open": [limit.id for limit in limits]}
 
-    def _decide(self, ctx: Context, now: datetime.datetime, rates, reserves, result: alg.BatchResult
-                ) -> None:
+    def _decide(self, ctx: Context, now: datetime.datetime, rates: list[tuple[RateLimit, alg.RateOp]],
+                reserves: list[tuple[Budget, alg.ReserveOp]], result: alg.BatchResult) -> None:
         facts: dict[str, Any] = {}
         items = []
         for (limit, _), r in zip(rates, result.rates, strict=True):
@@ -325,4 +326,4 @@ class LimitsStage(Stage):
         cached_price = price.cached_input if price.cached_input is not None else price.input
         uncached = max(0, usage.input_tokens - usage.cached_tokens)
         return math.ceil(uncached * price.input + usage.cached_tokens * cached_price
-                         + usage.output_tokens * price.output)
+                             + usage.output_tokens * price.output)

@@ -11,13 +11,14 @@ from pydantic import Field, field_validator
 
 from authz.schema import Model
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class TimeWindow(Model):
     """Allowed only on these days, between these local times (``to`` may wrap past midnight)."""
 
-    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = WEEKDAYS
+    days: tuple[Weekday, ...] = WEEKDAYS
     start: str = Field("00:00", alias="from", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end: str = Field("24:00", alias="to", pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")
     timezone: str = "UTC"

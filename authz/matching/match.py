@@ -40,7 +40,7 @@ class CompiledMatch:
                 checks.append(lambda r, act: act.kind in apis)
             if m.llm.models:
                 models = Glob(m.llm.models)
-                checks.append(lambda r, act: bool(act.model) and models(act.model))
+                checks.append(lambda r, act: act.model is not None and models(act.model))
         if m.methods:
             methods_http = frozenset(m.methods)
             checks.append(lambda r, act: r.method.upper() in methods_http)

@@ -174,7 +174,7 @@ class PolicyStage(Stage):
         kept = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
                 and self.policy.may_call_tool(principal, request, t["name"], now)]
         hidden = len(tools) - len(kept)
-        if hidden:
+        if hidden and isinstance(result, dict):
             result["tools"] = kept
         return hidden
 

@@ -21,6 +21,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -73,7 +74,7 @@ class RedactionStage(Stage):
                 return rule
         return None
 
-    def _actions(self, rule: RedactionRule):
+    def _actions(self, rule: RedactionRule) -> Callable[[str], str]:
         actions = rule.actions
 
         def action_for(entity: str) -> str:
@@ -206,7 +207,7 @@ async def grant(store: Store, approval_id: str, *, approver: str) -> dict[str, A
     raw = await store.get(APPROVAL_KEY.format(id=approval_id))
     if raw is None:
         raise KeyError(approval_id)
-    record = json.loads(raw)
+    record: dict[str, Any] = json.loads(raw)
     record["approver"] = approver
     ttl = await store.ttl(APPROVAL_KEY.format(id=approval_id)) or 60
     await store.set(APPROVAL_KEY.format(id=approval_id), json.dumps(record).encode(), ttl=ttl)
