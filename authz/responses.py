@@ -27,8 +27,7 @@ def render_denial(deny: Deny, request: Request | None) -> Denial:
                REASON_HEADER: deny.reason}
     headers.update({k.lower(): v for k, v in deny.headers.items()})
     if isinstance(deny, Answer):
-        return Denial(status=deny.status, headers=headers,
-                      body=json.dumps(deny.details, separators=(",", ":"), default=str).encode())
+        return Denial(status=deny.status, headers=headers, body=_json(deny.details))
     payload: dict[str, object] = {"error": deny.reason, "message": deny.message}
     if request is not None and request.id:
         payload["request_id"] = request.id
@@ -42,8 +41,17 @@ def render_denial(deny: Deny, request: Request | None) -> Denial:
                              "message": deny.message,
                              "data": {k: v for k, v in payload.items()
                                       if k not in ("jsonrpc_id", "jsonrpc_code")}}}
-    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
-    return Denial(status=deny.status, headers=headers, body=body)
+    return Denial(status=deny.status, headers=headers, body=_json(payload))
+
+
+def _json(value: object) -> bytes:
+    """Compact JSON with non-ASCII written as itself: a JSON-RPC id comes back byte for byte as
+    the client wrote it (ids holding a surrogate escape are refused where the body is read)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), default=str).encode("ascii")
 
 
 _MISSING = object()
