@@ -11,7 +11,7 @@
 #   - `authz serve --config /etc/authz/authz.yaml` by default (the reference policy is baked in
 #     there so the image starts on its own; mount your policy over it, or pass --config);
 #   - gRPC (ext_authz + ext_proc) on 9001, HTTP (/healthz, /readyz, /metrics, JWKS) on 9002;
-#   - the same image runs the demo MCP server: `python -m authz.demo.mcp_server`.
+#   - the same image runs the demo MCP server: `python -m authz.dev.mcp_server`.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 ## run: start Envoy, the authz sidecar, the dev issuer and demo upstreams in the foreground
 run: $(STAMP)
-	$(BIN)/python -m authz.devstack
+	$(BIN)/python -m authz.dev.stack
 
 ## test: the whole suite (unit + end-to-end through real Envoy and real Redis)
 test: $(STAMP)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from authz.devstack import ROOT, envoy_binary
+from authz.dev.stack import ROOT, envoy_binary
 from bench import cpu, report
 from bench.load import WrkError, ensure_wrk
 from bench.runner import STOP_SIGNALS, ScenarioFailed, ScenarioSkipped, Settings, run_scenario

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from authz.devstack import Ports, envoy_binary, render_envoy_config
+from authz.dev.stack import Ports, envoy_binary, render_envoy_config
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"

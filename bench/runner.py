@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from authz.devstack import ROOT, ManagedProcess, Ports, RedisNotFound, Stack, http_ok, port_open, start_redis
+from authz.dev.stack import ROOT, ManagedProcess, Ports, RedisNotFound, Stack, http_ok, port_open, start_redis
 from bench import cpu, envoy_bench
 from bench.load import run_wrk
 from bench.scenarios import Context, Request, Scenario

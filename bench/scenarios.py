@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-from authz.demo.issuer import mint_token
-from authz.devstack import REFERENCE_CONFIG
+from authz.dev.issuer import mint_token
+from authz.dev.stack import REFERENCE_CONFIG
 
 Backend = Literal["none", "noop", "authz"]
 

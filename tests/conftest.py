@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from authz.devstack import start_redis
+from authz.dev.stack import start_redis
 
 
 @pytest.fixture(scope="session")

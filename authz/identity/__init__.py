@@ -1,7 +1,7 @@
 """Identity: verify who is calling (JWT from any configured issuer, or an API key), bind the
 person and the LLM client to the request, and prove it to the backend with a signed assertion.
 
-Public API (imported lazily, so ``authz.assertion`` can share ``authz.identity.jose`` without
+Public API (imported lazily, so ``authz.identity.assertion`` can share ``authz.identity.jose`` without
 pulling in aiohttp or Prometheus on a backend)::
 
     IdentityConfig                        the ``identity:`` config section

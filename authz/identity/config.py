@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from authz.assertion import SigningKey
 from authz.identity import jose
+from authz.identity.assertion import SigningKey
 from authz.schema import Model
 
 AlgorithmName = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",

@@ -1,6 +1,6 @@
 """JOSE primitives we own: strict base64url and JSON, JWK parsing, JWS signatures.
 
-Only the standard library and ``cryptography`` are imported here, so ``authz.assertion`` (which a
+Only the standard library and ``cryptography`` are imported here, so ``authz.identity.assertion`` (which a
 backend imports) can share this code without pulling in aiohttp, pydantic or Prometheus.
 
 The security properties are decided here, by construction rather than by option:

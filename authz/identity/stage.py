@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import quote
 
 from authz import metrics
-from authz.assertion import AssertionSigner, KeyRing
 from authz.errors import ConfigError
 from authz.identity.apikeys import (
     ApiKeyStore,
@@ -36,6 +35,7 @@ from authz.identity.apikeys import (
     StoreApiKeys,
     check_key_syntax,
 )
+from authz.identity.assertion import AssertionSigner, KeyRing
 from authz.identity.cache import TokenCache
 from authz.identity.challenge import bearer_challenge
 from authz.identity.config import AssertionConfig, IdentityConfig

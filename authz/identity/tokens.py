@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from authz.assertion import ASSERTION_TYP
+from authz.identity.assertion import ASSERTION_TYP
 from authz.identity.cache import TokenCache
 from authz.identity.claims import ClaimMapper
 from authz.identity.config import IssuerConfig

@@ -22,7 +22,6 @@ from typing import Any
 from prometheus_client import Counter
 
 from authz.errors import TooManyRequests, Unavailable
-from authz.limits import algorithm as alg
 from authz.limits.config import Budget, LimitsConfig, Price, RateLimit
 from authz.limits.metering import Usage, UsageMeter
 from authz.matching import CompiledConditions, CompiledMatch, Glob
@@ -30,6 +29,7 @@ from authz.matching.config import Conditions, Match
 from authz.model import Context, Exchange, Metering, Reservation
 from authz.pipeline import Stage
 from authz.store import Store, StoreUnavailable
+from authz.store import limits as alg
 
 log = logging.getLogger("authz.limits")
 

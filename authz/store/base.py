@@ -6,7 +6,7 @@ import abc
 from collections.abc import Mapping, Sequence
 
 from authz.errors import AuthzError
-from authz.limits.algorithm import BatchResult, RateOp, ReserveOp
+from authz.store.limits import BatchResult, RateOp, ReserveOp
 
 
 class StoreUnavailable(AuthzError):
@@ -41,7 +41,7 @@ class Store(abc.ABC):
     async def apply_limits(self, rates: Sequence[RateOp], reserves: Sequence[ReserveOp]
                            ) -> BatchResult:
         """Check and consume every limit of one request atomically (all or nothing), in one
-        round trip. See ``authz.limits.algorithm`` for the semantics."""
+        round trip. See ``authz.store.limits`` for the semantics."""
 
     @abc.abstractmethod
     async def time_us(self) -> int:

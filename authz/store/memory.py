@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from authz.limits import algorithm as alg
+from authz.store import limits as alg
 from authz.store.base import Store
 
 

@@ -19,9 +19,9 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from authz import metrics
-from authz.limits import algorithm as alg
-from authz.limits.script import LIMITS_LUA
+from authz.store import limits as alg
 from authz.store.base import Store, StoreUnavailable
+from authz.store.limits_script import LIMITS_LUA
 from authz.store.resp import RespClient, RespError, Script, encode_command
 
 log = logging.getLogger("authz.store")
@@ -246,7 +246,7 @@ class RedisStore(Store):
 
 
 def _batch_result(reply: Sequence[Any], n_rates: int, n_budgets: int) -> alg.BatchResult:
-    """The limits script's reply (see ``authz.limits.script``) as a ``BatchResult``."""
+    """The limits script's reply (see ``authz.store.limits_script``) as a ``BatchResult``."""
     raw = list(map(int, reply))
     rate_results = tuple([alg.RateResult(raw[k] == 1, raw[k + 1], raw[k + 2], raw[k + 3])
                           for k in range(2, 2 + 4 * n_rates, 4)]) if n_rates else ()

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from authz.demo.issuer import mint_token
-from authz.devstack import REFERENCE_CONFIG, Stack
+from authz.dev.issuer import mint_token
+from authz.dev.stack import REFERENCE_CONFIG, Stack
 
 HERE = Path(__file__).resolve().parent
 

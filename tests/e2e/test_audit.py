@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from authz.audit.verify import audit_files, read_records
-from authz.devstack import REFERENCE_CONFIG, Stack
+from authz.dev.stack import REFERENCE_CONFIG, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def save_public_key(stack: Stack, tmp_path) -> str:
 
 
 def test_a_mixed_session_verifies_and_each_story_is_told(tmp_path):
-    from authz.demo.issuer import mint_token
+    from authz.dev.issuer import mint_token
 
     stack = Stack(authz_config=config(tmp_path)).start()
     try:
@@ -89,7 +89,7 @@ def test_a_mixed_session_verifies_and_each_story_is_told(tmp_path):
 
 
 def test_kill_9_under_load_then_restart(tmp_path):
-    from authz.demo.issuer import mint_token
+    from authz.dev.issuer import mint_token
 
     # A configured key (as in production): the chain stays verifiable across restarts.
     assert audit_cli("keygen", "--out", str(tmp_path / "keys")).returncode == 0
@@ -134,7 +134,7 @@ def test_kill_9_under_load_then_restart(tmp_path):
 
 
 def test_records_reach_a_redis_stream_that_an_auditor_exports_and_verifies(tmp_path, redis_url):
-    from authz.demo.issuer import mint_token
+    from authz.dev.issuer import mint_token
 
     stream = f"authz:audit:e2e:{tmp_path.name}"
     stack = Stack(authz_config=config(tmp_path, redis_stream={"url": redis_url, "stream": stream})).start()

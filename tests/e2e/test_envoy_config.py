@@ -16,7 +16,7 @@ import yaml
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from google.protobuf import json_format
 
-from authz.devstack import (
+from authz.dev.stack import (
     REFERENCE_ENVOY,
     ROOT,
     ManagedProcess,

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import yaml
 
-from authz import assertion
-from authz.devstack import Stack
+from authz.dev.stack import Stack
+from authz.identity import assertion
 from authz.identity.config import hash_api_key
 
 from .conftest import ThreadedIssuer, raw_request

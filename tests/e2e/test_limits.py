@@ -17,7 +17,7 @@ import pytest
 import redis
 import yaml
 
-from authz.devstack import REFERENCE_CONFIG, ManagedProcess, Stack, free_port, port_open, start_redis
+from authz.dev.stack import REFERENCE_CONFIG, ManagedProcess, Stack, free_port, port_open, start_redis
 
 from .conftest import Running
 

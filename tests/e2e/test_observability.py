@@ -8,14 +8,14 @@ import httpx
 import pytest
 import yaml
 
-from authz.devstack import REFERENCE_CONFIG, ROOT, Stack
+from authz.dev.stack import REFERENCE_CONFIG, ROOT, Stack
 
 pytestmark = pytest.mark.e2e
 
 
 def test_decision_logs_are_json_lines_without_tokens_or_pii(tmp_path):
-    from authz.demo.issuer import mint_token
-    from authz.devstack import ManagedProcess
+    from authz.dev.issuer import mint_token
+    from authz.dev.stack import ManagedProcess
 
     cfg = yaml.safe_load(REFERENCE_CONFIG.read_text())
     cfg["log"] = {"format": "json", "level": "info"}

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from authz.devstack import REFERENCE_CONFIG, Stack
+from authz.dev.stack import REFERENCE_CONFIG, Stack
 from tests.e2e.conftest import Running
 
 ACCEPT = {"accept": "application/json, text/event-stream"}

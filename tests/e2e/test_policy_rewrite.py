@@ -4,8 +4,8 @@ import httpx
 import pytest
 import yaml
 
-from authz.demo.issuer import mint_token
-from authz.devstack import REFERENCE_CONFIG, Stack
+from authz.dev.issuer import mint_token
+from authz.dev.stack import REFERENCE_CONFIG, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import yaml
 
-from authz.devstack import REFERENCE_CONFIG, Stack
+from authz.dev.stack import REFERENCE_CONFIG, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def test_reload_good_then_bad_config(tmp_path):
     path = tmp_path / "authz.yaml"
     path.write_text(yaml.safe_dump(cfg))
     with Stack(authz_config=path) as stack, httpx.Client(base_url=stack.url, timeout=10) as http:
-        from authz.demo.issuer import mint_token
+        from authz.dev.issuer import mint_token
 
         token = mint_token(sub="oscar", roles=["accounting"], issuer=stack.issuer_url, dev_dir=stack.workdir / "dev")
         auth = {"authorization": f"Bearer {token}"}

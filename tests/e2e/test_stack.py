@@ -12,7 +12,7 @@ import urllib.request
 import httpx
 import pytest
 
-from authz.devstack import (
+from authz.dev.stack import (
     FIRST_COMMANDS,
     ROOT,
     THROUGH_BOTH_HOPS,

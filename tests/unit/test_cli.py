@@ -43,7 +43,7 @@ def test_explain_routes_a_doctor_to_the_medical_upstream(capsys):
 def test_serve_runs_on_the_configured_event_loop():
     import asyncio
 
-    from authz.cli import run_loop
+    from authz.cli.main import run_loop
 
     async def loop_module() -> str:
         return type(asyncio.get_running_loop()).__module__

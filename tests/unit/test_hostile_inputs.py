@@ -22,7 +22,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as proc_pb2
 from google.protobuf import struct_pb2
 
-from authz.audit.cli import explain
+from authz.cli.audit import explain
 from authz.config import parse_config
 from authz.envoy import handoff
 from authz.envoy.check import METADATA_NAMESPACE

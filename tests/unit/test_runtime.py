@@ -83,7 +83,7 @@ async def test_draining_makes_the_runtime_unready(tmp_path):
 
 
 async def test_a_rotated_assertion_key_file_is_picked_up_without_touching_the_config(tmp_path):
-    from authz.assertion import SigningKey
+    from authz.identity.assertion import SigningKey
     from authz.identity.stage import DEFAULT_KEYRING
 
     key_file = tmp_path / "assertion.pem"

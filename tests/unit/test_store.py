@@ -92,7 +92,7 @@ async def test_memory_hash_read_as_a_scalar_fails_clearly():
 
 
 async def test_unreachable_redis_raises_store_unavailable_within_timeout():
-    from authz.devstack import free_port
+    from authz.dev.stack import free_port
 
     s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, connect_timeout=0.1)
     loop = asyncio.get_running_loop()

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from authz.audit.cli import explain, export_rows, main
 from authz.audit.config import AuditConfig
 from authz.audit.log import AuditLog
 from authz.audit.stage import AuditStage
 from authz.audit.verify import verify
+from authz.cli.audit import explain, export_rows, main
 from authz.errors import Forbidden, Unavailable
 from authz.model import Context, Exchange, Principal, Request
 from authz.request import Action

@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import REGISTRY
 
-from authz.audit.cli import main
 from authz.audit.config import AuditConfig, RedisStreamConfig
 from authz.audit.log import AuditLog
 from authz.audit.verify import verify
+from authz.cli.audit import main
 from authz.store.resp import RespClient
 
 
@@ -116,7 +116,7 @@ async def test_export_stream_then_verify_with_the_sidecars_public_key(tmp_path, 
 
 
 async def test_redis_down_never_stops_the_file_and_is_caught_up(tmp_path, key, stream):
-    from authz.devstack import free_port, start_redis
+    from authz.dev.stack import free_port, start_redis
 
     port = free_port()
     url, proc = start_redis(tmp_path / "r1", port=port)
@@ -174,7 +174,7 @@ async def test_maxlen_trimming_shows_up_in_verify_as_a_gap(tmp_path, key, redis_
 
 
 async def test_a_full_buffer_skips_lines_counts_them_and_verify_reports_the_gap(tmp_path, key, stream, capsys):
-    from authz.devstack import free_port, start_redis
+    from authz.dev.stack import free_port, start_redis
 
     port = free_port()
     persist = ["--appendonly", "yes"]  # the same Redis comes back with its data

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from authz.devstack import ROOT, envoy_binary
+from authz.dev.stack import ROOT, envoy_binary
 
 from .kustomize import KustomizeError, build, load_docs
 
@@ -228,7 +228,7 @@ def test_the_pod_is_locked_down_and_probes_point_at_real_ports(built):
     for path in policy["identity"]["assertion"]["key_files"] + [policy["audit"]["signing_key_file"]]:
         assert Path(path).parent == Path(keys), path
     # The args are a command line the CLI accepts, and the user is the image's.
-    from authz.cli import build_parser
+    from authz.cli.main import build_parser
 
     build_parser().parse_args(authz["args"])
     uid = int(re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M).group(1))
@@ -555,7 +555,7 @@ def test_dockerfile_runs_the_cli_as_non_root_with_what_the_context_holds():
     assert re.search(r"^USER 10001", text, re.M)
     assert 'ENTRYPOINT ["authz"]' in text and 'CMD ["serve", "--config", "/etc/authz/authz.yaml"]' in text
     assert "HEALTHCHECK" in text and "/healthz" in text
-    from authz.cli import build_parser
+    from authz.cli.main import build_parser
 
     build_parser().parse_args(["serve", "--config", "/etc/authz/authz.yaml"])
     # Every file the build copies from the context exists and is not excluded by .dockerignore.

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from identity_helpers import RESOURCE, identity_config
 
-from authz.assertion import KeyRing
+from authz.identity.assertion import KeyRing
 from authz.identity.config import IdentityConfig
 from authz.identity.stage import IdentityStage, build_identity_stage
 from authz.identity.testing import FakeIssuer

@@ -10,11 +10,11 @@ import pytest
 from identity_helpers import API_KEY, FakeClock, identity_config, make_request, run
 
 from authz.assembly import build_pipeline
-from authz.assertion import KeyRing
 from authz.config import parse_config
-from authz.devstack import free_port
+from authz.dev.stack import free_port
 from authz.errors import ConfigError, Unavailable
 from authz.identity.apikeys import ChainApiKeys, StoreApiKeys, record_key
+from authz.identity.assertion import KeyRing
 from authz.identity.errors import ApiKeyInvalid
 from authz.identity.stage import build_identity_stage
 from authz.store import MemoryStore, RedisStore

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from identity_helpers import FakeClock
 
-from authz.assertion import (
+from authz.identity.assertion import (
     ASSERTION_TYP,
     AssertionSigner,
     AssertionVerifier,
@@ -220,7 +220,7 @@ async def test_jwks_url_fetching_with_cache_and_rotation():
         ring.install(SigningKey.generate(), retire_after=60)
         with pytest.raises(InvalidAssertion):  # refetch for an unknown kid waits 5 s
             await asyncio.to_thread(verify, s.sign(ALICE, REQ), jwks_url=url, issuer=ISSUER)
-        from authz import assertion
+        from authz.identity import assertion
 
         assertion._URL_KEYS[url]._attempted_at -= 10
         await asyncio.to_thread(verify, s.sign(ALICE, REQ), jwks_url=url, issuer=ISSUER)
@@ -230,7 +230,7 @@ async def test_jwks_url_fetching_with_cache_and_rotation():
 
 
 def test_backend_import_is_light():
-    code = ("import sys, authz.assertion; "
+    code = ("import sys, authz.identity.assertion; "
             "heavy = [m for m in ('aiohttp', 'pydantic', 'prometheus_client', 'grpc') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import authz.assertion
 import authz.identity
+import authz.identity.assertion
 
 
 def test_identity_exports():
@@ -17,7 +17,7 @@ def test_identity_exports():
 
 
 def test_assertion_exports():
-    assert sorted(authz.assertion.__all__) == sorted([
+    assert sorted(authz.identity.assertion.__all__) == sorted([
         "ASSERTION_TYP", "AssertionSigner", "AssertionVerifier", "InvalidAssertion", "KeyRing",
         "SigningKey", "verify"])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from identity_helpers import API_KEY, bearer, identity_config, make_request, run
 
-from authz.assertion import InvalidAssertion, verify
 from authz.errors import Deny, Unauthenticated, Unavailable
+from authz.identity.assertion import InvalidAssertion, verify
 from authz.identity.config import IdentityConfig
 from authz.identity.paths import path_matches
 from authz.identity.stage import header_list, header_value

@@ -133,7 +133,7 @@ async def test_cost_budget_uses_the_price_table():
 
 
 async def test_store_outage_fails_closed_or_open_per_limit():
-    from authz.devstack import free_port
+    from authz.dev.stack import free_port
 
     dead = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.1, connect_timeout=0.05)
     closed = stage(dead, text="limits:\n  rate_limits:\n    - {id: r, rate: 5/s}\n")
@@ -158,7 +158,7 @@ def test_cost_budget_needs_prices():
 
 
 async def test_limits_show_reports_usage_from_redis(tmp_path, redis_url, capsys):
-    from authz.limits.show import main, usage
+    from authz.cli.limits import main, usage
 
     cfg = tmp_path / "authz.yaml"
     cfg.write_text(f"store: {{redis_url: '{redis_url}', key_prefix: 'show{id(tmp_path)}:'}}\n" + CONFIG)

@@ -167,7 +167,7 @@ def test_catastrophic_patterns_cannot_stall_and_bad_ones_are_refused():
 async def test_cli_grant_through_a_shared_redis(tmp_path, redis_url, capsys):
     import asyncio
 
-    from authz.redaction.cli import main
+    from authz.cli.approvals import main
     from authz.store import RedisStore
 
     prefix = f"appr{id(tmp_path)}:"

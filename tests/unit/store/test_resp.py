@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from authz.devstack import ManagedProcess, start_redis
-from authz.limits.algorithm import RateOp, ReserveOp
-from authz.limits.script import LIMITS_LUA
+from authz.dev.stack import ManagedProcess, start_redis
 from authz.store import RedisStore, StoreUnavailable
+from authz.store.limits import RateOp, ReserveOp
+from authz.store.limits_script import LIMITS_LUA
 from authz.store.resp import (
     RespClient,
     RespConnectionError,
@@ -357,7 +357,7 @@ async def test_garbage_from_the_server_drops_the_connection():
 
 
 async def test_refused_connects_back_off_and_fail_fast():
-    from authz.devstack import free_port
+    from authz.dev.stack import free_port
 
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=1, connect_timeout=0.5)
     loop = asyncio.get_running_loop()

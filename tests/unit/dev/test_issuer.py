@@ -14,8 +14,8 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from authz.demo import issuer
-from authz.demo.issuer import build_app, dev_token_main, jwks, load_or_create_key, mint_token
+from authz.dev import issuer
+from authz.dev.issuer import build_app, dev_token_main, jwks, load_or_create_key, mint_token
 
 from .conftest import program
 
@@ -132,7 +132,7 @@ def test_dev_token_refuses_bad_flags(argv, tmp_path, capsys):
 
 
 def test_the_program_names_itself_by_the_port_it_bound(tmp_path):
-    with program("authz.demo.issuer", "--port", "0", "--dev-dir", str(tmp_path)) as (url, lines):
+    with program("authz.dev.issuer", "--port", "0", "--dev-dir", str(tmp_path)) as (url, lines):
         assert lines == [f"dev issuer {url} listening on {url}"]
         with urllib.request.urlopen(f"{url}/.well-known/openid-configuration", timeout=10) as r:
             assert json.load(r)["issuer"] == url

@@ -1,6 +1,6 @@
 """A development OAuth/OIDC issuer: one RSA key, OIDC discovery, a JWKS, and a token minter.
 
-``python -m authz.demo.issuer --port 9400`` serves ``/.well-known/openid-configuration`` and
+``python -m authz.dev.issuer --port 9400`` serves ``/.well-known/openid-configuration`` and
 ``/jwks.json``; ``authz dev-token --sub oscar --roles accounting`` mints an access token signed
 with the same key, kept in the dev dir (``$AUTHZ_DEV_DIR``, else ``.dev/``) so tokens survive
 restarts and both processes agree without talking to each other. For local use only.
@@ -24,7 +24,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authz.demo import bind, configure_logging, url_of
+from authz.dev import bind, configure_logging, url_of
 from authz.identity.jose import jwk_thumbprint, public_jwk
 
 DEFAULT_PORT = 9400
@@ -33,7 +33,7 @@ DEFAULT_AUDIENCE = "http://localhost:10000/mcp"
 KEY_FILE = "issuer-key.pem"
 SCOPES = ("tools:calendar", "invoices:read", "invoices:write")
 
-log = logging.getLogger("authz.demo.issuer")
+log = logging.getLogger("authz.dev.issuer")
 
 ISSUER = web.AppKey("issuer", str)
 JWKS = web.AppKey("jwks", dict)
@@ -173,7 +173,7 @@ def dev_token_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m authz.demo.issuer", description="The local dev OIDC issuer.")
+    p = argparse.ArgumentParser(prog="python -m authz.dev.issuer", description="The local dev OIDC issuer.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--issuer", help="the iss value (default http://HOST:PORT, with the port actually bound)")

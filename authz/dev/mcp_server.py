@@ -1,9 +1,9 @@
 """The demo MCP server, built with the official ``mcp`` SDK, that sits behind Envoy + authz.
 
-``python -m authz.demo.mcp_server --port 8081`` serves Streamable HTTP at ``/mcp`` (stateless,
+``python -m authz.dev.mcp_server --port 8081`` serves Streamable HTTP at ``/mcp`` (stateless,
 JSON answers). It has no authentication of its own: that is the sidecar's job. ``whoami`` shows
 the identity headers the sidecar set and whether the gateway-signed ``x-authz-assertion`` verifies
-(with ``authz.assertion.verify`` against ``$AUTHZ_ASSERTION_JWKS_URL``, when that is set).
+(with ``authz.identity.assertion.verify`` against ``$AUTHZ_ASSERTION_JWKS_URL``, when that is set).
 
 Environment for the assertion check: ``AUTHZ_ASSERTION_JWKS_URL`` (turns it on),
 ``AUTHZ_ASSERTION_ISSUER`` (default ``urn:authz:demo-sidecar``), ``AUTHZ_ASSERTION_AUDIENCE``.
@@ -30,9 +30,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from authz.demo import bind, configure_logging, url_of
+from authz.dev import bind, configure_logging, url_of
 
-log = logging.getLogger("authz.demo.mcp")
+log = logging.getLogger("authz.dev.mcp")
 
 IDENTITY_HEADERS = ("x-authz-user", "x-authz-email", "x-authz-tenant", "x-authz-roles",
                     "x-authz-scopes", "x-authz-client", "x-authz-issuer")
@@ -47,10 +47,10 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
 
 def _assertion_verifier() -> Callable[..., dict[str, Any]] | None:
-    # The backend half of authz.assertion may be absent (or broken) in a trimmed install; the demo
+    # The backend half of authz.identity.assertion may be absent (or broken) in a trimmed install; the demo
     # then still serves and reports the check as not configured.
     try:
-        assertion = importlib.import_module("authz.assertion")
+        assertion = importlib.import_module("authz.identity.assertion")
     except ImportError:
         return None
     return getattr(assertion, "verify", None)
@@ -178,7 +178,7 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m authz.demo.mcp_server",
+    p = argparse.ArgumentParser(prog="python -m authz.dev.mcp_server",
                                 description="The demo MCP server (Streamable HTTP at /mcp).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from aiohttp.test_utils import TestClient, TestServer
 
-from authz.demo import llm, mcp_server
+from authz.dev import llm, mcp_server
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from authz.limits.algorithm import RateOp, ReserveOp
 from authz.store import MemoryStore, RedisStore
+from authz.store.limits import RateOp, ReserveOp
 
 
 class Clock:

@@ -65,37 +65,37 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _dev_token(argv: Sequence[str]) -> int:
-    from authz.demo.issuer import dev_token_main
+    from authz.dev.issuer import dev_token_main
 
     return dev_token_main(list(argv))
 
 
 def _explain(argv: Sequence[str]) -> int:
-    from authz.explain import main as explain_main
+    from authz.cli.explain import main as explain_main
 
     return explain_main(argv)
 
 
 def _limits(argv: Sequence[str]) -> int:
-    from authz.limits.show import main as limits_main
+    from authz.cli.limits import main as limits_main
 
     return limits_main(argv)
 
 
 def _audit(argv: Sequence[str]) -> int:
-    from authz.audit.cli import main as audit_main
+    from authz.cli.audit import main as audit_main
 
     return audit_main(argv)
 
 
 def _approvals(argv: Sequence[str]) -> int:
-    from authz.redaction.cli import main as approvals_main
+    from authz.cli.approvals import main as approvals_main
 
     return approvals_main(argv)
 
 
 def _apikeys(argv: Sequence[str]) -> int:
-    from authz.identity.apikeys_cli import main as apikeys_main
+    from authz.cli.apikeys import main as apikeys_main
 
     return apikeys_main(argv)
 

@@ -18,7 +18,7 @@ The header has ``typ: authz-assertion+jwt`` so an assertion can never pass for a
 
 Backend side (standard library plus ``cryptography``; no asyncio, no pydantic)::
 
-    from authz.assertion import verify, InvalidAssertion
+    from authz.identity.assertion import verify, InvalidAssertion
     claims = verify(request.headers["x-authz-assertion"],
                     jwks_url="http://127.0.0.1:9002/.well-known/jwks.json",
                     issuer="urn:authz:sidecar", method=request.method,
@@ -61,7 +61,7 @@ from authz.identity.jose import (
 )
 from authz.model import Principal, Request
 
-log = logging.getLogger("authz.assertion")
+log = logging.getLogger("authz.identity.assertion")
 
 # A JSON string literal as dump_json writes one (UTF-8 kept, quotes and controls escaped).
 _json_str = json.encoder.encode_basestring

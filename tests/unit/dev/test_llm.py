@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from authz.demo.llm import REPLY, input_tokens, tokens_of
+from authz.dev.llm import REPLY, input_tokens, tokens_of
 
 from .conftest import program
 
@@ -192,7 +192,7 @@ async def test_unknown_paths_and_methods_answer_json(model):
 
 
 def test_the_program_serves_on_the_port_it_was_given():
-    with program("authz.demo.llm", "--name", "financial", "--port", "0") as (url, lines):
+    with program("authz.dev.llm", "--name", "financial", "--port", "0") as (url, lines):
         assert lines == [f"demo model 'financial' listening on {url}"]
         with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as r:
             assert r.headers["x-upstream"] == "financial"

@@ -1,6 +1,6 @@
 """The local stack: Envoy, the authz sidecar, a dev issuer and demo upstreams, as processes.
 
-``python -m authz.devstack`` (what ``make run`` calls) starts everything on the documented
+``python -m authz.dev.stack`` (what ``make run`` calls) starts everything on the documented
 ports in the foreground with readable, prefixed logs; Ctrl-C stops all of it. The end-to-end
 tests and the benchmark start the same stack on free ports through ``Stack``, with the
 reference Envoy config (only its ports rewritten) and a config file of their choosing.
@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_ENVOY = ROOT / "deploy" / "envoy" / "envoy.yaml"
 REFERENCE_CONFIG = ROOT / "deploy" / "authz" / "authz.yaml"
 
@@ -341,16 +341,16 @@ class Stack:
 
     def _launch_issuer(self) -> list[Callable[[], ManagedProcess]]:
         p = self.ports
-        return [self._launch("issuer", self._py("authz.demo.issuer", "--port", str(p.issuer)),
+        return [self._launch("issuer", self._py("authz.dev.issuer", "--port", str(p.issuer)),
                              lambda: http_ok(f"{self.issuer_url}/.well-known/openid-configuration"))]
 
     def _launch_upstreams(self) -> list[Callable[[], ManagedProcess]]:
         p = self.ports
-        waits = [self._launch("mcp", self._py("authz.demo.mcp_server", "--port", str(p.mcp)),
+        waits = [self._launch("mcp", self._py("authz.dev.mcp_server", "--port", str(p.mcp)),
                               lambda: port_open(p.mcp))]
         for name in ("general", "medical", "financial"):
             port = getattr(p, name)
-            waits.append(self._launch(name, self._py("authz.demo.llm", "--name", name, "--port", str(port)),
+            waits.append(self._launch(name, self._py("authz.dev.llm", "--name", name, "--port", str(port)),
                                       functools.partial(port_open, port)))
         return waits
 

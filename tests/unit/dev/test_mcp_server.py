@@ -13,7 +13,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from authz.demo import mcp_server
+from authz.dev import mcp_server
 
 from .conftest import program
 
@@ -82,17 +82,17 @@ async def test_whoami_reports_the_identity_headers_it_received(mcp_url, monkeypa
 
 
 async def test_whoami_verifies_the_assertion_for_this_request(mcp_url, monkeypatch):
-    import authz.assertion
+    import authz.identity.assertion
 
     calls = []
 
     def fake_verify(token, **kw):
         calls.append((token, kw))
         if token != "good":
-            raise authz.assertion.InvalidAssertion("assertion.bad_signature", "no")
+            raise authz.identity.assertion.InvalidAssertion("assertion.bad_signature", "no")
         return {"sub": "dana", "client": "claude"}
 
-    monkeypatch.setattr(authz.assertion, "verify", fake_verify)
+    monkeypatch.setattr(authz.identity.assertion, "verify", fake_verify)
     monkeypatch.setenv("AUTHZ_ASSERTION_JWKS_URL", "http://127.0.0.1:9/.well-known/jwks.json")
     monkeypatch.setenv("AUTHZ_ASSERTION_ISSUER", "urn:authz:test")
 
@@ -115,18 +115,18 @@ async def test_whoami_verifies_the_assertion_for_this_request(mcp_url, monkeypat
 
 def test_the_assertion_check_is_off_without_authz_assertion(monkeypatch):
     monkeypatch.setenv("AUTHZ_ASSERTION_JWKS_URL", "http://127.0.0.1:9/jwks")
-    monkeypatch.setitem(sys.modules, "authz.assertion", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "authz.identity.assertion", None)  # import now raises ImportError
     report = mcp_server.check_assertion({"x-authz-assertion": "a.b.c"}, "POST", "/mcp")
     assert report["valid"] is None and report["present"] is True
 
 
 def test_a_failing_jwks_fetch_fails_closed(monkeypatch):
-    import authz.assertion
+    import authz.identity.assertion
 
     def broken(token, **kw):
         raise OSError("connection refused")
 
-    monkeypatch.setattr(authz.assertion, "verify", broken)
+    monkeypatch.setattr(authz.identity.assertion, "verify", broken)
     monkeypatch.setenv("AUTHZ_ASSERTION_JWKS_URL", "http://127.0.0.1:9/jwks")
     assert mcp_server.check_assertion({"x-authz-assertion": "a.b.c"}, "POST", "/mcp")["valid"] is False
 
@@ -144,7 +144,7 @@ async def test_any_host_is_accepted_and_answers_are_tagged(mcp_url):
 
 
 def test_the_program_serves_mcp_on_the_port_it_was_given():
-    with program("authz.demo.mcp_server", "--port", "0") as (url, lines):
+    with program("authz.dev.mcp_server", "--port", "0") as (url, lines):
         assert lines == [f"demo MCP server listening on {url}"] and url.endswith("/mcp")
         request = urllib.request.Request(url, data=json.dumps(INITIALIZE).encode(), headers=MCP_HEADERS)
         with urllib.request.urlopen(request, timeout=10) as r:

@@ -1,6 +1,6 @@
 """A fake OpenAI/Anthropic-compatible model API for the demo and the tests.
 
-``python -m authz.demo.llm --name medical --port 8083``
+``python -m authz.dev.llm --name medical --port 8083``
 
 Answers chat/completions, completions, responses, embeddings and messages, as JSON or as an SSE
 stream shaped like the real APIs, with deterministic ``usage`` so metering can be checked exactly:
@@ -32,9 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
-from authz.demo import bind, configure_logging, url_of
+from authz.dev import bind, configure_logging, url_of
 
-log = logging.getLogger("authz.demo.llm")
+log = logging.getLogger("authz.dev.llm")
 
 NAME = web.AppKey("name", str)
 REPLY = "This is a demo answer from the {name} model."
@@ -319,7 +319,7 @@ def build_app(name: str) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m authz.demo.llm",
+    parser = argparse.ArgumentParser(prog="python -m authz.dev.llm",
                                      description="A fake OpenAI/Anthropic-compatible model API.")
     parser.add_argument("--name", default="general", help="upstream name: x-upstream, the model gpt-NAME")
     parser.add_argument("--host", default="127.0.0.1")

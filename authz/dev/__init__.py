@@ -1,8 +1,9 @@
-"""Demo upstreams and a dev token issuer for `make run`, the README walk-through and the tests.
+"""Dev tooling, apart from the serving code: the local stack (``stack``: ``make run``), demo
+upstreams and a dev token issuer, for the README walk-through, the tests and the bench.
 
-- ``python -m authz.demo.llm --name medical --port 8083``: an OpenAI/Anthropic-compatible fake model
-- ``python -m authz.demo.mcp_server --port 8081``: an MCP server (official SDK) at ``/mcp``
-- ``python -m authz.demo.issuer --port 9400``: OIDC discovery and JWKS for ``authz dev-token``
+- ``python -m authz.dev.llm --name medical --port 8083``: an OpenAI/Anthropic-compatible fake model
+- ``python -m authz.dev.mcp_server --port 8081``: an MCP server (official SDK) at ``/mcp``
+- ``python -m authz.dev.issuer --port 9400``: OIDC discovery and JWKS for ``authz dev-token``
 
 Each binds before it logs its one "listening on" line, so ``--port 0`` logs the real port.
 """
@@ -32,4 +33,4 @@ def url_of(sock: socket.socket) -> str:
 def configure_logging() -> None:
     # Libraries (the mcp SDK above all) log every request at INFO; the demo shows only its own lines.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("authz.demo").setLevel(logging.INFO)
+    logging.getLogger("authz.dev").setLevel(logging.INFO)
