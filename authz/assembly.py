@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from authz.audit.stage import build_audit_stage
 from authz.config import Config
+from authz.identity.assertion import KeyRing
 from authz.identity.metadata import metadata_url
 from authz.identity.stage import build_identity_stage
 from authz.limits.stage import LimitsStage
@@ -15,17 +18,26 @@ from authz.routing import RoutingStage
 from authz.store import Store
 
 
-def build_pipeline(config: Config, store: Store, *, stash: BodyStash | None = None) -> Pipeline:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shared:
+    """State that outlives a config generation: owned by the runtime, handed to every pipeline it
+    builds, so a reload keeps it (and nothing of it sits in a module global)."""
+
+    keyring: KeyRing = dataclasses.field(default_factory=KeyRing)   # assertion signing keys
+    stash: BodyStash = dataclasses.field(default_factory=BodyStash)  # rewritten bodies, Check -> Process
+
+
+def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None) -> Pipeline:
     """identity → policy → routing → limits → redaction → audit.
 
     Before them all, the request is read once (``Reader``, by ``policy.protocols``); every stage
     works on that reading. Each stage is built from its config section (and the shared store);
     nothing here touches the network, so a reload can build a new pipeline without disturbing the
-    one serving. ``stash`` (the runtime's, which outlives a reload) carries rewritten bodies from
-    Check to Process.
+    one serving. ``shared`` is the runtime's lasting state (a fresh one when none is given).
     """
+    shared = shared or Shared()
     stages: list[Stage] = [
-        build_identity_stage(config.identity, store=store),
+        build_identity_stage(config.identity, store=store, keyring=shared.keyring),
         PolicyStage(config.policy, challenge=challenge_for(metadata_url(config.identity))),
         RoutingStage(config.routing),
         LimitsStage(config.limits, store, meter_all=config.audit.enabled),
@@ -34,4 +46,4 @@ def build_pipeline(config: Config, store: Store, *, stash: BodyStash | None = No
         stages.append(build_redaction_stage(config.redaction, store))
     if config.audit.enabled:  # last: it records what every other stage decided
         stages.append(build_audit_stage(config.audit, instance=config.instance_id))
-    return Pipeline(stages, reader=Reader(config.policy.protocols), stash=stash)
+    return Pipeline(stages, reader=Reader(config.policy.protocols), stash=shared.stash)

@@ -7,7 +7,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from authz.audit.log import all_logs
 from authz.identity.metadata import protected_resource_metadata
-from authz.identity.stage import assertion_jwks
 from authz.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -41,7 +40,8 @@ async def resource_metadata(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     """Public keys of the gateway-signed identity assertions (and of audit checkpoints)."""
-    keys = list(assertion_jwks().get("keys", [])) + [k for log in all_logs() for k in log.jwks()]
+    keyring = request.app[RUNTIME].shared.keyring
+    keys = list(keyring.jwks().get("keys", [])) + [k for log in all_logs() for k in log.jwks()]
     for extra in request.app[EXTRA_JWKS]:
         keys.extend(extra().get("keys", []))
     return web.json_response({"keys": keys}, headers={"cache-control": "public, max-age=60"})

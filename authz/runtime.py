@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from authz import metrics
-from authz.assembly import build_pipeline
+from authz.assembly import Shared, build_pipeline
 from authz.config import Config, load_config
 from authz.errors import ConfigError
 from authz.pipeline import Pipeline
-from authz.request import BodyStash
 from authz.store import Store, StoreUnavailable, build_store
 
 log = logging.getLogger("authz.runtime")
@@ -75,9 +74,8 @@ class Runtime:
                  sha256: str = "",
                  pipeline_factory: Callable[[Config, Store], Pipeline] | None = None) -> None:
         self.config_path = Path(config_path)
-        # Rewritten request bodies between a Check and its Process: they outlive a reload.
-        self.stash = BodyStash()
-        self._pipeline_factory = pipeline_factory or functools.partial(build_pipeline, stash=self.stash)
+        self.shared = Shared()  # outlives every generation: signing keys, bodies between Check and Process
+        self._pipeline_factory = pipeline_factory or functools.partial(build_pipeline, shared=self.shared)
         self._initial = (config, sha256)
         self.current: Generation | None = None
         self.draining = False

@@ -8,7 +8,6 @@ pulling in aiohttp or Prometheus on a backend)::
     build_identity_stage(cfg, ...)        -> IdentityStage (a pipeline Stage; async close())
     protected_resource_metadata(cfg, p)   RFC 9728 document for request path p, or None
     metadata_paths(cfg)                   the paths that serve it
-    assertion_jwks()                      the JWKS of the assertion signing keys
     hash_api_key(key)                     the digest to put in api_keys.keys[].sha256
 """
 
@@ -23,7 +22,6 @@ _EXPORTS = {
     "hash_api_key": "authz.identity.config",
     "IdentityStage": "authz.identity.stage",
     "build_identity_stage": "authz.identity.stage",
-    "assertion_jwks": "authz.identity.stage",
     "protected_resource_metadata": "authz.identity.metadata",
     "metadata_paths": "authz.identity.metadata",
     "metadata_url": "authz.identity.metadata",

@@ -66,7 +66,6 @@ _PLAIN_ITEM = re.compile(r"^[!-$&-+\--~]*$")  # ... and without "," and space (l
 
 # Signing keys outlive config generations: a reload that changes the key rotates it (the old one
 # stays published until its assertions expired) and a generated key survives reloads.
-DEFAULT_KEYRING = KeyRing()
 
 
 def header_value(value: str) -> str:
@@ -319,11 +318,5 @@ def build_identity_stage(cfg: IdentityConfig, *, http_session_factory: SessionFa
     api_keys = build_api_keys(cfg, store, clock=clock)
     signer = None
     if cfg.enabled and cfg.assertion.enabled:
-        signer = build_signer(cfg.assertion, keyring=keyring or DEFAULT_KEYRING, clock=clock)
+        signer = build_signer(cfg.assertion, keyring=keyring or KeyRing(), clock=clock)
     return IdentityStage(cfg, verifier=verifier, api_keys=api_keys, signer=signer, http=http)
-
-
-def assertion_jwks() -> dict[str, list[dict[str, str]]]:
-    """The JWKS to serve at ``/.well-known/jwks.json``: every assertion key this process
-    publishes (active, pre-published and retiring), across config reloads."""
-    return DEFAULT_KEYRING.jwks()

@@ -84,7 +84,6 @@ async def test_draining_makes_the_runtime_unready(tmp_path):
 
 async def test_a_rotated_assertion_key_file_is_picked_up_without_touching_the_config(tmp_path):
     from authz.identity.assertion import SigningKey
-    from authz.identity.stage import DEFAULT_KEYRING
 
     key_file = tmp_path / "assertion.pem"
     old, new = SigningKey.generate(), SigningKey.generate()
@@ -96,11 +95,12 @@ async def test_a_rotated_assertion_key_file_is_picked_up_without_touching_the_co
     rt.start_background()
     try:
         first = rt.current
-        assert DEFAULT_KEYRING.active.kid == old.kid
+        keyring = rt.shared.keyring  # the runtime's: it outlives the reload
+        assert keyring.active.kid == old.kid
         key_file.write_bytes(new.private_pem())  # the Secret rotated in place; authz.yaml untouched
         await wait_for(lambda: rt.current is not first)
-        assert DEFAULT_KEYRING.active.kid == new.kid
-        published = {k["kid"] for k in DEFAULT_KEYRING.jwks()["keys"]}
+        assert keyring.active.kid == new.kid
+        published = {k["kid"] for k in keyring.jwks()["keys"]}
         assert {old.kid, new.kid} <= published  # the old key stays published while its assertions live
     finally:
         await rt.close()

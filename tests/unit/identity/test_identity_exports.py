@@ -8,7 +8,7 @@ import authz.identity.assertion
 
 def test_identity_exports():
     assert authz.identity.__all__ == sorted([
-        "IdentityConfig", "IdentityStage", "IssuerConfig", "assertion_jwks", "build_identity_stage",
+        "IdentityConfig", "IdentityStage", "IssuerConfig", "build_identity_stage",
         "hash_api_key", "is_metadata_path", "metadata_paths", "metadata_url",
         "protected_resource_metadata"])
     for name in authz.identity.__all__:
