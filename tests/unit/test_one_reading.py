@@ -177,3 +177,20 @@ async def test_tools_list_shows_a_tool_exactly_when_calling_it_is_allowed(matrix
             # Not trivially equal: each condition lets "yes" through and stops "no" (time: open or closed).
             expected = person == "yes" if not name.startswith("time") else name == "time_open"
             assert (status == 200) == expected, (person, name, status, reason)
+
+
+@pytest.mark.parametrize("raw_id", ["7", "-3", "1180591620717411303424", '"req-é"'])
+async def test_the_tools_list_refusal_written_in_process_carries_the_id_as_sent(rt, raw_id):
+    """Process writes its own JSON-RPC error when a tools/list answer cannot be filtered: the id
+    is the one the client sent (before the typed hand-off, 7 came back as 7.0)."""
+    raw = ('{"jsonrpc":"2.0","id":' + raw_id + ',"method":"tools/list"}').encode()
+    status, _, resp = await check(rt, check_request("/mcp", raw))
+    assert status == 200
+    responses = await process(rt, [
+        P(request_headers=headers({":path": "/mcp", ":method": "POST"}), metadata_context=metadata(resp.dynamic_metadata)),
+        P(request_body=body(raw)),
+        P(response_headers=headers({":status": "200", "content-type": JSON})),
+        P(response_body=body(b'{"jsonrpc":"2.0","id":1,"result":{"tools":[' + b"[" * 70 + b"]" * 70 + b"]}}")),
+    ])
+    written = responses[-1].response_body.response.body_mutation.body
+    assert written.startswith(b'{"jsonrpc":"2.0","id":' + raw_id.encode() + b","), written
