@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,16 +54,23 @@ def start_stack(config: Path = REFERENCE_CONFIG, **kw) -> Stack:
     return Stack(authz_config=config, **kw).start()
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Running]:
-    """The reference configuration (deploy/authz/authz.yaml), as `make run` uses it."""
-    s = start_stack()
+@contextlib.contextmanager
+def running_stack(config: Path = REFERENCE_CONFIG) -> Iterator[Running]:
+    """A stack with ``config``, stopped when the block ends."""
+    s = start_stack(config)
     running = Running(s)
     try:
         yield running
     finally:
         running.http.close()
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Running]:
+    """The reference configuration (deploy/authz/authz.yaml), as `make run` uses it."""
+    with running_stack() as running:
+        yield running
 
 
 class ThreadedIssuer:

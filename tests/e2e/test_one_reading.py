@@ -14,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from authz.dev.stack import REFERENCE_CONFIG, Stack
-from tests.e2e.conftest import Running
+from authz.dev.stack import REFERENCE_CONFIG
+from tests.e2e.conftest import Running, running_stack
 
 ACCEPT = {"accept": "application/json, text/event-stream"}
 MISSING = None
@@ -45,13 +45,8 @@ def variant(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Running]:
-    s = Stack(authz_config=variant(tmp_path_factory.mktemp("one-reading"))).start()
-    running = Running(s)
-    try:
+    with running_stack(variant(tmp_path_factory.mktemp("one-reading"))) as running:
         yield running
-    finally:
-        running.http.close()
-        s.stop()
 
 
 def labelled(label: str | tuple[str, ...] | None) -> list[tuple[str, str]]:
