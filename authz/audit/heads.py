@@ -63,7 +63,7 @@ def load_heads(sources: Iterable[str], *, timeout: float = 10.0) -> dict[str, di
     newest: dict[str, dict[str, Any]] = {}
     for source in sources:
         if source.startswith(("http://", "https://")):
-            with urllib.request.urlopen(source, timeout=timeout) as answer:  # noqa: S310 (scheme checked)
+            with urllib.request.urlopen(source, timeout=timeout) as answer:
                 chunks = [answer.read(16 * 1024 * 1024)]
         else:
             path = Path(source)

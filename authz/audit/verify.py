@@ -174,9 +174,10 @@ def verify(paths: Iterable[str | Path],
     trims = load_trims(paths)
     for instance, rows in chains.items():
         _Chain(instance, keys, report, trims, (heads or {}).get(instance)).check(rows)
-    for instance in sorted(set(heads or {}) - set(chains)):
-        report.problems.append(f"instance {instance}: the published head names seq {(heads or {})[instance].get('seq')}, "
-                               "but there are no audit files of this instance (deleted, or not given)")
+    for instance, head in sorted((heads or {}).items()):
+        if instance not in chains:
+            report.problems.append(f"instance {instance}: the published head names seq {head.get('seq')}, but "
+                                   "there are no audit files of this instance (deleted, or not given)")
     return report
 
 

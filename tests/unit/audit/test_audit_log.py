@@ -4,7 +4,6 @@ found with its location; a crash loses at most the unsealed tail, reported preci
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
