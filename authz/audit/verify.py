@@ -100,6 +100,8 @@ def audit_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+# (file, line number, the record or None when the line is damaged, the line's bytes or, for a
+# damaged line, why it is)
 Row = tuple[Path, int, dict[str, Any] | None, bytes]
 
 
@@ -126,7 +128,7 @@ def read_records(files: list[Path], report: Report | None = None,
                     continue
                 if damaged is not None:
                     damaged.append(f"{f}:{i}: damaged line ({exc})")
-                rows.append((f, i, None, line))
+                rows.append((f, i, None, str(exc).encode()))
     return rows
 
 
@@ -205,7 +207,11 @@ class _Chain:
         for f, line_no, rec, line in rows:
             self.where = f"{f}:{line_no}"
             if rec is None:
-                self.problem(f"{self.where}: not a well-formed record (edited or corrupted)")
+                self.problem(f"{self.where}: not a well-formed record: {line.decode()} (edited or corrupted)")
+                if self.segment_count is not None:
+                    self.segment_count += 1
+                if self.expected_seq is not None:
+                    self.expected_seq += 1  # it took a place in the chain; what follows is checked on
                 continue
             self.record(rec, line)
         self.end()
