@@ -401,9 +401,10 @@ class AuditLog:
     BATCH = 10_000
 
     async def _run(self) -> None:
-        # Wake ten times a second (or at once when the queue is full) and take everything
-        # queued: the cost of the loop, the thread hop and the write is shared by every record
-        # of the round instead of being paid per request.
+        # Wake ten times a second (or at once when the queue is full, or when a request waits
+        # for its record: durability answered/fsync) and take everything queued: the cost of the
+        # loop, the write (and the thread hop, for queued and fsync) is shared by every record of
+        # the round instead of being paid per request.
         while True:
             await self._sleep()
             if self._next_key is not None:

@@ -120,6 +120,9 @@ def clean_log(tmp_path_factory):
         traffic(stack, token)
         head = httpx.get(f"{stack.authz_http}/audit/head").json()
         assert head["heads"] and head["heads"][0]["instance"] == "e2e"
+        # While it runs, the chain reaches the head the sidecar serves (the open segment: exit 2).
+        live = verify(audit_dir, old_pub, new_pub, head=f"{stack.authz_http}/audit/head")
+        assert live.returncode == 2 and "TAMPERED" not in live.stdout, live.stdout + live.stderr
         proc = stack.procs["authz"]
         stack.stop_authz()
         checks["key-rotation"] = verify(audit_dir, old_pub, new_pub)

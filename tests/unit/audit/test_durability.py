@@ -219,3 +219,13 @@ async def test_a_stop_right_after_a_reload_seals_the_log(tmp_path, key):
     report = verify([tmp_path], [key.public_key(), new.public_key()])
     assert report.status == 0, report.render()
     assert on_disk(tmp_path)[-1]["type"] == "checkpoint" and on_disk(tmp_path)[-1]["final"] is True
+
+
+def test_the_default_instance_id_is_host_pid():
+    import os
+    import socket
+
+    from authz.config import Config
+
+    assert Config().instance_id == f"{socket.gethostname()}-{os.getpid()}"
+    assert Config.model_validate({"server": {"instance_id": "pod-a"}}).instance_id == "pod-a"
