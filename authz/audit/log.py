@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from authz.audit.redis_stream import RedisStreamSink
 
 log = logging.getLogger("authz.audit")
+_decision_log = logging.getLogger("authz.decision")  # where the published heads go (with the decisions)
 
 # What waits for the writer: (type, the record's canonical bytes with the seq, prev and digest
 # still to fill in, the bytes to digest or None), or the record itself when orjson could not
@@ -546,8 +547,8 @@ class AuditLog:
         if head is None:
             return
         self.head = head
-        log.info("audit checkpoint %s seq %d", self.instance, head["seq"],
-                 extra={"fields": {"event": "audit_checkpoint", "audit_head": head}})
+        _decision_log.info("audit checkpoint %s seq %d", self.instance, head["seq"],
+                           extra={"fields": {"event": "audit_checkpoint", "audit_head": head}})
 
     def _flush(self, *, sync: bool) -> None:
         data, self._pending = b"".join(self._pending), []

@@ -116,6 +116,10 @@ def test_kill_9_under_load_then_restart(tmp_path):
         # Nothing before the last checkpoint is lost: every seq up to it is on disk, in order.
         seqs = [r["seq"] for _, _, r, _ in read_records(audit_files([audit_dir])) if r]
         assert seqs[:sealed] == list(range(1, sealed + 1))
+        # ... and the unsealed tail is named exactly: every record on disk after the checkpoint.
+        if seqs[-1] > sealed:
+            tail = f"{seqs[-1] - sealed} record(s) (seq {sealed + 1}..{seqs[-1]}) after the last checkpoint"
+            assert tail in result.stdout, result.stdout
 
         # Restart: the new segment links to what the crashed one left, and closes cleanly.
         stack.start_authz()

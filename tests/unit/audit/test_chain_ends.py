@@ -226,7 +226,7 @@ async def test_deleting_the_newest_files_is_caught_against_the_published_head(tm
 async def test_a_head_from_the_decision_log_works_too(tmp_path, key, caplog):
     import logging
 
-    caplog.set_level(logging.INFO, logger="authz.audit")
+    caplog.set_level(logging.INFO, logger="authz.decision")
     log = await session(tmp_path, key, 7)
     lines = [json.dumps({"event": "audit_checkpoint", "audit_head": r.fields["audit_head"]})
              for r in caplog.records if getattr(r, "fields", {}).get("event") == "audit_checkpoint"]
@@ -292,3 +292,19 @@ async def test_a_checkpoint_counts_what_its_segment_holds(tmp_path, key):
     signed = recs[-1]
     sig = base64.b64decode(signed["sig"])
     key.public_key().verify(sig, checkpoint_message(signed))
+
+
+async def test_a_stream_export_serves_as_the_head(tmp_path, key):
+    """With audit.redis_stream on, checkpoints reach the stream like every line: an export of
+    it (here: a copy of the files) is a head source for verify."""
+    await session(tmp_path / "local", key, 30, rotate_bytes=4096)
+    await session(tmp_path / "local", key, 30, prefix="b", rotate_bytes=4096)
+    shutil.copytree(tmp_path / "local", tmp_path / "central")
+    pub = pem(tmp_path, key)
+    assert main(["verify", str(tmp_path / "local"), "--public-key", pub, "--head", str(tmp_path / "central")]) == 0
+    [f for f in files(tmp_path / "local") if f.stat().st_size][-1].unlink()
+    assert main(["verify", str(tmp_path / "local"), "--public-key", pub, "--head", str(tmp_path / "central")]) == 1
+    # a head that is not signed by a given key is not trusted
+    other = ed25519.Ed25519PrivateKey.generate()
+    assert main(["verify", str(tmp_path / "central"), "--public-key", pem(tmp_path, other),
+                 "--head", str(tmp_path / "central")]) == 1
