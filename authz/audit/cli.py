@@ -252,6 +252,14 @@ def main(argv: Sequence[str]) -> int:
     d.add_argument("--key-file", required=True,
                    help="audit.digest_key_file, or the audit signing key when that is unset")
     args = p.parse_args(list(argv))
+    try:
+        return _run(args)
+    except OSError as exc:  # a path that is not there, not readable, not writable
+        print(f"authz audit {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "verify":
         return _verify(args)
     if args.cmd == "explain":

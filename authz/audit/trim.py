@@ -64,9 +64,11 @@ def trim(directory: Path, before_ms: int, key: ed25519.Ed25519PrivateKey) -> dic
     first_kept = next((r for path in files[len(removable):] for r in _records(path)), None)
     if first_kept is None:
         return None
-    instance = first_kept.get("instance")
+    instance, next_seq = first_kept.get("instance"), first_kept.get("seq")
+    if not isinstance(instance, str) or not isinstance(next_seq, int):
+        raise ValueError(f"{directory}: the first record kept names no instance or seq; verify the log first")
     record = {"type": "trim", "v": 1, "instance": instance, "time_ms": int(time.time() * 1000),
-              "before_time_ms": before_ms, "next_seq": first_kept.get("seq"), "next_prev": first_kept.get("prev"),
+              "before_time_ms": before_ms, "next_seq": next_seq, "next_prev": first_kept.get("prev"),
               "removed": [{"file": p.name, "first_seq": rs[0].get("seq"), "last_seq": rs[-1].get("seq")}
                           for p, rs in removable],
               "kid": key_id(key.public_key())}

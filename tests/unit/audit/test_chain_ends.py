@@ -308,3 +308,38 @@ async def test_a_stream_export_serves_as_the_head(tmp_path, key):
     other = ed25519.Ed25519PrivateKey.generate()
     assert main(["verify", str(tmp_path / "central"), "--public-key", pem(tmp_path, other),
                  "--head", str(tmp_path / "central")]) == 1
+
+
+async def test_verify_explain_and_export_never_raise_on_a_damaged_log(tmp_path, key):
+    """Every line of a real log damaged in several ways, one at a time: verify reports (exit 1),
+    explain and export go on."""
+    import random
+
+    from authz.audit.cli import _records, explain, export_rows
+
+    await session(tmp_path / "orig", key, 8)
+    original = files(tmp_path / "orig")[0].read_bytes().splitlines(keepends=True)
+    rng = random.Random(17)
+    values = [None, True, 1.5, -1, 2 ** 80, "", "x", [], {}, [1, {"a": None}], {"seq": "1"}]
+
+    def mutations(line: bytes):
+        yield line[: len(line) // 2] + b"\n"
+        yield b"\x00\xff" + line
+        yield line.replace(b":", b":[", 1)
+        rec = json.loads(line)
+        for field in list(rec):
+            yield json.dumps({**rec, field: rng.choice(values)}).encode() + b"\n"
+        yield json.dumps(rng.choice(values)).encode() + b"\n"
+
+    for i, line in enumerate(original):
+        for bad in mutations(line):
+            d = tmp_path / f"m{i}"
+            shutil.rmtree(d, ignore_errors=True)
+            (d / "i1").mkdir(parents=True)
+            (d / "i1" / "audit-000000000001.jsonl").write_bytes(b"".join([*original[:i], bad, *original[i + 1:]]))
+            report = verify([d], key.public_key())
+            report.render()
+            assert report.status in (1, 2), (i, bad)
+            records = _records([str(d)])
+            export_rows(records)
+            explain("r1", records)
