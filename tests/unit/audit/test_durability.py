@@ -37,16 +37,21 @@ def ctx(rid: str, body: bytes = b"") -> Context:
     return Context(request=req, principal=Principal(subject="oscar", issuer="https://idp"))
 
 
+async def start_stage(tmp: Path, key, **kw) -> AuditStage:
+    c = cfg(tmp, **kw)
+    stage = AuditStage(c, AuditLog(c, instance="i1", key=key))
+    await stage.start()
+    return stage
+
+
 def on_disk(tmp: Path) -> list[dict]:
     return [json.loads(line) for f in sorted((tmp / "i1").glob("audit-*.jsonl"))
             for line in f.read_bytes().splitlines()]
 
 
 async def test_answered_hands_the_record_to_the_os_before_check_returns(tmp_path, key):
-    c = cfg(tmp_path, durability="answered")
-    log = AuditLog(c, instance="i1", key=key)
-    stage = AuditStage(c, log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key, durability="answered")
+    log = stage.log
     await asyncio.sleep(0.01)  # the writer sleeps until its next tick (100 ms) ...
     started = asyncio.get_running_loop().time()
     await stage.on_decision(ctx("answered-1"), None)
@@ -57,10 +62,8 @@ async def test_answered_hands_the_record_to_the_os_before_check_returns(tmp_path
 
 
 async def test_answered_is_one_write_for_many_concurrent_checks(tmp_path, key, monkeypatch):
-    c = cfg(tmp_path, durability="answered")
-    log = AuditLog(c, instance="i1", key=key)
-    stage = AuditStage(c, log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key, durability="answered")
+    log = stage.log
     flushes = []
     real_flush = log._flush
     monkeypatch.setattr(log, "_flush", lambda *, sync: (flushes.append(len(log._pending)), real_flush(sync=sync)))
@@ -71,10 +74,8 @@ async def test_answered_is_one_write_for_many_concurrent_checks(tmp_path, key, m
 
 
 async def test_a_failed_write_refuses_an_allowed_request_with_answered(tmp_path, key, monkeypatch):
-    c = cfg(tmp_path, durability="answered")
-    log = AuditLog(c, instance="i1", key=key)
-    stage = AuditStage(c, log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key, durability="answered")
+    log = stage.log
 
     def broken(*, sync: bool) -> None:
         log._pending = []
@@ -89,10 +90,7 @@ async def test_a_failed_write_refuses_an_allowed_request_with_answered(tmp_path,
 
 
 async def test_queued_does_not_wait(tmp_path, key):
-    c = cfg(tmp_path, durability="queued")
-    log = AuditLog(c, instance="i1", key=key)
-    stage = AuditStage(c, log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key, durability="queued")
     await stage.on_decision(ctx("q"), None)
     assert "q" not in [r.get("request_id") for r in on_disk(tmp_path)]  # still queued
     await stage.close()
@@ -100,10 +98,7 @@ async def test_queued_does_not_wait(tmp_path, key):
 
 
 async def test_fsync_waits_for_the_sync(tmp_path, key, monkeypatch):
-    c = cfg(tmp_path, durability="fsync")
-    log = AuditLog(c, instance="i1", key=key)
-    stage = AuditStage(c, log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key, durability="fsync")
     synced = []
     import authz.audit.log as log_module
 
@@ -118,9 +113,7 @@ async def test_fsync_waits_for_the_sync(tmp_path, key, monkeypatch):
 
 async def test_the_digest_of_a_short_body_cannot_be_recomputed_without_the_key(tmp_path, key):
     """The README's SSN request: four unknown digits were 10^4 hashes from a record."""
-    log = AuditLog(cfg(tmp_path), instance="i1", key=key)
-    stage = AuditStage(cfg(tmp_path), log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key)
     body = b'{"messages":[{"role":"user","content":"my ssn is 123-45-6789"}]}'
     await stage.on_decision(ctx("ssn", body), None)
     await stage.close()
@@ -155,9 +148,7 @@ def test_the_digest_cli_matches_a_body_with_the_key(tmp_path, key, capsys):
 # --- what an auditor reads ----------------------------------------------------------------------------
 
 async def test_a_grant_is_recorded_as_an_answer_and_explained_as_such(tmp_path, key):
-    log = AuditLog(cfg(tmp_path), instance="i1", key=key)
-    stage = AuditStage(cfg(tmp_path), log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key)
     c = ctx("grant-1")
     c.facts["approval_granted"] = "abc"
     await stage.on_decision(c, Answer(reason="approvals.granted", details={"approval_id": "abc"}))
@@ -175,9 +166,7 @@ async def test_a_grant_is_recorded_as_an_answer_and_explained_as_such(tmp_path, 
 async def test_explain_names_the_deciding_stage_and_never_claims_forwarding_of_a_refusal(tmp_path, key):
     from authz.errors import Forbidden, TooManyRequests
 
-    log = AuditLog(cfg(tmp_path), instance="i1", key=key)
-    stage = AuditStage(cfg(tmp_path), log)
-    await stage.start()
+    stage = await start_stage(tmp_path, key)
     for rid, deny in (("red", Forbidden("x", reason="redaction.blocked")),
                       ("lim", TooManyRequests("x", reason="rate_limited"))):
         c = ctx(rid)
