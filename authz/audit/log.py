@@ -91,8 +91,9 @@ def sign(record: dict[str, Any], key: ed25519.Ed25519PrivateKey) -> dict[str, An
     return record
 
 
-class AuditLogBusy(RuntimeError):
-    """Another process writes this directory and instance (two sidecars with one instance_id)."""
+class AuditLogBusy(OSError):
+    """Another process writes this directory and instance (two sidecars with one instance_id).
+    An OSError, so `authz serve` refuses to start with the message, not a traceback."""
 
 
 def public_jwk(key: ed25519.Ed25519PublicKey, kid: str) -> dict[str, str]:
