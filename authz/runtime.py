@@ -137,7 +137,7 @@ class Runtime:
 
     async def _retire(self, old: Generation, *, keep_store: bool) -> None:
         await asyncio.sleep(RETIRE_AFTER_SECONDS)
-        self._retiring.remove((old, keep_store))
+        self._retiring = [r for r in self._retiring if r[0] is not old]
         await self._close_generation(old, keep_store=keep_store)
 
     @staticmethod
