@@ -268,8 +268,8 @@ class _Chain:
                 return
         self.problem(f"{self.where}: the head of the chain of instance {self.instance} is missing: it starts at "
                      f"seq {seq}, not at seq 1 from the genesis (seq 1..{seq - 1 if isinstance(seq, int) else '?'} "
-                     "deleted, or trimmed from a Redis Stream by MAXLEN), and no signed trim record "
-                     "(authz audit trim) explains it")
+                     f"deleted, starting with file {FILE_PREFIX}{1:012d}.jsonl, or trimmed from a Redis Stream by "
+                     "MAXLEN), and no signed trim record (authz audit trim) explains it")
 
     def segment(self, rec: dict[str, Any]) -> None:
         where, seq = self.where, rec.get("seq")
@@ -328,7 +328,8 @@ class _Chain:
         elif isinstance(seq, int) and seq > self.last_seq:
             self.problem(f"instance {self.instance}: the newest records are missing: the published head is "
                          f"seq {seq} (hash {str(head.get('hash'))[:16]}...), the chain on disk ends at seq "
-                         f"{self.last_seq} ({self.where}): files deleted or cut short")
+                         f"{self.last_seq} ({self.where}): seq {self.last_seq + 1}..{seq} deleted (the file "
+                         f"{FILE_PREFIX}{self.last_seq + 1:012d}.jsonl and any after it) or cut short")
         elif self.head_hash != head.get("hash"):
             self.problem(f"instance {self.instance}: the record at seq {seq} is not the published head "
                          "(the chain was rewritten after it was published)")

@@ -257,7 +257,8 @@ def escape(d: Path) -> str:
 def delete_first_file(d: Path) -> str:
     files = _nonempty(d)
     files[0].unlink()
-    return f"{files[1]}:1"
+    assert files[0].name == "audit-000000000001.jsonl"
+    return f"{files[1]}:1: the head of the chain of instance e2e is missing: it starts at seq"
 
 
 def delete_first_100_records(d: Path) -> str:
@@ -271,7 +272,7 @@ def delete_first_100_records(d: Path) -> str:
 def delete_last_closed_file(d: Path) -> str:
     f = _nonempty(d)[-1]
     f.unlink()
-    return "newest records are missing"
+    return f"(the file {f.name} and any after it)"
 
 
 def move_last_file(d: Path) -> str:
