@@ -261,6 +261,9 @@ class _Chain:
             if (trim.get("instance"), trim.get("next_seq"), trim.get("next_prev")) == (self.instance, seq, self.prev):
                 why = _sign_ok(trim, self.keys)
                 if why is None:
+                    # The first segment kept may have lost its opening record: its records still
+                    # name it, so an unsealed tail of it is reported like any other.
+                    self.segment_open = rec.get("segment") if isinstance(rec.get("segment"), str) else "?"
                     self.report.notes.append(f"instance {self.instance}: seq 1..{seq - 1} were removed by the "
                                              f"retention trim recorded in {path} (signed)")
                     return
@@ -333,3 +336,5 @@ class _Chain:
         elif self.head_hash != head.get("hash"):
             self.problem(f"instance {self.instance}: the record at seq {seq} is not the published head "
                          "(the chain was rewritten after it was published)")
+        else:
+            self.report.notes.append(f"instance {self.instance}: the chain reaches the published head (seq {seq})")
