@@ -158,10 +158,9 @@ def verify(paths: Iterable[str | Path],
     keys = {key_id(k): k for k in given}
     paths = [Path(p) for p in paths]
     files = audit_files(paths)
-    damaged: list[str] = []
     chains: dict[str, list[Row]] = {}
     misplaced: set[Path] = set()
-    for row in read_records(sorted(files, key=lambda f: (f.name, str(f))), report, damaged):
+    for row in read_records(sorted(files, key=lambda f: (f.name, str(f))), report):
         f, _, rec, _ = row
         instance = rec.get("instance") if rec is not None else None
         if not isinstance(instance, str):
