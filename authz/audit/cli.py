@@ -219,7 +219,8 @@ def _digest(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="authz audit", description="Verify, explain and export audit logs offline.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("verify", help="check chain, signatures, gaps, order and truncation")
+    v = sub.add_parser("verify", help="check canonical bytes, chain, signatures, counts, both ends, order and "
+                       "truncation")
     v.add_argument("paths", nargs="+", help="audit files or directories")
     v.add_argument("--public-key", required=True, action="append",
                    help="Ed25519 public key: PEM, a JWK or a JWKS (every Ed25519 key in it); repeat it "
