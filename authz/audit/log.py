@@ -615,8 +615,13 @@ def shared_log(cfg: AuditConfig, *, instance: str) -> AuditLog:
     key = (str(Path(cfg.directory).resolve()) if cfg.sink == "file" else "stdout", instance)
     existing = _logs.get(key)
     if existing is None or (existing.users == 0 and existing._writer is None):
-        existing = _logs[key] = AuditLog(cfg, instance=instance)
-    elif cfg.signing_key_file:  # a reload: the key file may have been rotated in place
+        created = _logs[key] = AuditLog(cfg, instance=instance)
+        return created
+    # A reload: the running writer takes the new settings (durability, checkpoints, rotation,
+    # queue) from its next round; the Redis Stream sink and the digest key stay as started.
+    existing.cfg = cfg.model_copy(update={"redis_stream": existing.cfg.redis_stream,
+                                          "digest_key_file": existing.cfg.digest_key_file})
+    if cfg.signing_key_file:  # the key file may have been rotated in place
         existing.rotate(load_signing_key(cfg.signing_key_file))
     return existing
 

@@ -218,3 +218,24 @@ def test_the_default_instance_id_is_host_pid():
 
     assert Config().instance_id == f"{socket.gethostname()}-{os.getpid()}"
     assert Config.model_validate({"server": {"instance_id": "pod-a"}}).instance_id == "pod-a"
+
+
+async def test_a_reload_changes_the_durability_of_the_running_writer(tmp_path, key):
+    from authz.audit.log import shared_log
+
+    key_file = tmp_path / "audit.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    queued = cfg(tmp_path / "logs", durability="queued", signing_key_file=str(key_file))
+    first = AuditStage(queued, shared_log(queued, instance="dur"))
+    await first.start()
+    await first.on_decision(ctx("before"), None)
+    answered = queued.model_copy(update={"durability": "answered"})
+    second = AuditStage(answered, shared_log(answered, instance="dur"))  # the reload's new stage
+    assert second.log is first.log
+    await second.on_decision(ctx("after"), None)
+    written = [json.loads(line).get("request_id") for f in (tmp_path / "logs" / "dur").glob("audit-*.jsonl")
+               for line in f.read_bytes().splitlines()]
+    assert "after" in written  # on disk before Check answered: the new setting holds
+    await first.close()
+    await second.close()
