@@ -30,7 +30,7 @@ _STAGES = (("approvals.", "approval"), ("redaction.approval_required", "approval
 
 
 def deciding_stage(reason: str) -> str:
-    return next((stage for prefix, stage in _STAGES if reason.startswith(prefix)), "the sidecar")
+    return next((stage for prefix, stage in _STAGES if reason.startswith(prefix)), "sidecar")
 
 
 def _records(paths: Sequence[str]) -> list[dict[str, Any]]:
