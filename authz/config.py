@@ -44,7 +44,7 @@ class ServerConfig(Model):
 
     grpc_address: str = "127.0.0.1:9001"
     http_address: str = "127.0.0.1:9002"
-    instance_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,128}$")  # default: the host name
+    instance_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,128}$")  # default: <host name>-<pid>
     drain_seconds: float = Field(5.0, ge=0, le=600)
     grace_seconds: float = Field(10.0, ge=0, le=600)
     debug_headers: bool = False
@@ -115,11 +115,13 @@ class Config(Model):
 
     @property
     def instance_id(self) -> str:
-        """Names this replica in logs and its audit chain. The host name by default: a pod's
-        restarted container keeps it, so its chain continues."""
+        """Names this replica in logs and its audit chain. ``<host name>-<pid>`` by default:
+        unique among processes sharing a host (and an audit directory); a container's
+        restarted sidecar usually keeps its pid (1) and so its chain. Set it to keep one chain
+        across restarts elsewhere."""
         import socket
 
-        return self.server.instance_id or socket.gethostname()
+        return self.server.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from authz.audit.heads import heads_document
 from authz.audit.log import all_logs
 from authz.identity.metadata import protected_resource_metadata
 from authz.runtime import Runtime
@@ -47,6 +48,11 @@ async def jwks(request: web.Request) -> web.Response:
     return web.json_response({"keys": keys}, headers={"cache-control": "public, max-age=60"})
 
 
+async def audit_head(request: web.Request) -> web.Response:
+    """The latest signed checkpoint of each audit chain this process writes (``verify --head``)."""
+    return web.json_response(heads_document(log.head for log in all_logs()), headers={"cache-control": "no-store"})
+
+
 EXTRA_JWKS = web.AppKey("extra_jwks", list)
 
 
@@ -59,5 +65,6 @@ def build_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/.well-known/oauth-protected-resource", resource_metadata)
     app.router.add_get("/.well-known/oauth-protected-resource/{tail:.*}", resource_metadata)
     app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/audit/head", audit_head)
     app[EXTRA_JWKS] = []
     return app

@@ -26,6 +26,10 @@ def render_denial(deny: Deny, request: Request | None) -> Denial:
     headers = {"content-type": "application/json", "cache-control": "no-store",
                REASON_HEADER: deny.reason}
     headers.update({k.lower(): v for k, v in deny.headers.items()})
+    if request is not None and request.id:
+        # The client can quote it; and Process, which sees only the response of a request Check
+        # refused, joins its outcome record to the decision by it.
+        headers["x-request-id"] = request.id
     if isinstance(deny, Answer):
         return Denial(status=deny.status, headers=headers, body=_json(deny.details))
     payload: dict[str, object] = {"error": deny.reason, "message": deny.message}

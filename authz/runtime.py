@@ -83,6 +83,9 @@ class Runtime:
         self.store_health = ComponentHealth(ok=True)
         self._file_signature: tuple[object, ...] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Generations replaced by a reload and not closed yet: a stop closes them too (their
+        # pipelines may hold the last reference to an audit log that must be sealed).
+        self._retiring: list[tuple[Generation, bool]] = []
         self._reload_lock = asyncio.Lock()
 
     # --- access used on the request path ---------------------------------------------------------
@@ -130,15 +133,23 @@ class Runtime:
         if old is not None:
             if old.sha256[:12] != gen.sha256[:12]:
                 metrics.CONFIG_INFO.remove(old.sha256[:12])
+            self._retiring.append((old, old.store is gen.store))
             self._spawn(self._retire(old, keep_store=old.store is gen.store))
         metrics.CONFIG_INFO.labels(sha256=gen.sha256[:12]).set(1)
         metrics.COMPONENT_UP.labels(component="config").set(1)
 
     async def _retire(self, old: Generation, *, keep_store: bool) -> None:
         await asyncio.sleep(RETIRE_AFTER_SECONDS)
-        await old.pipeline.close()
-        if not keep_store:
-            await old.store.close()
+        self._retiring = [r for r in self._retiring if r[0] is not old]
+        await self._close_generation(old, keep_store=keep_store)
+
+    @staticmethod
+    async def _close_generation(gen: Generation, *, keep_store: bool) -> None:
+        try:
+            await gen.pipeline.close()
+        finally:
+            if not keep_store:
+                await gen.store.close()
 
     async def reload(self, *, cause: str = "file changed") -> bool:
         """Load the file again; swap in the new generation only if it is entirely valid."""
@@ -256,6 +267,11 @@ class Runtime:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        retiring, self._retiring = self._retiring, []
+        for gen, keep_store in retiring:  # oldest first; the current one last (its store too)
+            try:
+                await self._close_generation(gen, keep_store=keep_store)
+            except Exception:
+                log.exception("closing a replaced configuration failed")
         if self.current is not None:
-            await self.current.pipeline.close()
-            await self.current.store.close()
+            await self._close_generation(self.current, keep_store=False)

@@ -110,7 +110,7 @@ def allow_all(*, decision_log: bool = False) -> Callable[[Context], dict[str, An
 
 
 def reference(*, policy: bool, assertion: bool = True, audit: bool = False, rate_limit: bool = False,
-              binding: str = "request") -> Callable[[Context], dict[str, Any]]:
+              binding: str = "request", durability: str | None = None) -> Callable[[Context], dict[str, Any]]:
     """deploy/authz/authz.yaml reduced to the stages a scenario measures: identity always (its
     issuer pointed at the bench's), the reference policy or allow, and optionally the signed
     assertion, the audit log and one per-user rate limit in Redis (never reached)."""
@@ -126,6 +126,8 @@ def reference(*, policy: bool, assertion: bool = True, audit: bool = False, rate
         cfg["routing"] = {"enabled": False}
         cfg["redaction"] = {"enabled": False}
         cfg["audit"] = {"enabled": audit, "directory": str(ctx.workdir / "audit")}
+        if durability is not None:  # else the default (audit.durability)
+            cfg["audit"]["durability"] = durability
         cfg["limits"] = {}
         if rate_limit:
             if not ctx.redis_url:
@@ -164,8 +166,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("policy", "+ reference MCP policy on the tools/call body", "authz",
              reference(policy=True), signed_in_mcp_call, issuer=True,
              target=Target("floor+token", 0.80, "issue 4")),
-    Scenario("policy+audit", "policy with the tamper-evident audit log on", "authz",
+    Scenario("policy+audit", "policy with the tamper-evident audit log on (default durability: "
+             "answered, each decision record written before Check answers)", "authz",
              reference(policy=True, audit=True), signed_in_mcp_call, issuer=True,
+             target=Target("policy", 0.85, "issue 17")),
+    Scenario("policy+audit-queued", "policy with the audit log, durability queued (written within "
+             "100 ms after the answer)", "authz",
+             reference(policy=True, audit=True, durability="queued"), signed_in_mcp_call, issuer=True,
              target=Target("policy", 0.95, "issue 7")),
     Scenario("ratelimit", "policy + one per-user rate limit in Redis", "authz",
              reference(policy=True, rate_limit=True), signed_in_mcp_call, issuer=True, redis=True,

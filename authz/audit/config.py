@@ -32,4 +32,13 @@ class AuditConfig(Model):
     on_full: Literal["block", "fail_closed"] = "block"
     block_ms: int = Field(50, ge=0, le=10_000)
     signing_key_file: str | None = None    # Ed25519 private key, PEM (authz audit keygen)
+    # The key of the body digests (HMAC-SHA256): any file of at least 32 bytes, e.g. from
+    # `authz audit keygen`. Unset: derived from the signing key (README: "Body digests").
+    digest_key_file: str | None = None
+    # When a decision record is safe, relative to Check's answer (README: "Durability"):
+    #   queued   - in memory when Check answers; written within ~100 ms; kill -9 loses that much
+    #   answered - handed to the OS (written, group commit) before Check answers; kill -9 loses
+    #              none; a machine crash loses what the OS had not synced yet
+    #   fsync    - as answered, and synced to disk first: survives a machine crash
+    durability: Literal["queued", "answered", "fsync"] = "answered"
     redis_stream: RedisStreamConfig = RedisStreamConfig()

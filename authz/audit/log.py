@@ -1,16 +1,20 @@
 """The audit log: a hash chain of JSON lines, sealed by Ed25519-signed checkpoints.
 
-Every record carries ``seq`` (1, 2, 3 ... per instance, across files and restarts), ``prev`` (the
-hash of the record before it) and ``hash`` (SHA-256 of its RFC 8785 canonical form without
-``hash``). Every N records or T seconds a ``checkpoint`` record signs the chain up to itself, and
-the file is flushed and fsynced: a crash loses at most what came after the last checkpoint, and
-``authz audit verify`` says exactly what that is. A process start opens a new *segment* whose
-first record links to the last record the directory already holds, so a restart continues the
+Every record carries ``instance``, ``seq`` (1, 2, 3 ... per instance, across files and
+restarts), ``prev`` (the hash of the record before it) and ``hash`` (SHA-256 of its RFC 8785
+canonical form without ``hash``). Every N records or T seconds (idle or not) a ``checkpoint``
+record signs the chain up to itself and says how many records the chain holds (``total``) and
+the segment (``segment_records``); the file is flushed and fsynced, and the checkpoint becomes
+the published *head* (``/audit/head``, the decision log, the Redis Stream), so deleting the
+newest files is seen by ``verify --head``. A process start opens a new *segment* with a signed
+``segment`` record naming its first seq and the hash it continues from (the last record the
+directory already holds, across all its files, or the genesis), so a restart continues the
 chain; a clean stop writes a final checkpoint that closes the segment.
 
-Requests never wait for the disk: a record is encoded when it is offered (its canonical form,
-with stand-ins for ``seq`` and ``prev``) and put on a bounded queue; one writer task links the
-records (fills in seq and prev), hashes, signs and writes (file I/O in a thread). With
+When a record is safe is ``audit.durability``: ``queued`` records are encoded when offered (the
+canonical form with stand-ins for ``seq`` and ``prev``) and written by one writer task within
+``POLL_SECONDS``; with ``answered`` and ``fsync``, ``committed()`` wakes the writer and waits for
+the write (group commit: one write for every record queued meanwhile). With
 ``audit.redis_stream.url`` set, the lines written are also handed to a Redis Stream sink
 (``authz.audit.redis_stream``), best effort and never waited for.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -36,17 +42,20 @@ from prometheus_client import Counter, Gauge
 
 from authz.audit.canonical import canonical
 from authz.audit.config import AuditConfig
+from authz.audit.digests import body_digest, digest_key_id, load_digest_key
 
 if TYPE_CHECKING:
     from authz.audit.redis_stream import RedisStreamSink
 
 log = logging.getLogger("authz.audit")
+_decision_log = logging.getLogger("authz.decision")  # where the published heads go (with the decisions)
 
 # What waits for the writer: (type, the record's canonical bytes with the seq, prev and digest
 # still to fill in, the bytes to digest or None), or the record itself when orjson could not
 # encode it.
 Pending = tuple[str, bytes, bytes | None] | dict[str, Any]
-# A digest a record holds: (key, bytes); the record gets SHA-256 hex of the bytes, or None for none.
+# A digest a record holds: (key, bytes); the record gets the keyed digest (HMAC-SHA256 hex,
+# authz.audit.digests) of the bytes, or None for none.
 Digest = tuple[str, bytes | None]
 
 RECORDS = Counter("authz_audit_records_total", "Audit records written, by type.", ["type"])
@@ -55,7 +64,8 @@ CHECKPOINT_LAG = Gauge("authz_audit_checkpoint_lag_seconds",
                        "Seconds since the last signed checkpoint (records after it are unsealed).")
 WRITE_FAILURES = Counter("authz_audit_write_failures_total", "Audit writes that failed.")
 REFUSED = Counter("authz_audit_refused_total",
-                  "Requests refused, or records lost after the answer, because the queue was full.",
+                  "Requests refused, or records lost after the answer: the queue was full (when=check, "
+                  "outcome) or a decision record could not be written before the answer (when=write).",
                   ["when"])
 STREAM_FAILURES = Counter("authz_audit_stream_failures_total",
                           "Audit lines not written to the Redis Stream (audit.redis_stream): failed "
@@ -72,7 +82,18 @@ def record_hash(record: dict[str, Any]) -> str:
 
 
 def checkpoint_message(record: dict[str, Any]) -> bytes:
+    """What a signed record's (checkpoint, segment, trim) ``sig`` signs."""
     return canonical({k: v for k, v in record.items() if k not in ("hash", "sig")})
+
+
+def sign(record: dict[str, Any], key: ed25519.Ed25519PrivateKey) -> dict[str, Any]:
+    record["sig"] = base64.b64encode(key.sign(checkpoint_message(record))).decode()
+    return record
+
+
+class AuditLogBusy(OSError):
+    """Another process writes this directory and instance (two sidecars with one instance_id).
+    An OSError, so `authz serve` refuses to start with the message, not a traceback."""
 
 
 def public_jwk(key: ed25519.Ed25519PublicKey, kid: str) -> dict[str, str]:
@@ -120,13 +141,22 @@ class AuditLog:
         self._seq_mark, self._prev_mark, self._digest_mark = (secrets.token_hex(16) for _ in range(3))
         self._seq_token = f'"{self._seq_mark}"'.encode()
         self._prev_token, self._digest_token = self._prev_mark.encode(), self._digest_mark.encode()
+        self.digest_key = load_digest_key(cfg.digest_key_file, self.key)
+        self.digest_kid = digest_key_id(self.digest_key)
         self.dir = Path(cfg.directory) / instance
+        self._lock: int | None = None  # an flock on the instance directory: one writer per chain
         self._file: Any = None
         self._path: Path | None = None
         self._seq = 0
         self._prev = GENESIS
         self._since_checkpoint = 0
+        self._segment_records = 0
         self._last_checkpoint = time.monotonic()
+        self.head: dict[str, Any] | None = None  # the last checkpoint written (published)
+        self._sealed: dict[str, Any] | None = None  # a checkpoint not yet flushed
+        # Group commit (durability answered/fsync): the future the records queued since the
+        # writer's last take wait for, and the one of the batch it is writing.
+        self._commit: asyncio.Future[bool] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
         self._written: dict[str, int] = {}  # records written this round, by type (for RECORDS)
@@ -167,24 +197,49 @@ class AuditLog:
     async def start(self) -> None:
         if self.cfg.sink == "file":
             await asyncio.to_thread(self._open_directory)
-        self._append({"type": "segment", "segment": self.segment, "instance": self.instance, "kid": self.kid,
-                      "pid": os.getpid(), "continues": self._seq > 0})
+        self._open_segment()
         if self.stream is not None:
             self.stream.start()
         self._writer = asyncio.get_running_loop().create_task(self._run())
+        self._writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """Requests waiting for a write that will not come (the writer died: a bug) are told."""
+        if task.cancelled():  # close() did it, and writes what is queued itself
+            return
+        log.error("the audit writer stopped: %r", task.exception())
+        commit, self._commit = self._commit, None
+        _resolve(commit, False)
+
+    def _open_segment(self) -> None:
+        """The segment's signed opening record: where it starts (its own seq) and what it
+        continues (``prev``: the last hash the directory held, or the genesis)."""
+        record = {"type": "segment", "segment": self.segment, "instance": self.instance, "kid": self.kid,
+                  "pid": os.getpid(), "continues": self._seq > 0, "first_seq": self._seq + 1,
+                  "previous_hash": self._prev, "digest_kid": self.digest_kid}
+        self._chain_fields(record, self._seq + 1, self._prev)
+        self._add_line("segment", canonical(sign(record, self.key)))
 
     def _open_directory(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        files = sorted(self.dir.glob(f"{FILE_PREFIX}*.jsonl"))
-        if files:  # continue the chain after the last complete record the directory holds
-            for line in reversed(files[-1].read_bytes().splitlines()):
-                try:
-                    last = json.loads(line)
-                    self._seq, self._prev = int(last["seq"]), str(last["hash"])
-                    break
-                except (ValueError, KeyError, TypeError):
-                    continue
+        self._take_lock()
+        self._seq, self._prev = chain_end(self.dir)
         self._rotate()
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditLogBusy(f"{self.dir} is written by another process: give each sidecar its own "
+                               "server.instance_id (the default, host-pid, is unique)") from None
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
 
     def _rotate(self) -> None:
         if self._file is not None:
@@ -208,19 +263,25 @@ class AuditLog:
         except Exception:  # a bug: it is said, and what it left queued is written below
             log.exception("the audit writer had stopped")
         self._writer = None
+        commit, self._commit = self._commit, None
         while self._queue:  # offered while the writer was stopping (or after it stopped)
             for pending in self._take():
                 self._append_safely(pending)
         self._checkpoint(final=True)
         self._count_written()
         lines, last_seq = self._pending, self._seq
+        written = False
         try:
             self._flush(sync=True)
+            written = True
         finally:
             self._to_stream(lines, last_seq)
+            _resolve(commit, written)
+            self._publish_head()
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._release_lock()
         if self.stream is not None:
             await self.stream.close()
 
@@ -249,9 +310,23 @@ class AuditLog:
                                 data or None))
         except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a big integer, a bug of ours
             if data:
-                record[digest[0]] = hashlib.sha256(data).hexdigest()  # type: ignore[index]
+                record[digest[0]] = body_digest(self.digest_key, data)  # type: ignore[index]
             self._queue.append(record)
         return True
+
+    async def committed(self) -> bool:
+        """Wait until everything offered so far is written (``answered``: handed to the OS;
+        ``fsync``: synced). False when the write failed. With ``queued``, at once.
+
+        Group commit: every request that offers before the writer's next take waits for the
+        same future, and the writer, woken by the first, writes them all with one write."""
+        if self.cfg.durability == "queued" or self._writer is None or self._writer.done():
+            return self._writer is not None or self.cfg.durability == "queued"
+        commit = self._commit
+        if commit is None:
+            commit = self._commit = asyncio.get_running_loop().create_future()
+            self._wake_writer()
+        return await asyncio.shield(commit)
 
     def _chain_fields(self, record: dict[str, Any], seq: int | str, prev: str) -> None:
         # The chain's fields are the log's to set (a record cannot bring its own seq or prev).
@@ -294,6 +369,9 @@ class AuditLog:
     async def _sleep(self) -> None:
         """Until the next tick, or until ``_wake_writer``. (Not ``wait_for`` on an event: on
         Python 3.11 that can swallow the cancellation ``close`` sends when both come at once.)"""
+        if self._commit is not None:  # a request waits for its record: no sleeping (group commit)
+            await asyncio.sleep(0)
+            return
         loop = asyncio.get_running_loop()
         self._wake = loop.create_future()
         tick = loop.call_later(self.POLL_SECONDS, self._wake_writer)
@@ -325,37 +403,49 @@ class AuditLog:
     BATCH = 10_000
 
     async def _run(self) -> None:
-        # Wake ten times a second (or at once when the queue is full) and take everything
-        # queued: the cost of the loop, the thread hop and the write is shared by every record
-        # of the round instead of being paid per request.
+        # Wake ten times a second (or at once when the queue is full, or when a request waits
+        # for its record: durability answered/fsync) and take everything queued: the cost of the
+        # loop, the write (and the thread hop, for queued and fsync) is shared by every record of
+        # the round instead of being paid per request.
         while True:
             await self._sleep()
             if self._next_key is not None:
                 self._apply_rotation()
             batch = self._take()
+            commit = None
+            if not self._queue:  # every record the waiting requests offered is in this batch
+                commit, self._commit = self._commit, None
             self._busy = True
             self._signal_round()  # room again for requests waiting in put()
-            sealed = False
+            sealed = written = False
             try:
                 for r in batch:
                     self._append_safely(r)
                     if self._since_checkpoint >= self.cfg.checkpoint_every_records:
                         self._checkpoint()
                         sealed = True
-                if self._since_checkpoint and (time.monotonic() - self._last_checkpoint
-                                               >= self.cfg.checkpoint_every_seconds):
+                # On schedule even when idle: the lag then measures staleness, and the published
+                # head stays fresh (a missing newest file shows against it).
+                if time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_every_seconds:
                     self._checkpoint()
                     sealed = True
+                sealed = sealed or self._sealed is not None  # a rotation's checkpoint too
                 if self._pending:
                     lines, last_seq = self._pending, self._seq
                     try:
-                        await asyncio.to_thread(self._flush, sync=sealed)
+                        if sealed or self.cfg.durability != "answered":
+                            await asyncio.to_thread(self._flush, sync=sealed or self.cfg.durability == "fsync")
+                        else:  # a write to the page cache, microseconds: not worth a thread hop
+                            self._flush(sync=False)
                     finally:  # _flush took the list: hand the same lines to the stream
                         self._to_stream(lines, last_seq)
+                written = True
+                self._publish_head()
             except OSError:
                 WRITE_FAILURES.inc()
                 log.exception("audit write failed")
             finally:
+                _resolve(commit, written)
                 self._busy = False
                 self._count_written()
                 QUEUE_DEPTH.set(len(self._queue))
@@ -401,7 +491,7 @@ class AuditLog:
                  (body.find(self._prev_token), self._prev_token, self._prev.encode())]
         if data is not None:
             fills.append((body.find(self._digest_token), self._digest_token,
-                          hashlib.sha256(data).hexdigest().encode()))
+                          body_digest(self.digest_key, data).encode()))
         fills.sort()
         if fills[0][0] < 0:
             return None
@@ -425,6 +515,7 @@ class AuditLog:
         self._prev = digest
         self._pending.append(b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode()))
         self._written[kind] = self._written.get(kind, 0) + 1
+        self._segment_records += 1
         if kind != "checkpoint":
             self._since_checkpoint += 1
 
@@ -438,13 +529,28 @@ class AuditLog:
         self._written.clear()
 
     def _checkpoint(self, *, final: bool = False) -> None:
+        # total: records in the chain through this one (seq counts from the genesis, trims
+        # included); segment_records: the segment's, its opening record and this one included.
         record = {"v": 1, "seq": self._seq + 1, "instance": self.instance, "segment": self.segment,
                   "time_ms": _now_ms(), "type": "checkpoint", "kid": self.kid, "records": self._since_checkpoint,
+                  "total": self._seq + 1, "segment_records": self._segment_records + 1,
                   "final": final, "prev": self._prev}
-        record["sig"] = base64.b64encode(self.key.sign(checkpoint_message(record))).decode()
-        self._add_line("checkpoint", canonical(record))
+        body = canonical(sign(record, self.key))
+        self._add_line("checkpoint", body)
+        record["hash"] = self._prev
+        self._sealed = record
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+
+    def _publish_head(self) -> None:
+        """The checkpoint just written (flushed) becomes the head: served on ``/audit/head``
+        and logged, outside the directory an intruder could prune."""
+        head, self._sealed = self._sealed, None
+        if head is None:
+            return
+        self.head = head
+        _decision_log.info("audit checkpoint %s seq %d", self.instance, head["seq"],
+                           extra={"fields": {"event": "audit_checkpoint", "audit_head": head}})
 
     def _flush(self, *, sync: bool) -> None:
         data, self._pending = b"".join(self._pending), []
@@ -466,6 +572,31 @@ class AuditLog:
 _RECORD_COUNTERS: dict[str, Any] = {}
 
 
+def _resolve(commit: asyncio.Future[bool] | None, written: bool) -> None:
+    if commit is not None and not commit.done():
+        commit.set_result(written)
+
+
+def last_record(path: Path) -> dict[str, Any] | None:
+    """The last complete record of one file (a line cut by a crash is skipped)."""
+    for line in reversed(path.read_bytes().splitlines()):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("seq"), int) and isinstance(record.get("hash"), str):
+                return record
+    return None
+
+
+def chain_end(directory: Path) -> tuple[int, str]:
+    """(seq, hash) of the last record the directory holds, across all its files: the newest
+    may be empty (a sealing flush rotated just before a stop) or hold only a cut line."""
+    for path in sorted(directory.glob(f"{FILE_PREFIX}*.jsonl"), reverse=True):
+        record = last_record(path)
+        if record is not None:
+            return int(record["seq"]), str(record["hash"])
+    return 0, GENESIS
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -485,8 +616,13 @@ def shared_log(cfg: AuditConfig, *, instance: str) -> AuditLog:
     key = (str(Path(cfg.directory).resolve()) if cfg.sink == "file" else "stdout", instance)
     existing = _logs.get(key)
     if existing is None or (existing.users == 0 and existing._writer is None):
-        existing = _logs[key] = AuditLog(cfg, instance=instance)
-    elif cfg.signing_key_file:  # a reload: the key file may have been rotated in place
+        created = _logs[key] = AuditLog(cfg, instance=instance)
+        return created
+    # A reload: the running writer takes the new settings (durability, checkpoints, rotation,
+    # queue) from its next round; the Redis Stream sink and the digest key stay as started.
+    existing.cfg = cfg.model_copy(update={"redis_stream": existing.cfg.redis_stream,
+                                          "digest_key_file": existing.cfg.digest_key_file})
+    if cfg.signing_key_file:  # the key file may have been rotated in place
         existing.rotate(load_signing_key(cfg.signing_key_file))
     return existing
 

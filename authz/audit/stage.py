@@ -3,8 +3,12 @@ exchange Process saw to its end, joined by request id.
 
 Only allow-listed facts go in: who (issuer, subject, tenant, client, credential type), what
 (method, host, path without query, MCP tool or model), the decision and why, limits, redaction
-findings (types and counts), usage, status, and a digest of the body. Never a token, a header
-value or a body.
+findings (types and counts), usage, status, and a keyed digest of the body
+(``authz.audit.digests``). Never a token, a header value or a body.
+
+With ``audit.durability`` answered or fsync, Check's answer waits for its decision record to be
+written (``AuditLog.committed``): an allowed request whose record could not be written is
+refused (503 audit.unavailable), a refusal is answered anyway and the failure counted.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ from typing import Any
 
 from authz.audit.config import AuditConfig
 from authz.audit.log import REFUSED, AuditLog, shared_log
-from authz.errors import Deny, Unavailable
+from authz.errors import Answer, Deny, Unavailable
 from authz.model import Context, Exchange
 from authz.pipeline import Stage
 
 FACT_KEYS = frozenset(("rule", "route", "tool", "target", "model", "requested_model", "dry_run", "limits",
                        "redaction", "tools_hidden", "tools_list_refused", "model_rewritten", "budgets",
-                       "usage", "outcome"))
+                       "usage", "outcome", "approval_granted"))
 # subject and client repeat the principal; api_key is the label of the key used (never the key).
 IDENTITY_KEYS = frozenset(("issuer", "credential", "cache_hit", "subject", "client", "api_key"))
 POLICY_KEYS = frozenset(("allowed", "reason", "rule", "required_scopes", "dry_run", "rewrite_model"))
@@ -57,15 +61,16 @@ def decision_record(ctx: Context, deny: Deny | None, time_ms: int) -> dict[str, 
         "principal": None if p.anonymous else {"subject": p.subject, "issuer": p.issuer, "tenant": p.tenant,
                                                "client": p.client, "credential": p.credential},
         "action": ctx.action.describe() if ctx.action is not None else None,
-        "decision": "allow" if deny is None else "deny",
+        # An Answer (an approval granted) is the sidecar answering itself: neither allow nor deny.
+        "decision": "allow" if deny is None else "answer" if isinstance(deny, Answer) else "deny",
         "status": 200 if deny is None else deny.status,
         "reason": "ok" if deny is None else deny.reason,
-        "facts": _safe_facts(ctx.facts),  # body_sha256: added by the log (AuditLog.offer's digest)
+        "facts": _safe_facts(ctx.facts),  # body_hmac: added by the log (AuditLog.offer's digest)
     }
 
 
 def outcome_record(ex: Exchange, time_ms: int) -> dict[str, Any]:
-    """The ``outcome`` record of an exchange Process saw to its end (forwarded_body_sha256: added
+    """The ``outcome`` record of an exchange Process saw to its end (forwarded_body_hmac: added
     by the log)."""
     return {
         "type": "outcome", "time_ms": time_ms, "request_id": ex.request.id,
@@ -88,18 +93,22 @@ class AuditStage(Stage):
 
     async def on_decision(self, ctx: Context, deny: Deny | None) -> None:
         record = decision_record(ctx, deny, int(time.time() * 1000))
-        digest = ("body_sha256", ctx.request.body)
+        digest = ("body_hmac", ctx.request.body)
         if self.log.offer(record, digest=digest) or (
                 self.cfg.on_full == "block" and await self.log.put(record, wait_ms=self.cfg.block_ms, digest=digest)):
-            return
-        REFUSED.labels(when="check").inc()
+            if self.cfg.durability == "queued" or await self.log.committed():
+                return
+            when = "write"
+        else:
+            when = "check"
+        REFUSED.labels(when=when).inc()
         if deny is None:  # fail closed: no record, no request
             raise Unavailable("the audit log cannot keep up; try again shortly", reason="audit.unavailable",
                               headers={"retry-after": "1"})
 
     async def on_complete(self, ex: Exchange) -> None:
         if not await self.log.put(outcome_record(ex, int(time.time() * 1000)), wait_ms=self.cfg.block_ms,
-                                  digest=("forwarded_body_sha256", ex.state.get("forwarded_body"))):
+                                  digest=("forwarded_body_hmac", ex.state.get("forwarded_body"))):
             # The answer has already gone out; all that is left is to say so loudly.
             REFUSED.labels(when="outcome").inc()
             import logging

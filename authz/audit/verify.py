@@ -1,13 +1,22 @@
 """``authz audit verify``: check audit files offline, with only the public key.
 
-Per instance, files are read in chain order and every line is checked: it parses, its hash is
-the hash of its content, it names the previous record's hash, its ``seq`` follows, and every
-checkpoint's Ed25519 signature is good. Edited fields, deleted, inserted, swapped or reordered
-records and replaced signatures all break one of these, and the report names file:line and seq.
+Records are grouped by the instance they name (a file moved to another directory still belongs
+to its chain, and is reported as misplaced). Per chain, files are read in chain order and every
+line is checked: its bytes are the canonical encoding of what it parses to (no duplicate key,
+``NaN`` or alternative escape), its hash is the hash of its content, it names the previous
+record's hash, its ``seq`` follows, every segment opens with a signed record naming its first
+seq and what it continues, and every checkpoint's Ed25519 signature and counts are good. Edited
+fields, deleted, inserted, swapped or reordered records and replaced signatures all break one
+of these, and the report names file:line and seq.
+
+The ends of a chain: it must start at seq 1 from the genesis, unless a signed trim record
+(``authz audit trim``) says where it now starts; and with ``--head`` (the checkpoint the sidecar
+published outside the directory, ``authz.audit.heads``) it must reach that checkpoint.
 
 What a crash leaves is told apart from tampering: records after a segment's last checkpoint are
 *unsealed* (the segment was not closed), and a last line cut in half is reported as such.
-Exit status: 0 intact and closed, 1 tampering or unreadable, 2 intact but with an unsealed tail.
+Exit status: 0 intact and closed, 1 tampering, a missing end, unsigned or unreadable, 2 intact
+but with an unsealed tail.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from authz.audit.log import FILE_PREFIX, GENESIS, checkpoint_message, key_id, record_hash
+from authz.audit.lines import DamagedLine, check_line, parse_line
+from authz.audit.log import FILE_PREFIX, GENESIS, checkpoint_message, key_id
+from authz.audit.trim import load_trims
 
 
 @dataclasses.dataclass
@@ -41,7 +52,7 @@ class Report:
         return 2 if self.unsealed else 0
 
     def render(self) -> str:
-        lines = []
+        lines: list[str] = []
         if self.problems:
             lines.append(f"TAMPERED: {len(self.problems)} problem(s)")
             lines += [f"  - {p}" for p in self.problems]
@@ -89,11 +100,17 @@ def audit_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+# (file, line number, the record or None when the line is damaged, the line's bytes or, for a
+# damaged line, why it is)
 Row = tuple[Path, int, dict[str, Any] | None, bytes]
 
 
-def read_records(files: list[Path], report: Report | None = None) -> list[Row]:
-    rows = []
+def read_records(files: list[Path], report: Report | None = None,
+                 damaged: list[str] | None = None) -> list[Row]:
+    """Every line of ``files``: (file, line number, record or None when damaged, bytes). A
+    damaged line is also described in ``damaged``; a last line cut off by a crash goes to the
+    report's unsealed tail instead of the rows."""
+    rows: list[Row] = []
     for f in files:
         data = f.read_bytes()
         lines = data.split(b"\n")
@@ -102,94 +119,222 @@ def read_records(files: list[Path], report: Report | None = None) -> list[Row]:
             if not line:
                 continue
             try:
-                rows.append((f, i, json.loads(line), line))
-            except ValueError:
+                rows.append((f, i, parse_line(line), line))
+            except DamagedLine as exc:
                 partial = i == len(lines) and not complete
                 if report is not None and partial:
                     report.unsealed.append(f"{f}:{i}: last line is cut off ({len(line)} bytes): a write "
                                            "interrupted by a crash")
                     continue
-                rows.append((f, i, None, line))
+                if damaged is not None:
+                    damaged.append(f"{f}:{i}: damaged line ({exc})")
+                rows.append((f, i, None, str(exc).encode()))
     return rows
 
 
+def _sign_ok(rec: dict[str, Any], keys: dict[str, ed25519.Ed25519PublicKey]) -> str | None:
+    """None when ``rec`` carries a valid signature by one of ``keys``, else why not."""
+    kid = rec.get("kid")
+    key = keys.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        return (f"signed with key {kid}, which is not among the keys given ({', '.join(sorted(keys))}): pass "
+                "that public key too if it was yours, else it is forged")
+    sig = rec.get("sig")
+    try:
+        key.verify(base64.b64decode(sig if isinstance(sig, str) else "", validate=True), checkpoint_message(rec))
+    except (InvalidSignature, ValueError, TypeError):
+        return f"signature is not valid for key {kid}"
+    return None
+
+
 def verify(paths: Iterable[str | Path],
-           public_key: ed25519.Ed25519PublicKey | Iterable[ed25519.Ed25519PublicKey]) -> Report:
-    """Check every chain under ``paths``. Each checkpoint is checked with the given key whose id
-    matches its ``kid``: pass every key the sidecars signed with, old and new, when they rotated."""
+           public_key: ed25519.Ed25519PublicKey | Iterable[ed25519.Ed25519PublicKey],
+           *, heads: dict[str, dict[str, Any]] | None = None) -> Report:
+    """Check every chain under ``paths``. Each signature is checked with the given key whose id
+    matches its ``kid``: pass every key the sidecars signed with, old and new, when they rotated.
+    ``heads``: the newest published checkpoint per instance (``authz.audit.heads``)."""
     report = Report()
     given = [public_key] if isinstance(public_key, ed25519.Ed25519PublicKey) else list(public_key)
     keys = {key_id(k): k for k in given}
-    by_instance: dict[str, list[Path]] = {}
-    for f in audit_files(paths):
-        by_instance.setdefault(f.parent.name, []).append(f)
-    if not by_instance:
+    paths = [Path(p) for p in paths]
+    files = audit_files(paths)
+    chains: dict[str, list[Row]] = {}
+    misplaced: set[Path] = set()
+    for row in read_records(sorted(files, key=lambda f: (f.name, str(f))), report):
+        f, _, rec, _ = row
+        instance = rec.get("instance") if rec is not None else None
+        if not isinstance(instance, str):
+            instance = f.parent.name
+        elif instance != f.parent.name and f not in misplaced:
+            misplaced.add(f)
+            report.problems.append(f"{f}: holds records of instance {instance} in the directory of instance "
+                                   f"{f.parent.name} (files moved between instances)")
+        chains.setdefault(instance, []).append(row)
+    if not chains:
         report.problems.append("no audit files found")
-    for instance, files in by_instance.items():
-        _verify_chain(instance, sorted(files), keys, report)
+    trims = load_trims([Path(p) for p in paths])
+    for instance, rows in chains.items():
+        _Chain(instance, keys, report, trims, (heads or {}).get(instance)).check(rows)
+    for instance, head in sorted((heads or {}).items()):
+        if instance not in chains:
+            report.problems.append(f"instance {instance}: the published head names seq {head.get('seq')}, but "
+                                   "there are no audit files of this instance (deleted, or not given)")
     return report
 
 
-def _verify_chain(instance: str, files: list[Path], keys: dict[str, ed25519.Ed25519PublicKey],
-                  report: Report) -> None:
-    prev: object = GENESIS  # a JSON value read back: the previous record's "hash", whatever it holds
-    expected_seq: int | None = None
-    last_sealed_seq = 0
-    since_seal: list[Any] = []
-    segment_open: str | None = None
-    where = ""
-    for f, line_no, rec, _ in read_records(files, report):
-        where = f"{f}:{line_no}"
-        if rec is None:
-            report.problems.append(f"{where}: not a JSON record (edited or corrupted)")
-            continue
-        report.records += 1
-        seq: Any = rec.get("seq")  # any JSON value; a checkpoint's is covered by its signature
-        if expected_seq is None:
-            expected_seq = seq if isinstance(seq, int) else 1
-            if rec.get("prev") != GENESIS and seq != 1:
-                report.notes.append(f"{where}: gap: the files start at seq {seq}, not at the beginning of the chain "
-                                    f"(seq 1..{seq - 1 if isinstance(seq, int) else '?'} are missing: rotated "
-                                    "away, or trimmed from a Redis Stream by MAXLEN)")
-                prev = rec.get("prev")
-        if rec.get("hash") != record_hash(rec):
-            report.problems.append(f"{where} (seq {seq}): content does not match its hash (edited)")
-        if rec.get("prev") != prev:
-            report.problems.append(f"{where} (seq {seq}): does not follow the previous record "
-                                   "(a record was deleted, inserted or moved before it)")
-        if seq != expected_seq:
-            gap = isinstance(seq, int) and seq > expected_seq
-            report.problems.append(f"{where}: seq {seq} where {expected_seq} was expected "
-                                   f"({'gap: records missing' if gap else 'out of order'})")
-        if rec.get("type") == "segment":
-            if segment_open is not None and since_seal:
-                report.unsealed.append(f"segment {segment_open}: {len(since_seal)} record(s) after its last checkpoint "
-                                       f"(seq {since_seal[0]}..{since_seal[-1]}) were never sealed; it was not "
-                                       "closed (crash)")
-            segment_open, since_seal = rec.get("segment"), []
-        elif rec.get("type") == "checkpoint":
-            kid = rec.get("kid")
-            key = keys.get(kid) if isinstance(kid, str) else None
-            if key is None:
-                report.problems.append(f"{where} (seq {seq}): checkpoint signed with key {kid}, which is not "
-                                       f"among the keys given ({', '.join(sorted(keys))}): pass that public key too "
-                                       "if it was yours, else the checkpoint is forged")
-            else:
-                try:
-                    key.verify(base64.b64decode(rec.get("sig", "")), checkpoint_message(rec))
-                    last_sealed_seq, since_seal = seq, []
-                    if rec.get("final"):
-                        segment_open = None
-                except (InvalidSignature, ValueError, TypeError):
-                    report.problems.append(f"{where} (seq {seq}): checkpoint signature is not valid for key {kid}")
+class _Chain:
+    """One instance's chain, checked record by record."""
+
+    def __init__(self, instance: str, keys: dict[str, ed25519.Ed25519PublicKey], report: Report,
+                 trims: list[tuple[Path, dict[str, Any]]], head: dict[str, Any] | None) -> None:
+        self.instance, self.keys, self.report, self.trims, self.head = instance, keys, report, trims, head
+        self.prev: Any = GENESIS
+        self.expected_seq: int | None = None
+        self.last_sealed_seq = 0
+        self.since_seal: list[Any] = []
+        self.segment_open: str | None = None
+        self.segment_count: int | None = None  # records of the open segment so far (None: its start was trimmed)
+        self.signed = False
+        self.head_hash: Any = None  # the hash of the record at the head's seq, once seen
+        self.where = ""
+        self.last_seq = 0
+
+    def problem(self, text: str) -> None:
+        self.report.problems.append(text)
+
+    def check(self, rows: list[Row]) -> None:
+        for f, line_no, rec, line in rows:
+            self.where = f"{f}:{line_no}"
+            if rec is None:
+                self.problem(f"{self.where}: not a well-formed record: {line.decode()} (edited or corrupted)")
+                if self.segment_count is not None:
+                    self.segment_count += 1
+                if self.expected_seq is not None:
+                    self.expected_seq += 1  # it took a place in the chain; what follows is checked on
+                continue
+            self.record(rec, line)
+        self.end()
+
+    def record(self, rec: dict[str, Any], line: bytes) -> None:
+        self.report.records += 1
+        where, seq = self.where, rec.get("seq")
+        if self.expected_seq is None:
+            self.start(rec)
+        not_canonical, content_hash = check_line(line, rec)
+        if not_canonical:
+            self.problem(f"{where} (seq {seq}): {not_canonical}")
+        elif rec.get("hash") != content_hash:
+            self.problem(f"{where} (seq {seq}): content does not match its hash (edited)")
+        if rec.get("prev") != self.prev:
+            self.problem(f"{where} (seq {seq}): does not follow the previous record "
+                         "(a record was deleted, inserted or moved before it)")
+        expected = self.expected_seq if self.expected_seq is not None else 1
+        if seq != expected:
+            gap = isinstance(seq, int) and seq > expected
+            self.problem(f"{where}: seq {seq} where {expected} was expected "
+                         f"({'gap: records missing' if gap else 'out of order'})")
+        if self.segment_count is not None:
+            self.segment_count += 1
+        kind = rec.get("type")
+        if kind == "segment":
+            self.segment(rec)
+        elif kind == "checkpoint":
+            self.checkpoint(rec)
         else:
-            since_seal.append(seq)
-        prev = rec.get("hash")
-        expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
-    if segment_open is not None:
-        detail = (f"{len(since_seal)} record(s) (seq {since_seal[0]}..{since_seal[-1]})" if since_seal
-                  else "no records")
-        report.unsealed.append(f"instance {instance}, segment {segment_open}: {detail} after the last checkpoint "
-                               f"(seq {last_sealed_seq}); the chain ends at {where} and the segment has no final "
-                               "checkpoint: the sidecar crashed or is still running, or the file was truncated")
-    report.sealed_through[instance] = last_sealed_seq
+            self.since_seal.append(seq)
+        if self.head is not None and seq == self.head.get("seq"):
+            self.head_hash = rec.get("hash")
+        self.prev = rec.get("hash")
+        self.expected_seq = (seq if isinstance(seq, int) else expected) + 1
+        if isinstance(seq, int):
+            self.last_seq = seq
+
+    def start(self, rec: dict[str, Any]) -> None:
+        """The chain's first record: the genesis, or where a signed trim record says it starts."""
+        raw_seq = rec.get("seq")
+        seq = raw_seq if isinstance(raw_seq, int) else 1
+        self.expected_seq = seq
+        if seq == 1 and rec.get("prev") == GENESIS:
+            return
+        self.prev = rec.get("prev")
+        for path, trim in self.trims:
+            if (trim.get("instance"), trim.get("next_seq"), trim.get("next_prev")) == (self.instance, seq, self.prev):
+                why = _sign_ok(trim, self.keys)
+                if why is None:
+                    # The first segment kept may have lost its opening record: its records still
+                    # name it, so an unsealed tail of it is reported like any other.
+                    self.segment_open = rec.get("segment") if isinstance(rec.get("segment"), str) else "?"
+                    self.report.notes.append(f"instance {self.instance}: seq 1..{seq - 1} were removed by the "
+                                             f"retention trim recorded in {path} (signed)")
+                    return
+                self.problem(f"{path}: trim record {why}")
+                return
+        self.problem(f"{self.where}: the head of the chain of instance {self.instance} is missing: it starts at "
+                     f"seq {seq}, not at seq 1 from the genesis (seq 1..{seq - 1 if isinstance(seq, int) else '?'} "
+                     f"deleted, starting with file {FILE_PREFIX}{1:012d}.jsonl, or trimmed from a Redis Stream by "
+                     "MAXLEN), and no signed trim record (authz audit trim) explains it")
+
+    def segment(self, rec: dict[str, Any]) -> None:
+        where, seq = self.where, rec.get("seq")
+        if self.segment_open is not None and self.since_seal:
+            self.report.unsealed.append(
+                f"segment {self.segment_open}: {len(self.since_seal)} record(s) after its last checkpoint "
+                f"(seq {self.since_seal[0]}..{self.since_seal[-1]}) were never sealed; it was not closed (crash)")
+        self.segment_open, self.since_seal, self.segment_count = rec.get("segment"), [], 1
+        why = _sign_ok(rec, self.keys)
+        if why is not None:
+            self.problem(f"{where} (seq {seq}): the segment's opening record is not signed: {why}")
+        elif rec.get("first_seq") != seq or rec.get("previous_hash") != rec.get("prev"):
+            self.problem(f"{where} (seq {seq}): the segment's opening record names first seq "
+                         f"{rec.get('first_seq')} and previous hash {rec.get('previous_hash')}, not its own")
+        else:
+            self.signed = True
+
+    def checkpoint(self, rec: dict[str, Any]) -> None:
+        where, seq = self.where, rec.get("seq")
+        why = _sign_ok(rec, self.keys)
+        if why is not None:
+            self.problem(f"{where} (seq {seq}): checkpoint {why}")
+            return
+        self.signed = True
+        if rec.get("total") != seq:
+            self.problem(f"{where} (seq {seq}): checkpoint counts {rec.get('total')} records in the chain, "
+                         f"its seq says {seq}")
+        if self.segment_count is not None and rec.get("segment_records") != self.segment_count:
+            self.problem(f"{where} (seq {seq}): checkpoint counts {rec.get('segment_records')} records in its "
+                         f"segment, the files hold {self.segment_count} (records removed or added)")
+        self.last_sealed_seq, self.since_seal = seq if isinstance(seq, int) else 0, []
+        if rec.get("final"):
+            self.segment_open = None
+
+    def end(self) -> None:
+        report, where = self.report, self.where
+        if self.segment_open is not None:
+            detail = (f"{len(self.since_seal)} record(s) (seq {self.since_seal[0]}..{self.since_seal[-1]})"
+                      if self.since_seal else "no records")
+            report.unsealed.append(f"instance {self.instance}, segment {self.segment_open}: {detail} after the last "
+                                   f"checkpoint (seq {self.last_sealed_seq}); the chain ends at {where} and the "
+                                   "segment has no final checkpoint: the sidecar crashed or is still running, or "
+                                   "the file was truncated")
+        if self.expected_seq is not None and not self.signed:
+            self.problem(f"instance {self.instance}: unsigned: no record of this chain carries a valid signature by "
+                         "the keys given (a chain rewritten without the key, or the wrong public key)")
+        if self.head is not None:
+            self.check_head(self.head)
+        report.sealed_through[self.instance] = self.last_sealed_seq
+
+    def check_head(self, head: dict[str, Any]) -> None:
+        seq = head.get("seq")
+        why = _sign_ok(head, self.keys)
+        if why is not None:
+            self.problem(f"instance {self.instance}: the published head (seq {seq}) is not trusted: {why}")
+        elif isinstance(seq, int) and seq > self.last_seq:
+            self.problem(f"instance {self.instance}: the newest records are missing: the published head is "
+                         f"seq {seq} (hash {str(head.get('hash'))[:16]}...), the chain on disk ends at seq "
+                         f"{self.last_seq} ({self.where}): seq {self.last_seq + 1}..{seq} deleted (the file "
+                         f"{FILE_PREFIX}{self.last_seq + 1:012d}.jsonl and any after it) or cut short")
+        elif self.head_hash != head.get("hash"):
+            self.problem(f"instance {self.instance}: the record at seq {seq} is not the published head "
+                         "(the chain was rewritten after it was published)")
+        else:
+            self.report.notes.append(f"instance {self.instance}: the chain reaches the published head (seq {seq})")

@@ -1,4 +1,8 @@
-"""``authz audit verify | explain | export | export-stream | keygen``."""
+"""``authz audit verify | explain | export | export-stream | keygen | trim | digest``.
+
+explain and export read any file: a damaged line is reported on stderr (file:line) and skipped,
+never raised.
+"""
 
 from __future__ import annotations
 
@@ -17,66 +21,108 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from authz.audit.log import format_time
 from authz.audit.verify import audit_files, load_public_keys, read_records, verify
 
+# Which stage refuses with which reason (reason codes are "<area>.<what>", rate_limited aside).
+_STAGES = (("approvals.", "approval"), ("redaction.approval_required", "approval"), ("redaction.", "redaction"),
+           ("token.", "identity"), ("credentials.", "identity"), ("api_key.", "identity"), ("identity.", "identity"),
+           ("policy.", "policy"), ("rate_limited", "limits"), ("budget.", "limits"), ("limits.", "limits"),
+           ("audit.", "audit"), ("mcp.", "request reading"), ("llm.", "request reading"),
+           ("body.", "request reading"), ("request.", "request reading"))
+
+
+def deciding_stage(reason: str) -> str:
+    return next((stage for prefix, stage in _STAGES if reason.startswith(prefix)), "sidecar")
+
 
 def _records(paths: Sequence[str]) -> list[dict[str, Any]]:
-    return [rec for _, _, rec, _ in read_records(audit_files(paths)) if rec is not None]
+    damaged: list[str] = []
+    records = [rec for _, _, rec, _ in read_records(audit_files(paths), damaged=damaged) if rec is not None]
+    for d in damaged:
+        print(f"skipped {d}", file=sys.stderr)
+    return records
 
 
-def explain(request_id: str, records: list[dict[str, Any]]) -> str:
-    """One request's story in plain words, from its decision and outcome records."""
+def _d(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def explain(request_id: str, records: list[dict[str, Any]]) -> str | None:
+    """One request's story in plain words, from its decision and outcome records; None when no
+    record names it."""
     mine = [r for r in records if r.get("request_id") == request_id]
     if not mine:
-        return f"no audit record for request {request_id}"
+        return None
     lines = [f"Request {request_id}"]
     for r in mine:
-        facts = r.get("facts", {})
-        if r["type"] == "decision":
-            p = r.get("principal")
-            who = "an anonymous caller" if not p else (
-                f"user {p['subject']}" + (f" of tenant {p['tenant']}" if p.get("tenant") else "")
-                + (f" via client {p['client']}" if p.get("client") else "")
-                + f" (verified by {p.get('issuer') or p.get('credential')})")
-            action = r.get("action") or {}
-            what = f"{r['method']} {r['host']}{r['path']}"
-            if action.get("protocol") == "mcp":
-                what += f", MCP {action.get('kind')}" + (f" of {action['name']}" if action.get("name") else "")
-            elif action.get("model"):
-                what += f", model {action['model']} ({action.get('kind')})"
-            lines.append(f"  at {format_time(r.get('time_ms'))}: {who} asked for {what}.")
-            rule = facts.get("rule") or (facts.get("policy") or {}).get("rule")
-            if r["decision"] == "allow":
-                lines.append("  It was ALLOWED" + (f" by rule {rule}" if rule and rule != "-" else "") + ".")
-            else:
-                lines.append(f"  It was DENIED with {r['status']}: {r['reason']}"
-                             + (f" (rule {rule})" if rule and rule != "-" else "") + ".")
-            if facts.get("dry_run"):
-                lines.append(f"  Dry-run: policy would have denied it ({facts['dry_run']}).")
-            if facts.get("route"):
-                lines.append(f"  It was routed to the {facts['route']} upstream.")
-            if facts.get("limits"):
-                lines.append(f"  Limits: {json.dumps(facts['limits'], sort_keys=True)}.")
-            if facts.get("redaction"):
-                lines.append(f"  Redacted: {json.dumps(facts['redaction'], sort_keys=True)}.")
-        elif r["type"] == "outcome":
-            lines.append(f"  The upstream answered {r['status'] or 'nothing (the exchange ended early)'}"
-                         + f" ({facts.get('outcome', 'completed')}).")
-            if facts.get("usage"):
-                u = facts["usage"]
-                lines.append(f"  It used {u['input_tokens']} input and {u['output_tokens']} output tokens.")
-            if facts.get("redaction"):
-                lines.append(f"  Redacted before forwarding: {json.dumps(facts['redaction'], sort_keys=True)}.")
-            if facts.get("tools_hidden"):
-                lines.append(f"  {facts['tools_hidden']} tool(s) were hidden from the tools/list answer.")
-            if facts.get("tools_list_refused"):
-                lines.append(f"  The tools/list answer could not be filtered ({facts['tools_list_refused']}); "
-                             "the caller got an error instead.")
-    lines.append(f"  (seq {', '.join(str(r['seq']) for r in mine)} on instance {mine[0]['instance']})")
+        try:
+            lines += _story(r)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a record of an odd shape
+            lines.append(f"  (record seq {r.get('seq')} could not be read: {type(exc).__name__})")
+    lines.append(f"  (seq {', '.join(str(r.get('seq')) for r in mine)} on instance {mine[0].get('instance')})")
     return "\n".join(lines)
 
 
-EXPORT_COLUMNS = ["seq", "ts", "instance", "type", "request_id", "decision", "status", "reason", "rule", "subject",
-                  "tenant", "client", "method", "host", "path", "protocol", "kind", "name", "model", "route",
-                  "input_tokens", "output_tokens"]
+def _story(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    facts = _d(r.get("facts"))
+    if r.get("type") == "decision":
+        p = r.get("principal")
+        who = "an anonymous caller" if not p else (
+            f"user {p['subject']}" + (f" of tenant {p['tenant']}" if p.get("tenant") else "")
+            + (f" via client {p['client']}" if p.get("client") else "")
+            + f" (verified by {p.get('issuer') or p.get('credential')})")
+        action = r.get("action") or {}
+        what = f"{r['method']} {r['host']}{r['path']}"
+        if action.get("protocol") == "mcp":
+            what += f", MCP {action.get('kind')}" + (f" of {action['name']}" if action.get("name") else "")
+        elif action.get("model"):
+            what += f", model {action['model']} ({action.get('kind')})"
+        lines.append(f"  at {format_time(r.get('time_ms'))}: {who} asked for {what}.")
+        rule = facts.get("rule") or _d(facts.get("policy")).get("rule")
+        reason = str(r.get("reason"))
+        by_rule = rule and rule != "-" and deciding_stage(reason) == "policy"
+        if r.get("decision") == "allow":
+            lines.append("  It was ALLOWED" + (f" by rule {rule}" if rule and rule != "-" else "") + ".")
+        elif r.get("decision") == "answer":
+            lines.append(f"  The sidecar ANSWERED it itself with {r.get('status')}: {reason} "
+                         f"(stage: {deciding_stage(reason)}).")
+        else:
+            lines.append(f"  It was DENIED with {r.get('status')}: {reason}"
+                         + (f" (rule {rule})" if by_rule else "") + f" by the {deciding_stage(reason)} stage.")
+        if facts.get("dry_run"):
+            lines.append(f"  Dry-run: policy would have denied it ({facts['dry_run']}).")
+        if r.get("decision") == "allow":
+            lines.append("  It was forwarded" + (f" to the {facts['route']} upstream." if facts.get("route")
+                                                 else " upstream."))
+        else:
+            lines.append("  It was not forwarded.")
+        if facts.get("limits"):
+            lines.append(f"  Limits: {json.dumps(facts['limits'], sort_keys=True)}.")
+        if facts.get("redaction"):
+            lines.append(f"  Redacted: {json.dumps(facts['redaction'], sort_keys=True)}.")
+    elif r.get("type") == "outcome":
+        lines.append(f"  It was answered {r.get('status') or 'with nothing (the exchange ended early)'}"
+                     + f" ({facts.get('outcome', 'completed')}).")
+        if facts.get("usage"):
+            u = _d(facts["usage"])
+            lines.append(f"  It used {u['input_tokens']} input and {u['output_tokens']} output tokens.")
+        if facts.get("redaction"):
+            lines.append(f"  Redacted before forwarding: {json.dumps(facts['redaction'], sort_keys=True)}.")
+        if facts.get("tools_hidden"):
+            lines.append(f"  {facts['tools_hidden']} tool(s) were hidden from the tools/list answer.")
+        if facts.get("tools_list_refused"):
+            lines.append(f"  The tools/list answer could not be filtered ({facts['tools_list_refused']}); "
+                         "the caller got an error instead.")
+    return lines
+
+
+EXPORT_COLUMNS = ["seq", "ts", "instance", "type", "request_id", "decision", "status", "reason", "stage", "rule",
+                  "subject", "tenant", "client", "issuer", "credential", "method", "host", "path", "protocol",
+                  "kind", "name", "model", "route", "forwarded", "input_tokens", "output_tokens", "redactions",
+                  "approval", "limits", "body_hmac", "forwarded_body_hmac"]
+
+
+def _json(value: Any) -> str:
+    return "" if value in (None, {}, []) else json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def export_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,18 +130,25 @@ def export_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r.get("type") not in ("decision", "outcome"):
             continue
-        facts = r.get("facts", {})
-        p = r.get("principal") or {}
-        a = r.get("action") or {}
-        u = facts.get("usage") or {}
-        rows.append({"seq": r["seq"], "ts": format_time(r.get("time_ms")), "instance": r["instance"], "type": r["type"],
-                     "request_id": r.get("request_id"), "decision": r.get("decision"), "status": r.get("status"),
-                     "reason": r.get("reason"), "rule": facts.get("rule"), "subject": p.get("subject"),
-                     "tenant": p.get("tenant"), "client": p.get("client"), "method": r.get("method"),
-                     "host": r.get("host"), "path": r.get("path"), "protocol": a.get("protocol"),
-                     "kind": a.get("kind"), "name": a.get("name"), "model": facts.get("model") or a.get("model"),
-                     "route": facts.get("route"), "input_tokens": u.get("input_tokens"),
-                     "output_tokens": u.get("output_tokens")})
+        facts = _d(r.get("facts"))
+        p, a, u = _d(r.get("principal")), _d(r.get("action")), _d(facts.get("usage"))
+        redaction = _d(facts.get("redaction"))
+        approval = facts.get("approval_granted") or redaction.get("approval")
+        decision = r.get("decision")
+        rows.append({"seq": r.get("seq"), "ts": format_time(r.get("time_ms")), "instance": r.get("instance"),
+                     "type": r.get("type"), "request_id": r.get("request_id"), "decision": decision,
+                     "status": r.get("status"), "reason": r.get("reason"),
+                     "stage": deciding_stage(str(r.get("reason"))) if decision in ("deny", "answer") else "",
+                     "rule": facts.get("rule"), "subject": p.get("subject"), "tenant": p.get("tenant"),
+                     "client": p.get("client"), "issuer": p.get("issuer"), "credential": p.get("credential"),
+                     "method": r.get("method"), "host": r.get("host"), "path": r.get("path"),
+                     "protocol": a.get("protocol"), "kind": a.get("kind"), "name": a.get("name"),
+                     "model": facts.get("model") or a.get("model"), "route": facts.get("route"),
+                     "forwarded": {"allow": "yes", "deny": "no", "answer": "no"}.get(str(decision), ""),
+                     "input_tokens": u.get("input_tokens"), "output_tokens": u.get("output_tokens"),
+                     "redactions": _json({k: v for k, v in redaction.items() if k != "approval"}),
+                     "approval": _json(approval), "limits": _json(facts.get("limits")),
+                     "body_hmac": r.get("body_hmac"), "forwarded_body_hmac": r.get("forwarded_body_hmac")})
     return rows
 
 
@@ -112,14 +165,70 @@ def keygen(out: Path) -> tuple[Path, Path]:
     return private, public
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from authz.audit.heads import load_heads
+    try:
+        keys = [k for path in args.public_key for k in load_public_keys(path)]
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        print(f"authz audit verify: cannot read the public key: {exc}", file=sys.stderr)
+        return 1
+    try:
+        heads = load_heads(args.head) if args.head else None
+    except (OSError, ValueError) as exc:
+        print(f"authz audit verify: cannot read the head: {exc}", file=sys.stderr)
+        return 1
+    if args.head and not heads:
+        print(f"authz audit verify: no signed checkpoint in {', '.join(args.head)}", file=sys.stderr)
+        return 1
+    report = verify(args.paths, keys, heads=heads)
+    print(report.render())
+    return report.status
+
+
+def _trim(args: argparse.Namespace) -> int:
+    from authz.audit.log import load_signing_key
+    from authz.audit.trim import parse_when, trim
+    try:
+        before = parse_when(args.before)
+        key = load_signing_key(args.signing_key)
+        record = trim(Path(args.directory), before, key)
+    except (OSError, ValueError) as exc:
+        print(f"authz audit trim: {exc}", file=sys.stderr)
+        return 1
+    if record is None:
+        print("nothing to trim: no whole file (other than the newest) is older than --before")
+        return 0
+    removed = record["removed"]
+    print(f"removed {len(removed)} file(s), seq {removed[0]['first_seq']}..{removed[-1]['last_seq']}; the chain now "
+          f"starts at seq {record['next_seq']} (signed trim record written)")
+    return 0
+
+
+def _digest(args: argparse.Namespace) -> int:
+    from authz.audit.digests import body_digest, load_digest_key
+    try:
+        data = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+        key = load_digest_key(args.key_file)  # a PEM signing key: the key derived from it
+    except (OSError, ValueError) as exc:
+        print(f"authz audit digest: {exc}", file=sys.stderr)
+        return 1
+    print(body_digest(key, data))
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="authz audit", description="Verify, explain and export audit logs offline.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("verify", help="check chain, signatures, gaps, order and truncation")
+    v = sub.add_parser("verify", help="check canonical bytes, chain, signatures, counts, both ends, order and "
+                       "truncation")
     v.add_argument("paths", nargs="+", help="audit files or directories")
     v.add_argument("--public-key", required=True, action="append",
                    help="Ed25519 public key: PEM, a JWK or a JWKS (every Ed25519 key in it); repeat it "
                         "for each key the sidecars signed with when the audit key was rotated")
+    v.add_argument("--head", action="append", default=[],
+                   help="the newest published checkpoint: a file (saved GET /audit/head, decision-log lines, "
+                        "a Redis Stream export) or the sidecar's http(s)://.../audit/head URL; the chain must "
+                        "reach it (repeatable)")
     e = sub.add_parser("explain", help="tell one request's story")
     e.add_argument("request_id")
     e.add_argument("paths", nargs="+")
@@ -134,19 +243,37 @@ def main(argv: Sequence[str]) -> int:
     xs.add_argument("--out", required=True, help="directory: one sub-directory per instance")
     k = sub.add_parser("keygen", help="write an Ed25519 key pair for checkpoint signing")
     k.add_argument("--out", required=True)
+    t = sub.add_parser("trim", help="retention: remove whole files older than --before, leaving a signed "
+                       "trim record that verify accepts")
+    t.add_argument("directory", help="one instance's directory (audit.directory/<instance_id>)")
+    t.add_argument("--before", required=True, help="ISO 8601 date/time (UTC unless stated), or 30d / 12h ago")
+    t.add_argument("--signing-key", required=True, help="the audit signing key (audit.signing_key_file)")
+    d = sub.add_parser("digest", help="the keyed digest (body_hmac) of a body, to match it with a record")
+    d.add_argument("body", help="file holding the body as sent ('-': stdin)")
+    d.add_argument("--key-file", required=True,
+                   help="audit.digest_key_file, or the audit signing key when that is unset")
     args = p.parse_args(list(argv))
+    try:
+        return _run(args)
+    except OSError as exc:  # a path that is not there, not readable, not writable
+        print(f"authz audit {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "verify":
-        try:
-            keys = [k for path in args.public_key for k in load_public_keys(path)]
-        except (OSError, ValueError, KeyError, StopIteration) as exc:
-            print(f"authz audit verify: cannot read the public key: {exc}", file=sys.stderr)
-            return 1
-        report = verify(args.paths, keys)
-        print(report.render())
-        return report.status
+        return _verify(args)
     if args.cmd == "explain":
-        print(explain(args.request_id, _records(args.paths)))
+        story = explain(args.request_id, _records(args.paths))
+        if story is None:
+            print(f"no audit record for request {args.request_id}", file=sys.stderr)
+            return 1
+        print(story)
         return 0
+    if args.cmd == "trim":
+        return _trim(args)
+    if args.cmd == "digest":
+        return _digest(args)
     if args.cmd == "export":
         rows = export_rows(_records(args.paths))
         out = open(args.out, "w", newline="") if args.out else sys.stdout

@@ -181,6 +181,9 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
 
     def _exchange(self, msg: proc_pb2.ProcessingRequest, kind: str) -> Exchange:
         headers = proc_adapter.headers_dict(msg.request_headers) if kind == "request_headers" else {}
+        if kind == "response_headers":  # a request Check refused: its denial names the request id
+            request_id = proc_adapter.headers_dict(msg.response_headers).get("x-request-id", "")
+            headers = {"x-request-id": request_id} if request_id else {}
         return Exchange(request=proc_adapter.request_from_headers(headers),
                         handoff=proc_adapter.check_handoff(msg) or Handoff())
 

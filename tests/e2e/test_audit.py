@@ -26,6 +26,7 @@ def audit_cli(*args: str) -> subprocess.CompletedProcess:
 def config(tmp_path, redis_url=None, **audit) -> str:
     cfg = yaml.safe_load(REFERENCE_CONFIG.read_text())
     cfg["log"] = {"format": "json"}
+    cfg["server"]["instance_id"] = "e2e"  # the default (host-pid) would start a new chain on restart
     cfg["audit"].update({"checkpoint_every_records": 10, "checkpoint_every_seconds": 0.5, **audit})
     cfg["limits"] = {"rate_limits": [{"id": "per-user", "rate": "100/min", "burst": 3, "match": {"paths": ["/v1/*"]}}]}
     path = tmp_path / "authz.yaml"
@@ -93,7 +94,8 @@ def test_kill_9_under_load_then_restart(tmp_path):
 
     # A configured key (as in production): the chain stays verifiable across restarts.
     assert audit_cli("keygen", "--out", str(tmp_path / "keys")).returncode == 0
-    cfg = config(tmp_path, checkpoint_every_records=25, checkpoint_every_seconds=30,
+    # queued: what kill -9 loses is the unsealed tail, and verify names it exactly.
+    cfg = config(tmp_path, checkpoint_every_records=25, checkpoint_every_seconds=30, durability="queued",
                  signing_key_file=str(tmp_path / "keys" / "audit-signing-key.pem"))
     key = str(tmp_path / "keys" / "audit-public-key.pem")
     stack = Stack(authz_config=cfg).start()
@@ -114,6 +116,10 @@ def test_kill_9_under_load_then_restart(tmp_path):
         # Nothing before the last checkpoint is lost: every seq up to it is on disk, in order.
         seqs = [r["seq"] for _, _, r, _ in read_records(audit_files([audit_dir])) if r]
         assert seqs[:sealed] == list(range(1, sealed + 1))
+        # ... and the unsealed tail is named exactly: every record on disk after the checkpoint.
+        if seqs[-1] > sealed:
+            tail = f"{seqs[-1] - sealed} record(s) (seq {sealed + 1}..{seqs[-1]}) after the last checkpoint"
+            assert tail in result.stdout, result.stdout
 
         # Restart: the new segment links to what the crashed one left, and closes cleanly.
         stack.start_authz()

@@ -4,7 +4,6 @@ found with its location; a crash loses at most the unsealed tail, reported preci
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from authz.audit.config import AuditConfig
+from authz.audit.digests import body_digest
 from authz.audit.log import AuditLog
 from authz.audit.stage import AuditStage
 from authz.audit.verify import verify
@@ -200,8 +200,8 @@ async def test_records_carry_no_token_and_no_body_content(tmp_path, key):
     for secret in (b"eyJsecret", b"4111", b"oscar@acme.com", b"sk-secret", b"Bearer"):
         assert secret not in data
     by_type = {r["type"]: r for r in map(json.loads, data.splitlines())}
-    assert by_type["decision"]["body_sha256"] == hashlib.sha256(body).hexdigest()
-    assert by_type["outcome"]["forwarded_body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert by_type["decision"]["body_hmac"] == body_digest(log.digest_key, body)
+    assert by_type["outcome"]["forwarded_body_hmac"] == body_digest(log.digest_key, body)
     assert b'"subject":"oscar"' in data and b"policy.role_required" in data
     story = explain("req-42", [json.loads(x) for x in data.splitlines()])
     assert "user oscar of tenant acme via client chatgpt" in story
@@ -212,7 +212,7 @@ async def test_records_carry_no_token_and_no_body_content(tmp_path, key):
 
 
 async def test_a_full_queue_fails_closed_for_allowed_requests(tmp_path, key):
-    c = cfg(tmp_path, queue_size=1, on_full="fail_closed")
+    c = cfg(tmp_path, queue_size=1, on_full="fail_closed", durability="queued")
     log = AuditLog(c, instance="i1", key=key)  # not started: nothing drains the queue
     stage = AuditStage(c, log)
     await stage.on_decision(ctx_for(b""), None)
@@ -224,7 +224,7 @@ async def test_a_full_queue_fails_closed_for_allowed_requests(tmp_path, key):
 
 
 async def test_block_waits_briefly_then_fails_closed(tmp_path, key):
-    c = cfg(tmp_path, queue_size=1, on_full="block", block_ms=50)
+    c = cfg(tmp_path, queue_size=1, on_full="block", block_ms=50, durability="queued")
     stage = AuditStage(c, AuditLog(c, instance="i1", key=key))
     await stage.on_decision(ctx_for(b""), None)
     started = asyncio.get_running_loop().time()
@@ -235,7 +235,7 @@ async def test_block_waits_briefly_then_fails_closed(tmp_path, key):
 
 async def test_block_wakes_the_writer_and_gets_in_when_it_makes_room(tmp_path, key):
     # The writer ticks every 100 ms, longer than block_ms: a full queue wakes it at once.
-    c = cfg(tmp_path, queue_size=1, on_full="block", block_ms=50)
+    c = cfg(tmp_path, queue_size=1, on_full="block", block_ms=50, durability="queued")
     log = AuditLog(c, instance="i1", key=key)
     await log.start()
     await asyncio.sleep(0.01)  # the writer is asleep until its next tick
@@ -382,15 +382,15 @@ async def test_body_digests_whichever_way_the_record_is_encoded(tmp_path, key):
     log = AuditLog(cfg(tmp_path), instance="i1", key=key)
     await log.start()
     body = b'{"q": "caf\xc3\xa9"}'
-    assert log.offer({"type": "decision", "request_id": "fast"}, digest=("body_sha256", body))
-    assert log.offer({"type": "decision", "request_id": "none"}, digest=("body_sha256", b""))
+    assert log.offer({"type": "decision", "request_id": "fast"}, digest=("body_hmac", body))
+    assert log.offer({"type": "decision", "request_id": "none"}, digest=("body_hmac", b""))
     assert log.offer({"type": "decision", "request_id": "slow", "n": 2 ** 70},  # orjson refuses
-                     digest=("body_sha256", body))
+                     digest=("body_hmac", body))
     await log.close()
     assert verify([tmp_path], key.public_key()).status == 0
     by_id = {r.get("request_id"): r for r in map(json.loads, lines(tmp_path)[1])}
-    assert by_id["fast"]["body_sha256"] == by_id["slow"]["body_sha256"] == hashlib.sha256(body).hexdigest()
-    assert by_id["none"]["body_sha256"] is None
+    assert by_id["fast"]["body_hmac"] == by_id["slow"]["body_hmac"] == body_digest(log.digest_key, body)
+    assert by_id["none"]["body_hmac"] is None
 
 
 async def test_a_queued_record_that_cannot_be_linked_is_replaced_by_a_stand_in(tmp_path, key):

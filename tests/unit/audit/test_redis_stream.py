@@ -157,7 +157,7 @@ async def _more_failures(before: float) -> bool:
     return failures("failed") > before
 
 
-async def test_maxlen_trimming_shows_up_in_verify_as_a_gap(tmp_path, key, redis_url, stream, capsys):
+async def test_maxlen_trimming_shows_up_in_verify_as_a_missing_head(tmp_path, key, redis_url, stream, capsys):
     # MAXLEN ~ trims whole stream nodes (100 entries by default): write well past that.
     log = make_log(tmp_path, key, redis_url, stream, maxlen=10)
     await log.start()
@@ -167,10 +167,12 @@ async def test_maxlen_trimming_shows_up_in_verify_as_a_gap(tmp_path, key, redis_
     assert await export(redis_url, stream, out) == 0
     assert "not in the stream (trimmed by MAXLEN" in capsys.readouterr().out
     report = verify([out], log.key.public_key())
-    assert any("gap" in n and "MAXLEN" in n for n in report.notes), report.render()
-    assert report.status == 0, report.render()  # what is left is intact and closed
-    assert main(["verify", str(out), "--public-key", jwk_file(tmp_path, log)]) == 0
-    assert "gap: the files start at seq" in capsys.readouterr().out
+    # What is left is intact and closed, but a chain without its head is not a whole record.
+    assert [p for p in report.problems if "head of the chain" in p and "MAXLEN" in p] == report.problems, \
+        report.render()
+    assert report.status == 1 and report.sealed_through["i1"] == log.head["seq"], report.render()
+    assert main(["verify", str(out), "--public-key", jwk_file(tmp_path, log)]) == 1
+    assert "is missing: it starts at seq" in capsys.readouterr().out
 
 
 async def test_a_full_buffer_skips_lines_counts_them_and_verify_reports_the_gap(tmp_path, key, stream, capsys):
