@@ -94,6 +94,12 @@ def _approvals(argv: Sequence[str]) -> int:
     return approvals_main(argv)
 
 
+def _keygen(argv: Sequence[str]) -> int:
+    from authz.keygen import main as keygen_main
+
+    return keygen_main(argv)
+
+
 def _apikeys(argv: Sequence[str]) -> int:
     from authz.identity.apikeys_cli import main as apikeys_main
 
@@ -102,7 +108,7 @@ def _apikeys(argv: Sequence[str]) -> int:
 
 # Subcommands with their own argument parsers: everything after the name is theirs.
 DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits, "audit": _audit,
-             "approvals": _approvals, "apikeys": _apikeys}
+             "approvals": _approvals, "apikeys": _apikeys, "keygen": _keygen}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("audit", help="audit verify | explain | export | keygen (see --help)", add_help=False)
     sub.add_parser("approvals", help="approvals grant ID: grant a request held for approval", add_help=False)
     sub.add_parser("apikeys", help="apikeys add | revoke | list: API keys kept in Redis", add_help=False)
+    sub.add_parser("keygen", help="write every signing key the deployment mounts; print the kubectl "
+                                  "create secret command (see --help)", add_help=False)
     return parser
 
 
