@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint fmt clean venv image
+.PHONY: run test test-tools bench lint fmt clean venv image lock
 
 venv: $(STAMP)
 
@@ -20,8 +20,18 @@ run: $(STAMP)
 	$(BIN)/python -m authz.devstack
 
 ## test: the whole suite (unit + end-to-end through real Envoy and real Redis)
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
+
+# promtool (Debian's prometheus package) for the alert tests. Installed when missing and this
+# runs as root with apt-get; otherwise those two tests are skipped with a message saying so.
+test-tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make test: installing promtool (Debian's prometheus package) for the alert tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      prometheus) >/dev/null 2>&1 || echo "make test: could not install promtool; the alert tests will be skipped"; \
+	  else echo "make test: promtool not found (apt-get install prometheus); the alert tests will be skipped"; fi; }
 
 ## bench: throughput and latency through Envoy: alone, with a do-nothing ext_authz, with authz
 bench: $(STAMP)
