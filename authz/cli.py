@@ -33,7 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config, sha = load_config(args.config)
     except ConfigError as exc:
-        print(f"authz: refusing to start, the config is invalid:\n{exc}", file=sys.stderr)
+        print(f"authz: refusing to start, the config is invalid:\n{exc}\n"
+              "Set the environment variables and provide the files it names (signing keys: "
+              "`authz keygen --out DIR`).", file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     runtime = Runtime(args.config, config=config, sha256=sha)
