@@ -98,7 +98,7 @@ def test_dockerfile_contract():
     assert "HEALTHCHECK" in text and "/healthz" in text
     # The default config is where the Deployment mounts the policy, and it is the production
     # policy, not the demo's (no debug headers, no dev fallbacks, no demo issuer).
-    from .test_manifests import OVERLAYS, container, host_port, mount, policy_of, pod_of
+    from .test_manifests import OVERLAYS, container, host_port, mount, pod_of, policy_of
 
     objs = build(OVERLAYS["base"])
     authz = container(pod_of(objs), "authz")
@@ -223,7 +223,7 @@ def test_default_config_refuses_to_start_without_issuer_and_keys(image_venv, tmp
 class _Collector(http.server.BaseHTTPRequestHandler):
     posts: list[tuple[str, int]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         _Collector.posts.append((self.path, len(body)))
         self.send_response(200)
