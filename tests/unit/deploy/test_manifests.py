@@ -717,3 +717,24 @@ def test_dashboard_and_alerts_name_metrics_that_exist():
     assert used
     missing = sorted(m for m in used if m not in names)
     assert not missing, f"dashboard/alerts use undefined metrics: {missing}"
+
+
+def test_dashboard_is_scoped_by_namespace_and_pod_and_has_the_panels_an_operator_needs():
+    dashboard = json.loads((ROOT / "deploy/grafana/authz-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "pod"} <= set(variables)
+    assert variables["pod"]["includeAll"] and "$namespace" in variables["pod"]["definition"]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for expr in exprs:
+        # Every series a panel reads is one namespace's, and the chosen pods'.
+        series = re.sub(r"by \([^)]*\)", "", expr)  # label names are not series
+        for selector in re.findall(r"\b(?:authz|envoy)_[a-z0-9_]+(\{[^}]*\})?", series):
+            assert 'namespace="$namespace"' in selector and 'pod=~"$pod"' in selector, expr
+    used = {m for e in exprs for m in re.findall(r"\b((?:authz|envoy)_[a-z0-9_]+)\{", e)}
+    for metric in ("authz_audit_refused_total", "authz_process_streams_total", "authz_limits_store_failures_total",
+                   "authz_inflight_requests", "authz_config_reload_failing", "envoy_http_ext_authz_error",
+                   "envoy_cluster_upstream_rq_timeout", "envoy_http_ext_proc_streams_failed"):
+        assert metric in used, f"no panel shows {metric}"
+    # Panels do not overlap.
+    cells = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
+    assert len(cells) == len(set(cells))
