@@ -7,7 +7,9 @@ records and replaced signatures all break one of these, and the report names fil
 
 What a crash leaves is told apart from tampering: records after a segment's last checkpoint are
 *unsealed* (the segment was not closed), and a last line cut in half is reported as such.
-Exit status: 0 intact and closed, 1 tampering or unreadable, 2 intact but with an unsealed tail.
+Exit status: 0 intact and closed, 1 tampering or unreadable, 2 intact but not closed: records after
+the last checkpoint, or a segment without its final checkpoint (a running sidecar's files look
+like this; so do a crash's and a truncation's).
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ class Report:
     records: int = 0
     sealed_through: dict[str, int] = dataclasses.field(default_factory=dict)
     unsealed: list[str] = dataclasses.field(default_factory=list)
+    # Segments with every record sealed but no closing checkpoint: a running sidecar, or a file
+    # cut exactly after a checkpoint (the two look the same, so both keep exit status 2).
+    still_open: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def status(self) -> int:
         if self.problems:
             return 1
-        return 2 if self.unsealed else 0
+        return 2 if self.unsealed or self.still_open else 0
 
     def render(self) -> str:
         lines = []
@@ -48,11 +53,18 @@ class Report:
         for instance, seq in self.sealed_through.items():
             lines.append(f"instance {instance}: chain intact and signed through seq {seq}")
         if self.unsealed:
-            lines.append("UNSEALED (written after the last checkpoint; a crash or a truncation):")
+            lines.append("UNSEALED (after the last checkpoint: while a sidecar still writes these files its newest "
+                         "records are simply not sealed yet, and its next checkpoint seals them; otherwise a crash "
+                         "or a truncation):")
             lines += [f"  - {u}" for u in self.unsealed]
+        if self.still_open:
+            lines.append("OPEN (every record sealed, but the segment has no final checkpoint: a sidecar still "
+                         "running, or a file truncated right after a checkpoint):")
+            lines += [f"  - {u}" for u in self.still_open]
         lines += self.notes
         lines.append(f"{self.records} records checked; "
-                     + ("FAIL" if self.problems else "OK" if not self.unsealed else "OK up to the last checkpoint"))
+                     + ("FAIL" if self.problems else "OK" if not (self.unsealed or self.still_open)
+                        else "OK up to the last checkpoint"))
         return "\n".join(lines)
 
 
@@ -184,10 +196,14 @@ def _verify_chain(instance: str, files: list[Path], keys: dict[str, ed25519.Ed25
             since_seal.append(seq)
         prev = rec.get("hash")
         expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
-    if segment_open is not None:
-        detail = (f"{len(since_seal)} record(s) (seq {since_seal[0]}..{since_seal[-1]})" if since_seal
-                  else "no records")
-        report.unsealed.append(f"instance {instance}, segment {segment_open}: {detail} after the last checkpoint "
-                               f"(seq {last_sealed_seq}); the chain ends at {where} and the segment has no final "
-                               "checkpoint: the sidecar crashed or is still running, or the file was truncated")
+    if segment_open is not None and since_seal:
+        report.unsealed.append(f"instance {instance}, segment {segment_open}: the newest {len(since_seal)} record(s) "
+                               f"(seq {since_seal[0]}..{since_seal[-1]}) are not sealed yet, nothing after the last "
+                               f"checkpoint (seq {last_sealed_seq}) signs them; the chain ends at {where} and the segment "
+                               "has no final checkpoint. If the "
+                               "sidecar is still running, run verify again after its next checkpoint; if it stopped, "
+                               "it crashed or the file was truncated")
+    elif segment_open is not None:
+        report.still_open.append(f"instance {instance}, segment {segment_open}: every record is sealed (through "
+                                 f"seq {last_sealed_seq}); the chain ends at {where}")
     report.sealed_through[instance] = last_sealed_seq
