@@ -9,6 +9,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from authz import __version__
+from authz.cli_text import USAGE_ERROR, exit_codes
 from authz.errors import ConfigError
 
 
@@ -114,21 +115,33 @@ DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits, "a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="authz", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="authz", description="The authz command line: the sidecar and its offline tools. "
+                                  "`authz COMMAND --help` tells more of each.",
+        **exit_codes("0  success", "1  the command failed (each command's --help says how)", USAGE_ERROR))
     parser.add_argument("--version", action="version", version=f"authz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the sidecar (ext_authz + ext_proc gRPC, HTTP metrics)")
+    p = sub.add_parser("serve", help="run the sidecar (ext_authz + ext_proc gRPC, HTTP metrics)",
+                       description="Run the sidecar: ext_authz + ext_proc over gRPC, metrics, health "
+                                   "and published keys over HTTP, until SIGTERM.",
+                       **exit_codes("0  stopped cleanly", "1  cannot start (e.g. an address in use)",
+                                    "2  the config is invalid or names what is missing (each problem "
+                                    "printed with its key path)"))
     p.add_argument("--config", "-c", required=True, help="policy/config YAML file")
     p.add_argument("--grpc-address", help="override server.grpc_address (HOST:PORT)")
     p.add_argument("--http-address", help="override server.http_address (HOST:PORT)")
     p.add_argument("--log-format", choices=["json", "text"], help="override log.format")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log.level")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("check-config", help="validate config files; exit 1 if any is invalid")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p = sub.add_parser("check-config", help="validate config files; exit 1 if any is invalid",
+                       description="Validate config files as the server would load them (every problem, "
+                                   "with its key path) and warn about valid but likely unintended ones.",
+                       **exit_codes("0  every file is valid (warnings may have been printed)",
+                                    "1  a file is invalid", USAGE_ERROR))
+    p.add_argument("files", nargs="+", help="config files to check")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only problems and warnings")
     p.set_defaults(func=_check_config)
 
     sub.add_parser("dev-token", help="mint a token from the local dev issuer (see --help)",

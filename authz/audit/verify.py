@@ -199,10 +199,9 @@ def _verify_chain(instance: str, files: list[Path], keys: dict[str, ed25519.Ed25
     if segment_open is not None and since_seal:
         report.unsealed.append(f"instance {instance}, segment {segment_open}: the newest {len(since_seal)} record(s) "
                                f"(seq {since_seal[0]}..{since_seal[-1]}) are not sealed yet, nothing after the last "
-                               f"checkpoint (seq {last_sealed_seq}) signs them; the chain ends at {where} and the segment "
-                               "has no final checkpoint. If the "
-                               "sidecar is still running, run verify again after its next checkpoint; if it stopped, "
-                               "it crashed or the file was truncated")
+                               f"checkpoint (seq {last_sealed_seq}) signs them; the chain ends at {where} and the "
+                               "segment has no final checkpoint. If the sidecar is still running, run verify again "
+                               "after its next checkpoint; if it stopped, it crashed or the file was truncated")
     elif segment_open is not None:
         report.still_open.append(f"instance {instance}, segment {segment_open}: every record is sealed (through "
                                  f"seq {last_sealed_seq}); the chain ends at {where}")

@@ -24,6 +24,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from authz.cli_text import exit_codes
 from authz.demo import bind, configure_logging, url_of
 from authz.identity.jose import jwk_thumbprint, public_jwk
 
@@ -149,13 +150,14 @@ def _items(values: Sequence[str] | None) -> list[str]:
 def dev_token_main(argv: Sequence[str]) -> int:
     """``authz dev-token``: print an access token from the dev issuer's key, and nothing else."""
     p = argparse.ArgumentParser(prog="authz dev-token",
-                                description="Mint an access token from the local dev issuer (make run).")
+                                description="Mint an access token from the local dev issuer (make run).",
+                                **exit_codes("0  the token printed", "2  the command line is wrong"))
     p.add_argument("--sub", required=True, help="the user, e.g. oscar")
     p.add_argument("--roles", action="append", metavar="A,B", help="comma or space separated; repeatable")
     p.add_argument("--scopes", action="append", metavar="A,B", help="comma or space separated; repeatable")
     p.add_argument("--client", default="demo-cli", help="the LLM client (azp and client_id)")
-    p.add_argument("--tenant")
-    p.add_argument("--email")
+    p.add_argument("--tenant", help="the tenant claim")
+    p.add_argument("--email", help="the email claim")
     p.add_argument("--aud", action="append", help=f"audience (default {DEFAULT_AUDIENCE}); repeatable")
     p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     p.add_argument("--issuer", default=os.environ.get("AUTHZ_DEV_ISSUER", DEFAULT_ISSUER),
