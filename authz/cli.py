@@ -51,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from authz.assembly import build_pipeline
     from authz.config import load_config
+    from authz.config_warnings import config_warnings
     from authz.store import MemoryStore
 
     failed = False
@@ -62,6 +63,8 @@ def _check_config(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             failed = True
             continue
+        for warning in config_warnings(config):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         if not args.quiet:
             print(f"{path}: ok (sha256 {sha[:12]})")
     return 1 if failed else 0
