@@ -1,9 +1,12 @@
 """deploy/ is checked, not hoped: every overlay is built (with the kustomize model in kustomize.py,
-and with kubectl when it is installed), every object validates against the Kubernetes schemas,
-names and ports agree between the objects that refer to each other, the Envoy config inside its
-ConfigMap passes `envoy --mode validate`, the policy inside its ConfigMap passes check-config with
-the environment the Deployment gives it, the Istio resources carry the fields we rely on, the
-dashboard and alerts name metrics that exist, and a broken manifest makes the validator fail."""
+and with real kustomize, kubectl's, when it is installed: the two must agree), every core object
+validates against the Kubernetes schemas and every custom resource against its project's
+published schema (data/crd-schemas), names and ports agree between the objects that refer to each
+other, the pod's Envoy config keeps what must match the reference config and passes `envoy --mode
+validate`, the policy passes check-config with the environment the Deployment gives it and the
+keys `authz keygen` makes, the shutdown budget adds up, the NetworkPolicies admit only what must
+reach the pod, the dashboard and alerts name metrics that exist, and a broken manifest makes the
+validators fail."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -26,11 +30,12 @@ from authz.devstack import ROOT, envoy_binary
 from .kustomize import KustomizeError, build, load_docs
 
 K8S = ROOT / "deploy" / "k8s"
+CRD_SCHEMAS = Path(__file__).parent / "data" / "crd-schemas"
 K8S_VERSION = "1.37.0"
 OVERLAYS = {"base": K8S / "base", "dev": K8S / "overlays/dev", "istio": K8S / "overlays/istio",
             "production": K8S / "overlays/production"}
 WITH_ENVOY = ["base", "dev", "production"]  # in the istio overlay istio-proxy is the Envoy
-# Validated against the Kubernetes schemas; custom resources are checked field by field below.
+# Validated against the Kubernetes schemas; custom resources against data/crd-schemas.
 CORE_KINDS = {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "Secret", "ServiceAccount",
               "HorizontalPodAutoscaler", "NetworkPolicy"}
 CRD_API_VERSIONS = {"ServiceMonitor": "monitoring.coreos.com/v1", "PrometheusRule": "monitoring.coreos.com/v1",
@@ -147,6 +152,13 @@ def test_kustomize_model_refuses_what_it_does_not_model(tmp_path):
 
 # --- every overlay -------------------------------------------------------------------------------
 
+def crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    """The published schema of a custom resource's kind (data/crd-schemas, see its README)."""
+    group, version = CRD_API_VERSIONS[kind].split("/")
+    schema = json.loads((CRD_SCHEMAS / f"{group}_{kind.lower()}_{version}.json").read_text())
+    return jsonschema.Draft7Validator(schema)
+
+
 def test_objects_validate_against_the_kubernetes_schema(built):
     _, objs = built
     unknown = kinds(objs) - CORE_KINDS - set(CRD_API_VERSIONS)
@@ -156,6 +168,28 @@ def test_objects_validate_against_the_kubernetes_schema(built):
             kubernetes_validate.validate(copy.deepcopy(obj), K8S_VERSION, strict=True)
         else:
             assert obj["apiVersion"] == CRD_API_VERSIONS[obj["kind"]], obj["metadata"]["name"]
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                      for e in crd_validator(obj["kind"]).iter_errors(obj)]
+            assert not errors, f"{obj['kind']} {obj['metadata']['name']}: {errors}"
+
+
+@pytest.mark.parametrize("overlay, kind, path, value", [
+    ("production", "ServiceMonitor", ["spec", "endpoints", 0, "intervall"], "15s"),
+    ("production", "ServiceMonitor", ["spec", "endpoints", 0, "interval"], "15 seconds"),
+    ("production", "PrometheusRule", ["spec", "groups", 0, "rules", 0, "for"], 5),
+    ("istio", "AuthorizationPolicy", ["spec", "action"], "PERMIT"),
+    ("istio", "EnvoyFilter", ["spec", "configPatches", 0, "patch", "operation"], "INSERT_SOMEWHERE"),
+    ("istio", "ServiceEntry", ["spec", "resolution"], "MAGIC"),
+    ("istio", "VirtualService", ["spec", "http", 0, "match", 0, "uri", "suffix"], "/x"),
+])
+def test_a_broken_custom_resource_fails_its_schema(overlay, kind, path, value):
+    obj = copy.deepcopy(by_kind(build(OVERLAYS[overlay]), kind))
+    assert not list(crd_validator(kind).iter_errors(obj))
+    node = obj
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert list(crd_validator(kind).iter_errors(obj)), f"{kind} with {path}={value!r} passed its schema"
 
 
 def test_a_broken_manifest_fails_validation():
