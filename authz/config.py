@@ -77,7 +77,7 @@ class StoreConfig(Model):
     max_connections: int = Field(64, ge=1, le=10_000)
     key_prefix: str = "authz:"
     cluster: bool = False  # a Redis Cluster: redis_url names any one node
-    required_for_readiness: bool = True
+    required_for_readiness: bool = False  # a shared Redis down must not unready every replica
     health_interval_seconds: float = Field(2.0, gt=0, le=300)
 
     @field_validator("redis_url")

@@ -100,6 +100,9 @@ CONFIG_RELOADS = Counter(
 CONFIG_LAST_SUCCESS = Gauge(
     "authz_config_last_reload_success_timestamp_seconds",
     "Unix time of the last successful config load.")
+CONFIG_RELOAD_FAILING = Gauge(
+    "authz_config_reload_failing",
+    "1 while the config file on disk is refused (the last good config serves); 0 once a load succeeds.")
 CONFIG_INFO = Gauge(
     "authz_config_info", "The config in force (value 1), labelled by the file's SHA-256 prefix.",
     ["sha256"])

@@ -88,6 +88,16 @@ class Runtime:
         self._retiring: list[tuple[Generation, bool]] = []
         self._reload_lock = asyncio.Lock()
 
+    @property
+    def last_reload_error(self) -> str:
+        return self._last_reload_error
+
+    @last_reload_error.setter
+    def last_reload_error(self, error: str) -> None:
+        # The gauge stays 1 for as long as the refused file stays: an alert can last as long.
+        self._last_reload_error = error
+        metrics.CONFIG_RELOAD_FAILING.set(1 if error else 0)
+
     # --- access used on the request path ---------------------------------------------------------
 
     @property

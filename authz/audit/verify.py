@@ -16,7 +16,8 @@ published outside the directory, ``authz.audit.heads``) it must reach that check
 What a crash leaves is told apart from tampering: records after a segment's last checkpoint are
 *unsealed* (the segment was not closed), and a last line cut in half is reported as such.
 Exit status: 0 intact and closed, 1 tampering, a missing end, unsigned or unreadable, 2 intact
-but with an unsealed tail.
+but not closed: records after the last checkpoint, or a segment without its final checkpoint (a
+running sidecar's files look like this; so do a crash's and a truncation's).
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ class Report:
     records: int = 0
     sealed_through: dict[str, int] = dataclasses.field(default_factory=dict)
     unsealed: list[str] = dataclasses.field(default_factory=list)
+    # Segments with every record sealed but no closing checkpoint: a running sidecar, or a file
+    # cut exactly after a checkpoint (the two look the same, so both keep exit status 2).
+    still_open: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def status(self) -> int:
         if self.problems:
             return 1
-        return 2 if self.unsealed else 0
+        return 2 if self.unsealed or self.still_open else 0
 
     def render(self) -> str:
         lines: list[str] = []
@@ -59,11 +63,18 @@ class Report:
         for instance, seq in self.sealed_through.items():
             lines.append(f"instance {instance}: chain intact and signed through seq {seq}")
         if self.unsealed:
-            lines.append("UNSEALED (written after the last checkpoint; a crash or a truncation):")
+            lines.append("UNSEALED (after the last checkpoint: while a sidecar still writes these files its newest "
+                         "records are simply not sealed yet, and its next checkpoint seals them; otherwise a crash "
+                         "or a truncation):")
             lines += [f"  - {u}" for u in self.unsealed]
+        if self.still_open:
+            lines.append("OPEN (every record sealed, but the segment has no final checkpoint: a sidecar still "
+                         "running, or a file truncated right after a checkpoint):")
+            lines += [f"  - {u}" for u in self.still_open]
         lines += self.notes
         lines.append(f"{self.records} records checked; "
-                     + ("FAIL" if self.problems else "OK" if not self.unsealed else "OK up to the last checkpoint"))
+                     + ("FAIL" if self.problems else "OK" if not (self.unsealed or self.still_open)
+                        else "OK up to the last checkpoint"))
         return "\n".join(lines)
 
 
@@ -309,13 +320,16 @@ class _Chain:
 
     def end(self) -> None:
         report, where = self.report, self.where
-        if self.segment_open is not None:
-            detail = (f"{len(self.since_seal)} record(s) (seq {self.since_seal[0]}..{self.since_seal[-1]})"
-                      if self.since_seal else "no records")
-            report.unsealed.append(f"instance {self.instance}, segment {self.segment_open}: {detail} after the last "
-                                   f"checkpoint (seq {self.last_sealed_seq}); the chain ends at {where} and the "
-                                   "segment has no final checkpoint: the sidecar crashed or is still running, or "
-                                   "the file was truncated")
+        if self.segment_open is not None and self.since_seal:
+            report.unsealed.append(
+                f"instance {self.instance}, segment {self.segment_open}: the newest {len(self.since_seal)} record(s) "
+                f"(seq {self.since_seal[0]}..{self.since_seal[-1]}) are not sealed yet, nothing after the last "
+                f"checkpoint (seq {self.last_sealed_seq}) signs them; the chain ends at {where} and the segment has "
+                "no final checkpoint. If the sidecar is still running, run verify again after its next checkpoint; "
+                "if it stopped, it crashed or the file was truncated")
+        elif self.segment_open is not None:
+            report.still_open.append(f"instance {self.instance}, segment {self.segment_open}: every record is sealed "
+                                     f"(through seq {self.last_sealed_seq}); the chain ends at {where}")
         if self.expected_seq is not None and not self.signed:
             self.problem(f"instance {self.instance}: unsigned: no record of this chain carries a valid signature by "
                          "the keys given (a chain rewritten without the key, or the wrong public key)")

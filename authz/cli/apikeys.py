@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from authz.cli.text import exit_codes, plain
 from authz.config import load_config
 from authz.errors import ConfigError
 from authz.identity.apikeys import INDEX_KEY, check_key_syntax, record_key
@@ -30,23 +31,30 @@ APIKEYS_USAGE = """usage: authz apikeys add --config FILE --name N --subject S [
        authz apikeys list --config FILE [--json]"""
 
 
+APIKEYS_EXIT_CODES = exit_codes("0  done", "1  Redis is unreachable, or no such key to revoke",
+                                "2  the config is invalid, no Redis is configured, or the command line is wrong")
+APIKEYS_HELP = {"add": "create a key for a subject and print it once (only its SHA-256 is stored)",
+                "revoke": "revoke a key by name or digest", "list": "list keys (names, subjects, digests, expiry)"}
+
+
 def build_parser(action: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"authz apikeys {action}")
-    p.add_argument("--config", "-c", required=True)
+    p = argparse.ArgumentParser(prog=f"authz apikeys {action}", description=APIKEYS_HELP[action].capitalize() + ".",
+                                **APIKEYS_EXIT_CODES)
+    p.add_argument("--config", "-c", required=True, help="the config the sidecar runs (its Redis)")
     if action == "add":
         p.add_argument("--name", required=True, help="label for logs and audit (1-64 of A-Za-z0-9_.-)")
-        p.add_argument("--subject", required=True)
+        p.add_argument("--subject", required=True, help="the subject the key authenticates as")
         for opt in ("--roles", "--scopes"):
             p.add_argument(opt, action="append", help="comma- or space-separated; repeatable")
         for opt in ("--client", "--tenant", "--email"):
-            p.add_argument(opt)
-        p.add_argument("--expires-in", type=float, metavar="SECONDS")
+            p.add_argument(opt, help=f"the principal's {opt[2:]}")
+        p.add_argument("--expires-in", type=float, metavar="SECONDS", help="lifetime (default: no expiry)")
     elif action == "revoke":
         which = p.add_mutually_exclusive_group(required=True)
-        which.add_argument("--name")
+        which.add_argument("--name", help="the name given at add")
         which.add_argument("--sha256", help="the key's SHA-256 hex digest")
     else:
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
@@ -133,6 +141,12 @@ async def run(action: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
+    if list(argv[:1]) in (["-h"], ["--help"]):
+        top = argparse.ArgumentParser(prog="authz apikeys", description=plain(__doc__), **APIKEYS_EXIT_CODES)
+        actions = top.add_subparsers(dest="action")
+        for action, text in APIKEYS_HELP.items():
+            actions.add_parser(action, help=text)
+        top.parse_args(["--help"])
     if not argv or argv[0] not in ("add", "revoke", "list"):
         print(APIKEYS_USAGE, file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from authz.cli.text import exit_codes, plain
 from authz.config import load_config
 from authz.errors import ConfigError
 from authz.redaction.stage import grant
@@ -26,12 +27,16 @@ async def _grant(config_path: str, approval_id: str, approver: str) -> dict[str,
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="authz approvals", description=__doc__)
+    codes = exit_codes("0  granted", "1  no such pending approval, or the store is unreachable",
+                       "2  the config is invalid, or the command line is wrong")
+    p = argparse.ArgumentParser(prog="authz approvals", description=plain(__doc__), **codes)
     sub = p.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("grant", help="grant a held request (the user's retry then passes once)")
-    g.add_argument("approval_id")
-    g.add_argument("--config", "-c", required=True)
-    g.add_argument("--as", dest="approver", default=f"operator:{getpass.getuser()}")
+    g = sub.add_parser("grant", help="grant a held request (the user's retry then passes once)",
+                       description="Grant a held request: the user's retry then passes once.", **codes)
+    g.add_argument("approval_id", help="the id from the held answer's x-authz-approval-id")
+    g.add_argument("--config", "-c", required=True, help="the config the sidecar runs (its store)")
+    g.add_argument("--as", dest="approver", default=f"operator:{getpass.getuser()}",
+                   help="who grants it, for the audit trail (default operator:$USER)")
     args = p.parse_args(list(argv))
     try:
         record = asyncio.run(_grant(args.config, args.approval_id, args.approver))

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from authz.audit.log import format_time
 from authz.audit.verify import audit_files, load_public_keys, read_records, verify
+from authz.cli.text import USAGE_ERROR, exit_codes
 
 # Which stage refuses with which reason (reason codes are "<area>.<what>", rate_limited aside).
 _STAGES = (("approvals.", "approval"), ("redaction.approval_required", "approval"), ("redaction.", "redaction"),
@@ -217,10 +218,20 @@ def _digest(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="authz audit", description="Verify, explain and export audit logs offline.")
+    p = argparse.ArgumentParser(prog="authz audit", description="Verify, explain and export audit logs offline.",
+                                **exit_codes("0  success", "1  failure (see each command's --help)",
+                                             "2  verify: intact but not closed; or the command line is wrong"))
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="check canonical bytes, chain, signatures, counts, both ends, order and "
-                       "truncation")
+                       "truncation",
+                       description="Check each line's canonical bytes, the hash chain, the checkpoint signatures "
+                                   "and counts, both ends of every chain, gaps, order and truncation.",
+                       **exit_codes("0  intact and closed: every segment sealed by its final checkpoint",
+                                    "1  tampered (each problem with its file and line), a chain's head or tail "
+                                    "missing, unsigned, or a key cannot be read",
+                                    "2  intact up to the last checkpoint, but not closed: records not sealed yet "
+                                    "(a running sidecar's newest ones, or a crash's or truncation's), or a "
+                                    "segment still open; also a wrong command line"))
     v.add_argument("paths", nargs="+", help="audit files or directories")
     v.add_argument("--public-key", required=True, action="append",
                    help="Ed25519 public key: PEM, a JWK or a JWKS (every Ed25519 key in it); repeat it "
@@ -229,26 +240,35 @@ def main(argv: Sequence[str]) -> int:
                    help="the newest published checkpoint: a file (saved GET /audit/head, decision-log lines, "
                         "a Redis Stream export) or the sidecar's http(s)://.../audit/head URL; the chain must "
                         "reach it (repeatable)")
-    e = sub.add_parser("explain", help="tell one request's story")
-    e.add_argument("request_id")
-    e.add_argument("paths", nargs="+")
-    x = sub.add_parser("export", help="CSV for spreadsheets")
-    x.add_argument("paths", nargs="+")
+    e = sub.add_parser("explain", help="tell one request's story", description="Tell one request's story.",
+                       **exit_codes("0  told", "1  no record names the request", USAGE_ERROR))
+    e.add_argument("request_id", help="the x-request-id of the request")
+    e.add_argument("paths", nargs="+", help="audit files or directories")
+    x = sub.add_parser("export", help="CSV for spreadsheets", description="Write the records as CSV.",
+                       **exit_codes("0  written", USAGE_ERROR))
+    x.add_argument("paths", nargs="+", help="audit files or directories")
     x.add_argument("--out", help="file (default: stdout)")
     xs = sub.add_parser("export-stream", help="write the Redis Stream (audit.redis_stream) as per-instance "
-                        "files that verify checks")
-    xs.add_argument("--redis-url", required=True)
-    xs.add_argument("--stream", default="authz:audit")
+                        "files that verify checks",
+                        **exit_codes("0  written", "1  Redis unreachable or the stream empty", USAGE_ERROR))
+    xs.add_argument("--redis-url", required=True, help="the Redis holding the stream")
+    xs.add_argument("--stream", default="authz:audit", help="the stream's key (default authz:audit)")
     xs.add_argument("--instance", help="only this instance (default: all)")
     xs.add_argument("--out", required=True, help="directory: one sub-directory per instance")
-    k = sub.add_parser("keygen", help="write an Ed25519 key pair for checkpoint signing")
-    k.add_argument("--out", required=True)
+    k = sub.add_parser("keygen", help="write an Ed25519 key pair for checkpoint signing (`authz keygen` "
+                                      "writes every key a deployment mounts)",
+                       description="Write an Ed25519 key pair for checkpoint signing.",
+                       **exit_codes("0  written", "1  a key file already exists", USAGE_ERROR))
+    k.add_argument("--out", required=True, help="directory for audit-signing-key.pem and audit-public-key.pem")
     t = sub.add_parser("trim", help="retention: remove whole files older than --before, leaving a signed "
-                       "trim record that verify accepts")
+                       "trim record that verify accepts", **exit_codes("0  trimmed (or nothing to trim)",
+                                                                       "1  a file or key cannot be used",
+                                                                       USAGE_ERROR))
     t.add_argument("directory", help="one instance's directory (audit.directory/<instance_id>)")
     t.add_argument("--before", required=True, help="ISO 8601 date/time (UTC unless stated), or 30d / 12h ago")
     t.add_argument("--signing-key", required=True, help="the audit signing key (audit.signing_key_file)")
-    d = sub.add_parser("digest", help="the keyed digest (body_hmac) of a body, to match it with a record")
+    d = sub.add_parser("digest", help="the keyed digest (body_hmac) of a body, to match it with a record",
+                       **exit_codes("0  printed", "1  the body or key cannot be read", USAGE_ERROR))
     d.add_argument("body", help="file holding the body as sent ('-': stdin)")
     d.add_argument("--key-file", required=True,
                    help="audit.digest_key_file, or the audit signing key when that is unset")

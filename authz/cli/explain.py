@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from authz.cli.text import exit_codes, plain
 from authz.config import load_config
 from authz.errors import ConfigError, Deny
 from authz.model import ANONYMOUS, Context, Principal, Request
@@ -31,21 +32,23 @@ def _split(values: Sequence[str] | None) -> frozenset[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="authz explain", description=__doc__)
-    p.add_argument("--config", "-c", required=True)
-    p.add_argument("--method", default="POST")
-    p.add_argument("--path", required=True)
-    p.add_argument("--host", default="localhost")
+    p = argparse.ArgumentParser(prog="authz explain", description=plain(__doc__),
+                                **exit_codes("0  the request would be allowed", "1  it would be denied",
+                                             "2  the config is invalid, or the command line is wrong"))
+    p.add_argument("--config", "-c", required=True, help="the config to evaluate")
+    p.add_argument("--method", default="POST", help="HTTP method (default POST)")
+    p.add_argument("--path", required=True, help="request path, e.g. /mcp")
+    p.add_argument("--host", default="localhost", help="the :authority (default localhost)")
     p.add_argument("--header", "-H", action="append", default=[], help="NAME: VALUE")
     body = p.add_mutually_exclusive_group()
     body.add_argument("--body", help="request body (text)")
-    body.add_argument("--body-file", type=Path)
+    body.add_argument("--body-file", type=Path, help="request body from a file")
     p.add_argument("--sub", help="subject; omit for an anonymous request")
-    p.add_argument("--roles", action="append")
-    p.add_argument("--scopes", action="append")
-    p.add_argument("--client")
-    p.add_argument("--tenant")
-    p.add_argument("--email")
+    p.add_argument("--roles", action="append", help="comma- or space-separated; repeatable")
+    p.add_argument("--scopes", action="append", help="comma- or space-separated; repeatable")
+    p.add_argument("--client", help="the LLM client")
+    p.add_argument("--tenant", help="the tenant claim")
+    p.add_argument("--email", help="the email claim")
     p.add_argument("--claims", help="extra claims as a JSON object")
     return p
 

@@ -10,17 +10,21 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from authz.cli.text import exit_codes, plain
 from authz.config import load_config
 from authz.errors import ConfigError
 from authz.limits.stage import MICRO, LimitsStage, period_bounds
 from authz.store import StoreUnavailable, build_store
 
+LIMITS_EXIT_CODES = exit_codes("0  shown", "1  the store is unreachable",
+                               "2  the config is invalid, or the command line is wrong")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="authz limits show", description=__doc__)
-    p.add_argument("--config", "-c", required=True)
+    p = argparse.ArgumentParser(prog="authz limits show", description=plain(__doc__), **LIMITS_EXIT_CODES)
+    p.add_argument("--config", "-c", required=True, help="the config the sidecar runs (its store and limits)")
     for dim in ("user", "tenant", "client", "route", "tool", "model"):
-        p.add_argument(f"--{dim}")
+        p.add_argument(f"--{dim}", help=f"the {dim} the limits are keyed by")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -62,6 +66,11 @@ async def usage(config_path: str, values: dict[str, str | None]) -> list[dict[st
 
 
 def main(argv: Sequence[str]) -> int:
+    if list(argv[:1]) in (["-h"], ["--help"]):
+        top = argparse.ArgumentParser(prog="authz limits", description="Usage, remaining quota and budget.",
+                                      **LIMITS_EXIT_CODES)
+        top.add_subparsers(dest="cmd").add_parser("show", help="one user's (or tenant's ...) limits")
+        top.parse_args(["--help"])
     if not argv or argv[0] != "show":
         print("usage: authz limits show --config FILE --user NAME [--tenant T ...]", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from authz import __version__
+from authz.cli.text import USAGE_ERROR, exit_codes
 from authz.errors import ConfigError
 
 
@@ -33,7 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config, sha = load_config(args.config)
     except ConfigError as exc:
-        print(f"authz: refusing to start, the config is invalid:\n{exc}", file=sys.stderr)
+        print(f"authz: refusing to start, the config is invalid:\n{exc}\n"
+              "Set the environment variables and provide the files it names (signing keys: "
+              "`authz keygen --out DIR`).", file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     runtime = Runtime(args.config, config=config, sha256=sha)
@@ -47,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from authz.assembly import build_pipeline
+    from authz.cli.config_warnings import config_warnings
     from authz.config import load_config
     from authz.store import MemoryStore
 
@@ -59,13 +63,15 @@ def _check_config(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             failed = True
             continue
+        for warning in config_warnings(config):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         if not args.quiet:
             print(f"{path}: ok (sha256 {sha[:12]})")
     return 1 if failed else 0
 
 
 def _dev_token(argv: Sequence[str]) -> int:
-    from authz.dev.issuer import dev_token_main
+    from authz.cli.dev_token import dev_token_main
 
     return dev_token_main(list(argv))
 
@@ -94,6 +100,12 @@ def _approvals(argv: Sequence[str]) -> int:
     return approvals_main(argv)
 
 
+def _keygen(argv: Sequence[str]) -> int:
+    from authz.cli.keygen import main as keygen_main
+
+    return keygen_main(argv)
+
+
 def _apikeys(argv: Sequence[str]) -> int:
     from authz.cli.apikeys import main as apikeys_main
 
@@ -102,25 +114,37 @@ def _apikeys(argv: Sequence[str]) -> int:
 
 # Subcommands with their own argument parsers: everything after the name is theirs.
 DELEGATED = {"dev-token": _dev_token, "explain": _explain, "limits": _limits, "audit": _audit,
-             "approvals": _approvals, "apikeys": _apikeys}
+             "approvals": _approvals, "apikeys": _apikeys, "keygen": _keygen}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="authz", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="authz", description="The authz command line: the sidecar and its offline tools. "
+                                  "`authz COMMAND --help` tells more of each.",
+        **exit_codes("0  success", "1  the command failed (each command's --help says how)", USAGE_ERROR))
     parser.add_argument("--version", action="version", version=f"authz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the sidecar (ext_authz + ext_proc gRPC, HTTP metrics)")
+    p = sub.add_parser("serve", help="run the sidecar (ext_authz + ext_proc gRPC, HTTP metrics)",
+                       description="Run the sidecar: ext_authz + ext_proc over gRPC, metrics, health "
+                                   "and published keys over HTTP, until SIGTERM.",
+                       **exit_codes("0  stopped cleanly", "1  cannot start (e.g. an address in use)",
+                                    "2  the config is invalid or names what is missing (each problem "
+                                    "printed with its key path)"))
     p.add_argument("--config", "-c", required=True, help="policy/config YAML file")
     p.add_argument("--grpc-address", help="override server.grpc_address (HOST:PORT)")
     p.add_argument("--http-address", help="override server.http_address (HOST:PORT)")
     p.add_argument("--log-format", choices=["json", "text"], help="override log.format")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log.level")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("check-config", help="validate config files; exit 1 if any is invalid")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p = sub.add_parser("check-config", help="validate config files; exit 1 if any is invalid",
+                       description="Validate config files as the server would load them (every problem, "
+                                   "with its key path) and warn about valid but likely unintended ones.",
+                       **exit_codes("0  every file is valid (warnings may have been printed)",
+                                    "1  a file is invalid", USAGE_ERROR))
+    p.add_argument("files", nargs="+", help="config files to check")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only problems and warnings")
     p.set_defaults(func=_check_config)
 
     sub.add_parser("dev-token", help="mint a token from the local dev issuer (see --help)",
@@ -132,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("audit", help="audit verify | explain | export | keygen (see --help)", add_help=False)
     sub.add_parser("approvals", help="approvals grant ID: grant a request held for approval", add_help=False)
     sub.add_parser("apikeys", help="apikeys add | revoke | list: API keys kept in Redis", add_help=False)
+    sub.add_parser("keygen", help="write every signing key the deployment mounts; print the kubectl "
+                                  "create secret command (see --help)", add_help=False)
     return parser
 
 

@@ -138,40 +138,6 @@ def build_app(issuer: str, directory: str | os.PathLike[str] | None = None) -> w
     return app
 
 
-def _items(values: Sequence[str] | None) -> list[str]:
-    """Comma- or space-separated values from repeatable flags, in order, without duplicates."""
-    out: list[str] = []
-    for value in values or ():
-        out += [x for x in value.replace(",", " ").split() if x not in out]
-    return out
-
-
-def dev_token_main(argv: Sequence[str]) -> int:
-    """``authz dev-token``: print an access token from the dev issuer's key, and nothing else."""
-    p = argparse.ArgumentParser(prog="authz dev-token",
-                                description="Mint an access token from the local dev issuer (make run).")
-    p.add_argument("--sub", required=True, help="the user, e.g. oscar")
-    p.add_argument("--roles", action="append", metavar="A,B", help="comma or space separated; repeatable")
-    p.add_argument("--scopes", action="append", metavar="A,B", help="comma or space separated; repeatable")
-    p.add_argument("--client", default="demo-cli", help="the LLM client (azp and client_id)")
-    p.add_argument("--tenant")
-    p.add_argument("--email")
-    p.add_argument("--aud", action="append", help=f"audience (default {DEFAULT_AUDIENCE}); repeatable")
-    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
-    p.add_argument("--issuer", default=os.environ.get("AUTHZ_DEV_ISSUER", DEFAULT_ISSUER),
-                   help=f"the iss claim (default $AUTHZ_DEV_ISSUER or {DEFAULT_ISSUER})")
-    p.add_argument("--dev-dir", help="where the issuer key lives (default $AUTHZ_DEV_DIR or .dev)")
-    args = p.parse_args(list(argv))
-    if args.ttl <= 0:
-        p.error("--ttl must be positive")
-    if not args.sub.strip():
-        p.error("--sub must not be empty")
-    print(mint_token(sub=args.sub, roles=_items(args.roles), scopes=_items(args.scopes), client=args.client,
-                     tenant=args.tenant, email=args.email, issuer=args.issuer,
-                     audience=args.aud or (DEFAULT_AUDIENCE,), ttl=args.ttl, dev_dir=args.dev_dir))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m authz.dev.issuer", description="The local dev OIDC issuer.")
     p.add_argument("--host", default="127.0.0.1")

@@ -464,6 +464,30 @@ def banner(ports: Ports, store: str) -> str:
     return BANNER.format(**dataclasses.asdict(ports), store=store, commands=commands)
 
 
+# make run's own Redis: a documented port, not 6379, so `authz limits show` never reads some
+# other Redis that happens to run on the machine.
+DEMO_REDIS_PORT = 6390
+
+
+def demo_store(dev: Path) -> tuple[str, ManagedProcess | None, str]:
+    """The store ``make run`` uses: REDIS_URL when set; else a private redis-server on
+    DEMO_REDIS_PORT when one is installed (limits, approvals and `authz limits show` then work
+    as the walk-through says); else the in-process memory store. Returns the URL ("" for
+    memory), the Redis process to stop (or None) and a line for the banner."""
+    url = os.environ.get("REDIS_URL", "")
+    if url:
+        return url, None, f"{url} (REDIS_URL)"
+    if shutil.which("redis-server") is None:
+        return "", None, ("in-process memory: limits are per process and `authz limits show` cannot see them "
+                          "(install redis-server, or set REDIS_URL)")
+    if port_open(DEMO_REDIS_PORT):
+        raise RuntimeError(f"port {DEMO_REDIS_PORT} (make run's Redis) is already in use; stop what uses it, "
+                           f"or set REDIS_URL to a Redis you own")
+    url, proc = start_redis(dev / "redis", port=DEMO_REDIS_PORT)
+    return url, proc, (f"{url} (make run's own redis-server, in memory; in another terminal: "
+                       f"export REDIS_URL={url})")
+
+
 def main() -> int:
     """``make run``: the whole stack on the documented ports, in the foreground, until Ctrl-C or
     SIGTERM; exits 0 after a clean stop, 1 when something failed to start or died."""
@@ -474,14 +498,18 @@ def main() -> int:
               file=sys.stderr)
         return 1
     dev = ROOT / ".dev"
+    try:
+        redis_url, redis, store = demo_store(dev)
+    except (ProcessFailed, RuntimeError) as exc:
+        print(f"authz devstack: {exc}", file=sys.stderr)
+        return 1
     stack = Stack(ports=ports, workdir=dev / "stack", echo=True,
-                  env={"AUTHZ_DEV_DIR": str(dev), "AUTHZ_AUDIT_DIR": str(dev / "audit")})
+                  env={"AUTHZ_DEV_DIR": str(dev), "AUTHZ_AUDIT_DIR": str(dev / "audit"), "REDIS_URL": redis_url})
     # Both signals only set a flag: startup notices within 50 ms and unwinds, the watch loop
     # below ends, and stopping is never interrupted halfway (each process gets SIGTERM, then
     # SIGKILL after its grace period).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stack.cancel.set())
-    store = os.environ.get("REDIS_URL") or "in-process memory (set REDIS_URL to use Redis)"
     try:
         stack.workdir.mkdir(parents=True, exist_ok=True)
         stack.start()
@@ -501,6 +529,8 @@ def main() -> int:
     finally:
         print("\nauthz devstack: stopping...", file=sys.stderr, flush=True)
         stack.stop()
+        if redis is not None:
+            redis.stop()
 
 
 if __name__ == "__main__":

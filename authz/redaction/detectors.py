@@ -211,7 +211,10 @@ class Scanner:
 def compile_custom(pattern: str) -> None:
     """Raise ValueError with RE2's reason when a user pattern cannot be used."""
     try:
-        re2.compile(pattern)
-    except Exception as exc:  # re2.error
-        raise ValueError(f"not a pattern RE2 accepts (linear-time engine): {exc}") from None
+        re2.compile(pattern, _options())  # log_errors off: no raw RE2 log lines on stderr
+    except Exception as exc:  # re2.error, whose message may be bytes
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(f"not a pattern RE2 accepts (linear-time engine): {reason}") from None
 

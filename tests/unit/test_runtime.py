@@ -43,6 +43,51 @@ async def test_bad_reload_keeps_the_last_good_config(tmp_path):
     await rt.close()
 
 
+async def test_reload_failing_gauge_stays_set_while_the_bad_file_stays(tmp_path):
+    """authz_config_reload_failing is what AuthzConfigReloadFailing reads: 1 from the refused
+    reload until a load succeeds, however much time passes or how often the same file is read."""
+    failing = metrics.CONFIG_RELOAD_FAILING._value.get
+    path = tmp_path / "authz.yaml"
+    path.write_text(GOOD.format(t=50))
+    rt = Runtime(path)
+    await rt.start()
+    assert failing() == 0
+    path.write_text("store:\n  timeout_mss: 10\n")
+    assert await rt.reload() is False
+    assert failing() == 1
+    assert await rt.reload(cause="SIGHUP") is False  # the same bad file again
+    assert failing() == 1
+    path.write_text(GOOD.format(t=70))
+    assert await rt.reload() is True
+    assert failing() == 0
+    await rt.close()
+
+
+async def test_readiness_keeps_the_replica_when_only_the_store_is_down(tmp_path):
+    """Redis is shared: its outage must not take every replica out of the Service at once. By
+    default the store is a component of /readyz, not a condition of it; the old behaviour is one
+    setting away."""
+    from authz.runtime import ComponentHealth
+
+    path = tmp_path / "authz.yaml"
+    path.write_text(GOOD.format(t=50))
+    rt = Runtime(path)
+    await rt.start()
+    rt.store_health = ComponentHealth(ok=False, detail="connection refused")
+    ready, components = rt.readiness()
+    assert ready and components["store"] == {"ok": False, "backend": "memory", "detail": "connection refused"}
+    rt.draining = True
+    assert rt.readiness()[0] is False
+    await rt.close()
+
+    path.write_text(GOOD.format(t=50).replace("store:\n", "store:\n  required_for_readiness: true\n"))
+    rt = Runtime(path)
+    await rt.start()
+    rt.store_health = ComponentHealth(ok=False, detail="connection refused")
+    assert rt.readiness()[0] is False
+    await rt.close()
+
+
 async def test_watcher_follows_a_configmap_symlink_swap(tmp_path):
     # Kubernetes mounts a ConfigMap as authz.yaml -> ..data/authz.yaml, ..data -> ..<timestamp>;
     # an update writes a new timestamped dir and atomically renames the ..data symlink.

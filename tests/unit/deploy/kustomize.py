@@ -3,9 +3,11 @@ checked without a kustomize binary. When ``kubectl`` is on PATH a test builds ev
 the real thing too and requires the same objects (test_kustomize_model_matches_kubectl).
 
 Modelled: resources (files and directories), components, configMapGenerator and secretGenerator
-(files, literals, hash suffixes as kustomize computes them, disableNameSuffixHash), patches
+(files, envs, literals, hash suffixes as kustomize computes them, disableNameSuffixHash), patches
 (inline JSON 6902 with a target, including ``test`` ops; inline strategic-merge ``$patch: delete``),
-images, labels (metadata only), and the renaming of ConfigMap/Secret references in pod specs.
+images, labels (metadata only), replacements (a source field copied into target fields chosen by
+kind and name, list items picked with ``[name=x]``), and the renaming of ConfigMap/Secret
+references in pod specs.
 A kustomization using anything else fails loudly rather than being half understood.
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 import yaml
 
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "configMapGenerator",
-                      "secretGenerator", "generatorOptions", "patches", "images", "labels"}
+                      "secretGenerator", "generatorOptions", "patches", "images", "labels", "replacements"}
 POD_SPEC_PATHS = {
     "Deployment": ("spec", "template", "spec"), "StatefulSet": ("spec", "template", "spec"),
     "DaemonSet": ("spec", "template", "spec"), "Job": ("spec", "template", "spec"),
@@ -70,6 +72,8 @@ def _build(directory: Path, *, expect: str, objs: list[dict]) -> list[dict]:
         objs = _patch(objs, patch, path)
     for image in k.get("images", []):
         _set_image(objs, image)
+    for replacement in k.get("replacements", []):
+        _replace(objs, replacement, path)
     for entry in k.get("labels", []):
         if entry.get("includeSelectors") or entry.get("includeTemplates"):
             raise KustomizeError(f"{path}: labels with selectors/templates are not modelled")
@@ -82,7 +86,7 @@ def _build(directory: Path, *, expect: str, objs: list[dict]) -> list[dict]:
 # --- generators ----------------------------------------------------------------------------------
 
 def _generate(kind: str, gen: dict, directory: Path, options: dict) -> dict:
-    if set(gen) - {"name", "files", "literals", "options", "type"}:
+    if set(gen) - {"name", "files", "envs", "literals", "options", "type"}:
         raise KustomizeError(f"{kind} generator {gen['name']}: unmodelled keys {set(gen)}")
     data: dict[str, str] = {}
     for entry in gen.get("files", []):
@@ -93,6 +97,17 @@ def _generate(kind: str, gen: dict, directory: Path, options: dict) -> dict:
         if not file.is_relative_to(directory.resolve()):
             raise KustomizeError(f"{rel}: kustomize only reads files below {directory}")
         data[key] = file.read_text()
+    for rel in gen.get("envs", []):
+        file = (directory / rel).resolve()
+        if not file.is_relative_to(directory.resolve()):
+            raise KustomizeError(f"{rel}: kustomize only reads files below {directory}")
+        for line in file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, sep, value = line.partition("=")
+                if not sep:
+                    raise KustomizeError(f"{rel}: {line!r} is not KEY=VALUE")
+                data[key] = value
     for lit in gen.get("literals", []):
         key, _, value = lit.partition("=")
         data[key] = value
@@ -244,3 +259,46 @@ def _set_image(objs: list[dict], image: dict) -> None:
                 c["image"] = f"{new}:{image['newTag']}"
             else:
                 c["image"] = ref.replace(name, new, 1)
+
+
+def _replace(objs: list[dict], replacement: dict, where: Path) -> None:
+    if set(replacement) - {"source", "targets"} or set(replacement["source"]) - {"kind", "name", "fieldPath"}:
+        raise KustomizeError(f"{where}: only source kind/name/fieldPath replacements are modelled")
+    source = replacement["source"]
+    [obj] = _select(objs, {"kind": source["kind"], "name": source["name"]}, where)
+    value = _field(obj, source["fieldPath"], where)
+    for target in replacement["targets"]:
+        if set(target) - {"select", "fieldPaths"}:
+            raise KustomizeError(f"{where}: replacement targets by select and fieldPaths only")
+        for o in _select(objs, target["select"], where):
+            for field_path in target["fieldPaths"]:
+                *parents, last = _field_parts(field_path)
+                node = o
+                for part in parents:
+                    node = _step(node, part, field_path, where)
+                if last not in node:
+                    raise KustomizeError(f"{where}: replacement target {field_path} does not exist")
+                node[last] = value
+
+
+def _field_parts(field_path: str) -> list[str]:
+    return [p for p in field_path.split(".") if p]
+
+
+def _step(node: Any, part: str, field_path: str, where: Path) -> Any:
+    if part.startswith("[") and part.endswith("]"):
+        key, _, want = part[1:-1].partition("=")
+        found = [item for item in node if isinstance(item, dict) and item.get(key) == want]
+        if len(found) != 1:
+            raise KustomizeError(f"{where}: {field_path}: {part} matches {len(found)} items")
+        return found[0]
+    if not isinstance(node, dict) or part not in node:
+        raise KustomizeError(f"{where}: {field_path}: no {part}")
+    return node[part]
+
+
+def _field(obj: dict, field_path: str, where: Path) -> Any:
+    node: Any = obj
+    for part in _field_parts(field_path):
+        node = _step(node, part, field_path, where)
+    return node

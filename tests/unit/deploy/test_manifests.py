@@ -1,15 +1,17 @@
 """deploy/ is checked, not hoped: every overlay is built (with the kustomize model in kustomize.py,
-and with kubectl when it is installed), every object validates against the Kubernetes schemas,
-names and ports agree between the objects that refer to each other, the Envoy config inside its
-ConfigMap passes `envoy --mode validate`, the policy inside its ConfigMap passes check-config with
-the environment the Deployment gives it, the Istio resources carry the fields we rely on, the
-dashboard and alerts name metrics that exist, and a broken manifest makes the validator fail."""
+and with real kustomize, kubectl's, when it is installed: the two must agree), every core object
+validates against the Kubernetes schemas and every custom resource against its project's
+published schema (data/crd-schemas), names and ports agree between the objects that refer to each
+other, the pod's Envoy config keeps what must match the reference config and passes `envoy --mode
+validate`, the policy passes check-config with the environment the Deployment gives it and the
+keys `authz keygen` makes, the shutdown budget adds up, the NetworkPolicies admit only what must
+reach the pod, the dashboard and alerts name metrics that exist, and a broken manifest makes the
+validators fail."""
 
 from __future__ import annotations
 
 import base64
 import copy
-import fnmatch
 import importlib
 import json
 import re
@@ -18,6 +20,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -27,14 +30,16 @@ from authz.dev.stack import ROOT, envoy_binary
 from .kustomize import KustomizeError, build, load_docs
 
 K8S = ROOT / "deploy" / "k8s"
+CRD_SCHEMAS = Path(__file__).parent / "data" / "crd-schemas"
 K8S_VERSION = "1.37.0"
 OVERLAYS = {"base": K8S / "base", "dev": K8S / "overlays/dev", "istio": K8S / "overlays/istio",
             "production": K8S / "overlays/production"}
 WITH_ENVOY = ["base", "dev", "production"]  # in the istio overlay istio-proxy is the Envoy
-# Validated against the Kubernetes schemas; custom resources are checked field by field below.
+# Validated against the Kubernetes schemas; custom resources against data/crd-schemas.
 CORE_KINDS = {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "Secret", "ServiceAccount",
-              "HorizontalPodAutoscaler"}
-CRD_API_VERSIONS = {"ServiceMonitor": "monitoring.coreos.com/v1", "AuthorizationPolicy": "security.istio.io/v1",
+              "HorizontalPodAutoscaler", "NetworkPolicy"}
+CRD_API_VERSIONS = {"ServiceMonitor": "monitoring.coreos.com/v1", "PrometheusRule": "monitoring.coreos.com/v1",
+                    "AuthorizationPolicy": "security.istio.io/v1",
                     "EnvoyFilter": "networking.istio.io/v1alpha3", "ServiceEntry": "networking.istio.io/v1",
                     "VirtualService": "networking.istio.io/v1"}
 # Created by the operator before applying (README.md, "Deploy on Kubernetes"); dev generates authz-secrets.
@@ -63,10 +68,21 @@ def pod_of(objs: list[dict], name: str = "mcp-demo") -> dict:
     return by_kind(objs, "Deployment", name)["spec"]["template"]["spec"]
 
 
+def all_containers(pod: dict) -> list[dict]:
+    """The pod's containers, native sidecars (init containers with restartPolicy Always) included."""
+    return pod.get("initContainers", []) + pod["containers"]
+
+
 def container(pod: dict, name: str) -> dict:
-    found = [c for c in pod["containers"] if c["name"] == name]
+    found = [c for c in all_containers(pod) if c["name"] == name]
     assert len(found) == 1, f"no container {name}"
     return found[0]
+
+
+def settings(objs: list[dict]) -> dict[str, str]:
+    """The values the operator supplies (base/settings.env), as the build's ConfigMap holds them."""
+    [cm] = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("authz-settings-")]
+    return cm["data"]
 
 
 def volume(pod: dict, name: str) -> dict:
@@ -108,10 +124,21 @@ def selects(selector: dict, labels: dict) -> bool:
 
 # --- the build -----------------------------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def real_kustomize() -> list[str] | None:
+    """A real kustomize: the standalone binary, else kubectl's built-in one."""
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@pytest.mark.skipif(real_kustomize() is None,
+                    reason="no real kustomize (install kubectl or kustomize): the overlays were built with the "
+                           "project's kustomize model only")
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
 def test_kustomize_model_matches_kubectl(overlay):
-    out = subprocess.run(["kubectl", "kustomize", str(OVERLAYS[overlay])], capture_output=True, text=True,
+    out = subprocess.run([*real_kustomize(), str(OVERLAYS[overlay])], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     real = [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -136,6 +163,13 @@ def test_kustomize_model_refuses_what_it_does_not_model(tmp_path):
 
 # --- every overlay -------------------------------------------------------------------------------
 
+def crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    """The published schema of a custom resource's kind (data/crd-schemas, see its README)."""
+    group, version = CRD_API_VERSIONS[kind].split("/")
+    schema = json.loads((CRD_SCHEMAS / f"{group}_{kind.lower()}_{version}.json").read_text())
+    return jsonschema.Draft7Validator(schema)
+
+
 def test_objects_validate_against_the_kubernetes_schema(built):
     _, objs = built
     unknown = kinds(objs) - CORE_KINDS - set(CRD_API_VERSIONS)
@@ -145,6 +179,28 @@ def test_objects_validate_against_the_kubernetes_schema(built):
             kubernetes_validate.validate(copy.deepcopy(obj), K8S_VERSION, strict=True)
         else:
             assert obj["apiVersion"] == CRD_API_VERSIONS[obj["kind"]], obj["metadata"]["name"]
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                      for e in crd_validator(obj["kind"]).iter_errors(obj)]
+            assert not errors, f"{obj['kind']} {obj['metadata']['name']}: {errors}"
+
+
+@pytest.mark.parametrize("overlay, kind, path, value", [
+    ("production", "ServiceMonitor", ["spec", "endpoints", 0, "intervall"], "15s"),
+    ("production", "ServiceMonitor", ["spec", "endpoints", 0, "interval"], "15 seconds"),
+    ("production", "PrometheusRule", ["spec", "groups", 0, "rules", 0, "for"], 5),
+    ("istio", "AuthorizationPolicy", ["spec", "action"], "PERMIT"),
+    ("istio", "EnvoyFilter", ["spec", "configPatches", 0, "patch", "operation"], "INSERT_SOMEWHERE"),
+    ("istio", "ServiceEntry", ["spec", "resolution"], "MAGIC"),
+    ("istio", "VirtualService", ["spec", "http", 0, "match", 0, "uri", "suffix"], "/x"),
+])
+def test_a_broken_custom_resource_fails_its_schema(overlay, kind, path, value):
+    obj = copy.deepcopy(by_kind(build(OVERLAYS[overlay]), kind))
+    assert not list(crd_validator(kind).iter_errors(obj))
+    node = obj
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert list(crd_validator(kind).iter_errors(obj)), f"{kind} with {path}={value!r} passed its schema"
 
 
 def test_a_broken_manifest_fails_validation():
@@ -168,7 +224,7 @@ def test_names_and_ports_agree_between_objects(built):
     for svc in (o for o in objs if o["kind"] == "Service"):
         targets = [t for t in pods.values() if selects(svc["spec"]["selector"], t["metadata"]["labels"])]
         assert len(targets) == 1, f"Service {svc['metadata']['name']} selects {len(targets)} Deployments"
-        ports = {p["name"]: p["containerPort"] for c in targets[0]["spec"]["containers"] for p in c.get("ports", [])}
+        ports = {p["name"]: p["containerPort"] for c in all_containers(targets[0]["spec"]) for p in c.get("ports", [])}
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in ports or p["targetPort"] in ports.values(), \
                 f"Service {svc['metadata']['name']} port {p['name']} targets {p['targetPort']}: no such container port"
@@ -177,7 +233,7 @@ def test_names_and_ports_agree_between_objects(built):
     pod = pod_of(objs)
     assert by_kind(objs, "ServiceAccount", pod["serviceAccountName"])
     # Every volume is mounted and every mount has its volume (the istio overlay removes some).
-    mounted = {m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+    mounted = {m["name"] for c in all_containers(pod) for m in c.get("volumeMounts", [])}
     assert mounted == {v["name"] for v in pod["volumes"]}
     # ConfigMaps come from the build (generated names included); Secrets from it or from the operator.
     generated = {(o["kind"], o["metadata"]["name"]) for o in objs}
@@ -186,7 +242,7 @@ def test_names_and_ports_agree_between_objects(built):
             assert ("ConfigMap", v["configMap"]["name"]) in generated, v
         if "secret" in v:
             assert ("Secret", v["secret"]["secretName"]) in generated or v["secret"]["secretName"] in EXTERNAL_SECRETS
-    for c in pod["containers"]:
+    for c in all_containers(pod):
         for e in c.get("env", []):
             ref = e.get("valueFrom", {}).get("secretKeyRef")
             if ref:
@@ -201,15 +257,15 @@ def test_the_pod_is_locked_down_and_probes_point_at_real_ports(built):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    port_names = [p["name"] for c in pod["containers"] for p in c.get("ports", [])]
+    port_names = [p["name"] for c in all_containers(pod) for p in c.get("ports", [])]
     assert len(port_names) == len(set(port_names)), f"port names repeat in the pod: {port_names}"
-    for c in pod["containers"]:
+    for c in all_containers(pod):
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsUser"] != 0
         assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if probe in c:
                 target = c[probe].get("httpGet") or c[probe].get("tcpSocket")
                 assert target["port"] in ports, f"{c['name']} {probe} names port {target['port']}"
@@ -217,11 +273,9 @@ def test_the_pod_is_locked_down_and_probes_point_at_real_ports(built):
     authz = container(pod, "authz")
     assert authz["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert authz["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    # The probes' port is the policy's HTTP port, and the annotations scrape the same one.
+    # The probes' port is the policy's HTTP port.
     metrics = next(p["containerPort"] for p in authz["ports"] if p["name"] == authz["readinessProbe"]["httpGet"]["port"])
     assert host_port(policy["server"]["http_address"]) == ("0.0.0.0", metrics)
-    annotations = by_kind(objs, "Deployment", "mcp-demo")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(metrics) and annotations["prometheus.io/path"] == "/metrics"
     # The files the policy names are where the pod mounts them.
     assert mount(authz, "audit") == policy["audit"]["directory"]
     keys = mount(authz, "keys")
@@ -234,31 +288,90 @@ def test_the_pod_is_locked_down_and_probes_point_at_real_ports(built):
     uid = int(re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M).group(1))
     assert authz["securityContext"]["runAsUser"] == uid
     assert container(pod, "app")["securityContext"]["runAsUser"] != uid  # the app is not authz
-    # authz drains, then waits for in-flight calls; the other containers sleep through both in
-    # preStop, and the pod outlives them.
-    drain = policy["server"]["drain_seconds"] + policy["server"]["grace_seconds"]
-    for c in pod["containers"]:
-        if c["name"] != "authz":
-            assert c["lifecycle"]["preStop"]["sleep"]["seconds"] >= drain, c["name"]
-    assert pod["terminationGracePeriodSeconds"] > max(
-        [drain] + [c["lifecycle"]["preStop"]["sleep"]["seconds"] for c in pod["containers"] if "lifecycle" in c])
+
+
+def test_shutdown_order_keeps_authz_answering_until_envoy_is_gone(built):
+    """authz and Envoy are native sidecars, started in that order and stopped in reverse after
+    the app: Envoy never runs without authz, the app never without Envoy. The grace period
+    covers the app's preStop, authz's drain and grace, and leaves a stream budget."""
+    overlay, objs = built
+    pod = pod_of(objs)
+    sidecars = [c["name"] for c in pod["initContainers"]]
+    assert all(c["restartPolicy"] == "Always" for c in pod["initContainers"])
+    assert sidecars == (["authz"] if overlay == "istio" else ["authz", "envoy"])
+    assert [c["name"] for c in pod["containers"]] == ["app"]
+    # Each sidecar is started (its startupProbe passed) before the next container starts.
+    assert all("startupProbe" in c for c in pod["initContainers"])
+    # Only the app sleeps in preStop (while the pod leaves the endpoints); the sidecars are
+    # stopped only after it exited, so they need none.
+    assert [c["name"] for c in all_containers(pod) if "lifecycle" in c] == ["app"]
+    _, policy = policy_of(objs)
+    pre_stop = container(pod, "app")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    authz_stop = policy["server"]["drain_seconds"] + policy["server"]["grace_seconds"]
+    stream_budget = pod["terminationGracePeriodSeconds"] - pre_stop - authz_stop
+    assert stream_budget >= 60, f"a streamed answer gets only {stream_budget}s after deletion"
+    # The numbers the Deployment's comment gives are these.
+    text = (K8S / "base/deployment.yaml").read_text()
+    assert f"terminationGracePeriodSeconds = {pod['terminationGracePeriodSeconds']}" in text
+    assert f"preStop\n#         sleeps {pre_stop} s" in text
+    assert f"drain_seconds ({policy['server']['drain_seconds']})" in text
+    assert f"grace_seconds ({policy['server']['grace_seconds']})" in text
+
+
+def test_one_scrape_path(built):
+    """No prometheus.io annotations next to a ServiceMonitor (everything would be scraped
+    twice); only the istio overlay, whose istio-proxy merges authz's metrics by them, has them."""
+    overlay, objs = built
+    annotations = by_kind(objs, "Deployment", "mcp-demo")["spec"]["template"]["metadata"].get("annotations", {})
+    scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+    if overlay == "istio":
+        authz = container(pod_of(objs), "authz")
+        assert scrape == {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
+                          "prometheus.io/port": str(authz["ports"][0]["containerPort"])}
+        assert "ServiceMonitor" not in kinds(objs)
+    else:
+        assert scrape == {}
+
+
+def test_settings_reach_the_images_and_the_policy(built):
+    """The three values of settings.env are where they act: the image of the containers that run
+    authz's image, and the policy's environment."""
+    _, objs = built
+    values = settings(objs)
+    assert set(values) == {"AUTHZ_IMAGE", "AUTHZ_ISSUER", "AUTHZ_RESOURCE"}
+    pod = pod_of(objs)
+    assert container(pod, "authz")["image"] == container(pod, "app")["image"] == values["AUTHZ_IMAGE"]
+    env = {e["name"]: e for e in container(pod, "authz")["env"]}
+    for key in ("AUTHZ_ISSUER", "AUTHZ_RESOURCE"):
+        ref = env[key]["valueFrom"]["configMapKeyRef"]
+        assert ref["key"] == key and ref["name"] == by_kind(objs, "ConfigMap", ref["name"])["metadata"]["name"]
+        assert ref["name"].startswith("authz-settings-")  # hashed: a change rolls the pods
+    # No other placeholder hides anywhere in the build: example.com appears only where a
+    # setting was copied.
+    for obj in objs:
+        if not obj["metadata"]["name"].startswith("authz-settings-"):
+            text = json.dumps(obj).replace(values["AUTHZ_IMAGE"], "")
+            assert "example.com" not in text, f"{obj['kind']} {obj['metadata']['name']}"
 
 
 def test_policy_in_the_configmap_passes_check_config(built, tmp_path, monkeypatch, capsys):
     """`authz check-config` on the policy, with exactly the environment the Deployment sets."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    from authz.cli import main
+    from authz.cli import keygen, main
     from authz.config import parse_config
 
     _, objs = built
     text, policy = policy_of(objs)
+    # The keys come from `authz keygen`, the command the README gives: it makes every file the
+    # policy reads from the keys volume, and its kubectl line stores exactly those.
     keys = tmp_path / "keys"
-    keys.mkdir()
-    pem = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    (keys / "assertion-signing-key.pem").write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(*pem))
-    (keys / "audit-signing-key.pem").write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(*pem))
+    paths = keygen.generate(keys)
+    mounted = mount(container(pod_of(objs), "authz"), "keys")
+    wanted = {Path(f).name for f in policy["identity"]["assertion"]["key_files"] + [policy["audit"]["signing_key_file"]]
+              if str(Path(f).parent) == mounted}
+    assert wanted == {keygen.ASSERTION_KEY, keygen.AUDIT_KEY}
+    command = keygen.secret_command(paths)
+    assert f"secret generic {volume(pod_of(objs), 'keys')['secret']['secretName']} " in command
+    assert {arg.split("=")[1] for arg in command.split() if arg.startswith("--from-file=")} == wanted
     text = text.replace("/etc/authz/keys", str(keys)).replace(policy["audit"]["directory"], str(tmp_path / "audit"))
     path = tmp_path / "authz.yaml"
     path.write_text(text)
@@ -269,7 +382,10 @@ def test_policy_in_the_configmap_passes_check_config(built, tmp_path, monkeypatc
     env = {}
     for e in container(pod_of(objs), "authz")["env"]:
         ref = e.get("valueFrom", {}).get("secretKeyRef")
-        if ref is None:
+        if "configMapKeyRef" in e.get("valueFrom", {}):
+            cm_ref = e["valueFrom"]["configMapKeyRef"]
+            env[e["name"]] = by_kind(objs, "ConfigMap", cm_ref["name"])["data"][cm_ref["key"]]
+        elif ref is None:
             env[e["name"]] = e["value"]
         elif ref["name"] in generated:
             env[e["name"]] = secret_value(objs, ref["name"], ref["key"])
@@ -290,8 +406,80 @@ def test_policy_in_the_configmap_passes_check_config(built, tmp_path, monkeypatc
 
 # --- base and the overlays that keep our Envoy ---------------------------------------------------
 
+def _hcm(listener: dict) -> dict:
+    [chain] = listener["filter_chains"]
+    [hcm] = chain["filters"]
+    return hcm["typed_config"]
+
+
+def _listener(config: dict, name: str) -> dict:
+    return next(x for x in config["static_resources"]["listeners"] if x["name"] == name)
+
+
+def _cluster(config: dict, name: str) -> dict:
+    return next(c for c in config["static_resources"]["clusters"] if c["name"] == name)
+
+
+def test_pod_envoy_config_keeps_what_must_match_the_reference():
+    """The pod's Envoy config is its own (no demo routes), but everything that decides what gets
+    checked and how must equal deploy/envoy/envoy.yaml, the config every end-to-end test runs:
+    the filters and their order, the connection manager's hardening and timeouts, the authz
+    clusters, the metadata routes, the admin address and the overload manager."""
+    reference = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
+    pod = yaml.safe_load((K8S / "base/envoy.yaml").read_text())
+    assert pod["admin"] == reference["admin"]
+    assert pod["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    assert pod["overload_manager"] == reference["overload_manager"]
+    ref_hcm, pod_hcm = _hcm(_listener(reference, "ingress")), _hcm(_listener(pod, "ingress"))
+    assert _listener(pod, "ingress")["address"] == _listener(reference, "ingress")["address"]
+    assert {k: v for k, v in pod_hcm.items() if k != "route_config"} == \
+        {k: v for k, v in ref_hcm.items() if k != "route_config"}
+    for name in ("authz", "authz_http"):
+        assert _cluster(pod, name) == _cluster(reference, name)
+    [ref_host] = ref_hcm["route_config"]["virtual_hosts"]
+    [pod_host] = pod_hcm["route_config"]["virtual_hosts"]
+    metadata = [r for r in ref_host["routes"] if r["route"]["cluster"] == "authz_http"]
+    assert len(metadata) == 2 and pod_host["routes"][:2] == metadata
+    # The rest goes to the app, through both filters (nothing else disables them).
+    for route in pod_host["routes"][2:]:
+        assert route["route"]["cluster"] == "mcp" and "typed_per_filter_config" not in route
+    assert pod_host["routes"][-1]["match"] == {"prefix": "/"}
+    assert _cluster(pod, "mcp")["load_assignment"] == _cluster(reference, "mcp")["load_assignment"]
+    # Nothing routes to an upstream that does not run in the pod.
+    assert {c["name"] for c in pod["static_resources"]["clusters"]} == {"authz", "authz_http", "mcp", "envoy_admin"}
+    # The stats listener serves /stats/prometheus of the admin port and nothing else.
+    stats = _hcm(_listener(pod, "stats"))
+    [host] = stats["route_config"]["virtual_hosts"]
+    assert host["routes"] == [{"match": {"path": "/stats/prometheus"}, "route": {"cluster": "envoy_admin"}},
+                              {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]
+    admin = _cluster(pod, "envoy_admin")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert admin["endpoint"]["address"] == pod["admin"]["address"]
+    assert [f["name"] for f in stats["http_filters"]] == ["envoy.filters.http.router"]
+
+
+def test_the_consistency_test_notices_a_drift(tmp_path, monkeypatch):
+    """The test above fails when a security-relevant field differs (not a test that cannot fail)."""
+    reference = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
+    for mutate in (lambda c: _hcm(_listener(c, "ingress")).update(normalize_path=False),
+                   lambda c: _hcm(_listener(c, "ingress"))["http_filters"][0]["typed_config"].update(
+                       failure_mode_allow=True),
+                   lambda c: _hcm(_listener(c, "ingress"))["route_config"]["virtual_hosts"][0]["routes"].insert(
+                       2, {"match": {"prefix": "/admin"}, "route": {"cluster": "authz_http"}})):
+        pod = yaml.safe_load((K8S / "base/envoy.yaml").read_text())
+        mutate(pod)
+        fake = tmp_path / "deploy/k8s/base"
+        fake.mkdir(parents=True, exist_ok=True)
+        (fake / "envoy.yaml").write_text(yaml.safe_dump(pod))
+        (tmp_path / "deploy/envoy").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "deploy/envoy/envoy.yaml").write_text(yaml.safe_dump(reference))
+        monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+        monkeypatch.setattr(f"{__name__}.K8S", tmp_path / "deploy/k8s")
+        with pytest.raises(AssertionError):
+            test_pod_envoy_config_keeps_what_must_match_the_reference()
+
+
 @pytest.mark.parametrize("overlay", WITH_ENVOY)
-def test_envoy_config_in_the_configmap_is_the_reference_and_points_at_the_pod(overlay):
+def test_envoy_config_in_the_configmap_points_at_the_pod(overlay):
     objs = build(OVERLAYS[overlay])
     pod = pod_of(objs)
     envoy = container(pod, "envoy")
@@ -301,13 +489,13 @@ def test_envoy_config_in_the_configmap_is_the_reference_and_points_at_the_pod(ov
     cm_name = volume(pod, "envoy-config")["configMap"]["name"]
     assert re.fullmatch(r"authz-envoy-[a-z0-9]{10}", cm_name)  # hashed: a change rolls the pods
     text = by_kind(objs, "ConfigMap", cm_name)["data"][config.name]
-    assert text == (ROOT / "deploy/envoy/envoy.yaml").read_text(), \
-        "deploy/k8s/base/envoy.yaml drifted from deploy/envoy/envoy.yaml"
+    assert text == (K8S / "base/envoy.yaml").read_text()
 
     envoy_config = yaml.safe_load(text)
-    [listener] = envoy_config["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"]["port_value"] == next(
-        p["containerPort"] for p in envoy["ports"] if p["name"] == "http")
+    ports = {p["name"]: p["containerPort"] for p in envoy["ports"]}
+    assert _listener(envoy_config, "ingress")["address"]["socket_address"]["port_value"] == ports["http"]
+    stats = _listener(envoy_config, "stats")["address"]["socket_address"]
+    assert (stats["address"], stats["port_value"]) == ("0.0.0.0", ports["envoy-metrics"])
     service = by_kind(objs, "Service", "mcp-demo")
     assert next(p for p in service["spec"]["ports"] if p["name"] == "http")["targetPort"] == "http"
 
@@ -366,6 +554,12 @@ def test_dev_overlay_runs_redis_and_wires_redis_url():
     assert c["readinessProbe"]["tcpSocket"]["port"] == port["targetPort"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert mount(c, "data") == "/data"  # the one place redis writes
+    # Redis requires the password the URL carries, taken from the same Secret.
+    assert c["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    [password] = [e for e in c["env"] if e["name"] == "REDIS_PASSWORD"]
+    pw_ref = password["valueFrom"]["secretKeyRef"]
+    assert pw_ref["name"] == ref["name"]
+    assert url.password and url.password == secret_value(objs, pw_ref["name"], pw_ref["key"])
 
 
 def test_production_overlay_scales_on_cpu_and_requires_redis():
@@ -381,7 +575,7 @@ def test_production_overlay_scales_on_cpu_and_requires_redis():
     [metric] = hpa["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
     # Utilization is relative to requests: every container must request CPU.
-    assert all(c["resources"]["requests"].get("cpu") for c in pod["containers"])
+    assert all(c["resources"]["requests"].get("cpu") for c in all_containers(pod))
     # A drain evicts one pod at a time and leaves the rest serving.
     assert by_kind(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -395,17 +589,50 @@ def test_production_overlay_scales_on_cpu_and_requires_redis():
     assert "ServiceMonitor" in kinds(objs)
 
 
-def test_service_monitor_scrapes_the_metrics_port():
+def test_service_monitor_scrapes_authz_and_envoy_and_the_rules_ship_with_it():
     objs = build(OVERLAYS["production"])  # the overlay that adds components/monitoring
     sm = by_kind(objs, "ServiceMonitor")
     service = by_kind(objs, "Service", "mcp-demo")
     assert selects(sm["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
-    [endpoint] = sm["spec"]["endpoints"]
-    port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
-    authz = container(pod_of(objs), "authz")
-    assert port["targetPort"] in [p["name"] for p in authz["ports"]]  # authz's HTTP port, not Envoy
-    assert endpoint["path"] == "/metrics"
-    assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
+    pod = pod_of(objs)
+    paths = {}
+    for endpoint in sm["spec"]["endpoints"]:
+        port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+        owner = next(c["name"] for c in all_containers(pod) if port["targetPort"] in [p["name"] for p in c.get("ports", [])])
+        paths[owner] = endpoint["path"]
+        assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
+    assert paths == {"authz": "/metrics", "envoy": "/stats/prometheus"}
+    # The rules are in the build, and both carry the label kube-prometheus-stack selects by.
+    rule = by_kind(objs, "PrometheusRule")
+    for obj in (sm, rule):
+        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # The alerts' job is the Service's name (the Operator's default job label).
+    exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+    assert set(re.findall(r'job="([^"]+)"', exprs)) == {service["metadata"]["name"]}
+    assert set(re.findall(r'endpoint="([^"]+)"', exprs)) <= {e["port"] for e in sm["spec"]["endpoints"]}
+
+
+def test_network_policies_admit_only_what_must_reach_the_pods(built):
+    overlay, objs = built
+    pod_labels = by_kind(objs, "Deployment", "mcp-demo")["spec"]["template"]["metadata"]["labels"]
+    policy = by_kind(objs, "NetworkPolicy", "mcp-demo")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels) and policy["policyTypes"] == ["Ingress"]
+    open_to_all, monitoring = policy["ingress"]
+    assert "from" not in open_to_all and [p["port"] for p in open_to_all["ports"]] == ["http"]
+    assert monitoring["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    allowed = {p["port"] for p in monitoring["ports"]}
+    pod = pod_of(objs)
+    names = {p["name"]: p["containerPort"] for c in all_containers(pod) for p in c.get("ports", [])}
+    assert allowed == ({"metrics", 15020} if overlay == "istio" else {"metrics", "envoy-metrics"})
+    assert all(p in names for p in allowed if isinstance(p, str))
+    # authz's gRPC port is on loopback: no rule can open it, none names it.
+    _, authz_policy = policy_of(objs)
+    grpc_host, grpc_port = host_port(authz_policy["server"]["grpc_address"])
+    assert grpc_host == "127.0.0.1" and grpc_port not in names.values()
+    if overlay == "dev":
+        redis = by_kind(objs, "NetworkPolicy", "redis")["spec"]
+        [rule] = redis["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": pod_labels}}]
 
 
 def _seconds(duration: str) -> int:
@@ -419,7 +646,8 @@ def test_istio_resources_carry_the_fields_we_rely_on():
     deployment = by_kind(objs, "Deployment", "mcp-demo")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     pod = deployment["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["app", "authz"]  # istio-proxy is the Envoy
+    # istio-proxy is the Envoy
+    assert [c["name"] for c in all_containers(pod)] == ["authz", "app"]
     assert not [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("authz-envoy")]
     # istio-proxy forwards inbound traffic to the pod IP: the app listens there, on the port
     # the Service's "http" names.
@@ -526,7 +754,7 @@ def test_dashboard_and_alerts_name_metrics_that_exist():
     names = _registered_metric_names()
     dashboard = json.loads((ROOT / "deploy/grafana/authz-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    rules = load_docs(ROOT / "deploy/prometheus/authz-rules.yaml")[0]
+    rules = load_docs(K8S / "components/monitoring/prometheusrule.yaml")[0]
     assert rules["kind"] == "PrometheusRule"
     exprs += [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
     used = {m for e in exprs for m in re.findall(r"\b(authz_[a-z0-9_]+)", e)}
@@ -535,40 +763,22 @@ def test_dashboard_and_alerts_name_metrics_that_exist():
     assert not missing, f"dashboard/alerts use undefined metrics: {missing}"
 
 
-def _dockerignored(path: str, patterns: list[str]) -> bool:
-    """Whether .dockerignore keeps `path` (or a directory above it) out of the build context.
-    fnmatch's * also crosses /, so this errs towards "ignored"."""
-    parts = path.split("/")
-    ignored = False
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        pattern = pattern.lstrip("!").strip("/")
-        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        if any(fnmatch.fnmatchcase(p, pattern) or (pattern.startswith("**/") and fnmatch.fnmatchcase(p, pattern[3:]))
-               for p in prefixes):
-            ignored = not negate
-    return ignored
-
-
-def test_dockerfile_runs_the_cli_as_non_root_with_what_the_context_holds():
-    text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^USER 10001", text, re.M)
-    assert 'ENTRYPOINT ["authz"]' in text and 'CMD ["serve", "--config", "/etc/authz/authz.yaml"]' in text
-    assert "HEALTHCHECK" in text and "/healthz" in text
-    from authz.cli.main import build_parser
-
-    build_parser().parse_args(["serve", "--config", "/etc/authz/authz.yaml"])
-    # Every file the build copies from the context exists and is not excluded by .dockerignore.
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    copies = [line.split()[1:-1] for line in text.splitlines() if line.startswith("COPY ") and "--from" not in line]
-    sources = [s for c in copies for s in c]
-    assert "deploy/authz/authz.yaml" in sources and "authz" in sources
-    for source in sources:
-        assert (ROOT / source).exists(), source
-        assert not _dockerignored(source, patterns), f"{source} is copied but .dockerignore excludes it"
-    assert _dockerignored("deploy/k8s/base/envoy.yaml", patterns)  # the matcher does match
-    # The image exposes the ports the cluster policy listens on.
-    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
-    _, policy = policy_of(build(OVERLAYS["base"]))
-    assert {host_port(policy["server"][k])[1] for k in ("grpc_address", "http_address")} <= exposed
+def test_dashboard_is_scoped_by_namespace_and_pod_and_has_the_panels_an_operator_needs():
+    dashboard = json.loads((ROOT / "deploy/grafana/authz-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "pod"} <= set(variables)
+    assert variables["pod"]["includeAll"] and "$namespace" in variables["pod"]["definition"]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for expr in exprs:
+        # Every series a panel reads is one namespace's, and the chosen pods'.
+        series = re.sub(r"by \([^)]*\)", "", expr)  # label names are not series
+        for selector in re.findall(r"\b(?:authz|envoy)_[a-z0-9_]+(\{[^}]*\})?", series):
+            assert 'namespace="$namespace"' in selector and 'pod=~"$pod"' in selector, expr
+    used = {m for e in exprs for m in re.findall(r"\b((?:authz|envoy)_[a-z0-9_]+)\{", e)}
+    for metric in ("authz_audit_refused_total", "authz_process_streams_total", "authz_limits_store_failures_total",
+                   "authz_inflight_requests", "authz_config_reload_failing", "envoy_http_ext_authz_error",
+                   "envoy_cluster_upstream_rq_timeout", "envoy_http_ext_proc_streams_failed"):
+        assert metric in used, f"no panel shows {metric}"
+    # Panels do not overlap.
+    cells = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
+    assert len(cells) == len(set(cells))

@@ -14,8 +14,9 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from authz.cli.dev_token import dev_token_main
 from authz.dev import issuer
-from authz.dev.issuer import build_app, dev_token_main, jwks, load_or_create_key, mint_token
+from authz.dev.issuer import build_app, jwks, load_or_create_key, mint_token
 
 from .conftest import program
 
