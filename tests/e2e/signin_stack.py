@@ -59,7 +59,7 @@ def signin_config(ports: Ports, idp_issuer: str, workdir: Path, *, redis_url: st
             client_id: {UPSTREAM_CLIENT}
             client_secret: {UPSTREAM_SECRET}
             scopes: [openid, email, profile]
-        """) + textwrap.dedent(extra)
+        """) + extra
     path = workdir / "authz.yaml"
     path.write_text(text)
     return path
