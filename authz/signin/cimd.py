@@ -17,6 +17,7 @@ import socket
 import ssl
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -122,10 +123,24 @@ class MetadataDocuments:
             self._cache[client_id] = (record, self.clock() + max_age)
         return record
 
+    async def _check_host(self, url: str) -> None:
+        """An address literal never reaches a resolver (aiohttp connects to it as it is), so it
+        is judged here; a name is resolved and judged here and again when connecting."""
+        host = (urlsplit(url).hostname or "").strip("[]")
+        allow = self.cfg.allow_private_addresses
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            await PublicOnlyResolver(allow_private=allow).resolve(host, 443)
+            return
+        if not address_allowed(host, allow_private=allow):
+            raise BlockedAddress(f"{host} is not a public address")
+
     async def _fetch(self, url: str) -> tuple[dict[str, Any], float]:
         limit = self.cfg.max_bytes
         try:
             async with asyncio.timeout(self.cfg.timeout_seconds):
+                await self._check_host(url)
                 async with self._client_session().get(
                         url, allow_redirects=False, headers={"accept": "application/json"}) as resp:
                     if resp.status != 200:
@@ -139,6 +154,11 @@ class MetadataDocuments:
             raise InvalidClient("the client metadata document did not arrive in time") from None
         except BlockedAddress:
             raise InvalidClient("the client metadata document's host is not a public address") from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedAddress):  # a name that changed its answer since the check
+                raise InvalidClient("the client metadata document's host is not a public address") from None
+            raise InvalidClient(f"the client metadata document could not be fetched ({type(exc).__name__})"
+                                ) from None
         except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
             raise InvalidClient(f"the client metadata document could not be fetched ({type(exc).__name__})"
                                 ) from None
