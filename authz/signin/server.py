@@ -382,11 +382,6 @@ class SigninServer:
         family = grant["family"]
         if not await state.family_alive(family["id"]):
             raise InvalidGrant("the refresh token was revoked")
-        if not await state.mark_refresh_used(token, family["expires"] - _now()):
-            await state.revoke_family(family["id"])
-            events.record(config, "refresh_reused", error="invalid_grant", endpoint="token",
-                          client_id=client["client_id"], subject=grant["user"]["sub"])
-            raise InvalidGrant("the refresh token was already used: every token of this sign-in is revoked")
         scopes = grant["scopes"]
         if "scope" in form:
             asked = _scope_list(form["scope"])
@@ -395,6 +390,12 @@ class SigninServer:
             scopes = asked
         if form.get("resource") not in (None, grant["resource"]):
             raise InvalidTarget("resource differs from the one authorized")
+        # Checked last, so that a refused request does not spend the token.
+        if not await state.mark_refresh_used(token, family["expires"] - _now()):
+            await state.revoke_family(family["id"])
+            events.record(config, "refresh_reused", error="invalid_grant", endpoint="token",
+                          client_id=client["client_id"], subject=grant["user"]["sub"])
+            raise InvalidGrant("the refresh token was already used: every token of this sign-in is revoked")
         body = await self._tokens({**grant, "scopes": scopes}, client, family, cfg, state)
         events.record(config, "refreshed", endpoint="token", client_id=client["client_id"],
                       subject=grant["user"]["sub"], scopes=scopes)
