@@ -59,4 +59,4 @@ def test_a_key_file_must_match_the_algorithm(tmp_path):
         parse_config(BASE + f"  key_files: [{key}]\n")
     assert "EdDSA key but algorithm is ES256" in str(info.value)
     cfg = parse_config(BASE + f"  key_files: [{key}]\n  algorithm: EdDSA\n")
-    assert [i for i in cfg.identity.issuers if i.name == "signin"][0].algorithms == ("EdDSA",)
+    assert next(i for i in cfg.identity.issuers if i.name == "signin").algorithms == ("EdDSA",)
