@@ -39,8 +39,8 @@ def redirect_error(uri: str, exc: OAuthError, *, state: str | None, issuer: str)
                           "iss": issuer})
 
 
-def page(html: str, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=html, headers=PAGE_HEADERS)
+def page(html: str, status: int = 200, *, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=html, headers=headers or PAGE_HEADERS)
 
 
 def error_page(exc: OAuthError, *, status: int | None = None) -> web.Response:

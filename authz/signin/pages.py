@@ -3,7 +3,9 @@ JavaScript, readable on a phone; every value escaped; never framed (clickjacking
 
 from __future__ import annotations
 
+import re
 from html import escape
+from urllib.parse import urlsplit
 
 PAGE_HEADERS = {
     "content-type": "text/html; charset=utf-8",
@@ -14,6 +16,19 @@ PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
     "x-content-type-options": "nosniff",
 }
+
+_CSP_SOURCE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[A-Za-z0-9.\-\[\]:]+|[a-z][a-z0-9+.-]*:)$")
+
+
+def consent_headers(redirect_uri: str) -> dict[str, str]:
+    """The page headers, with ``form-action`` also allowing where the answer redirects to: a
+    browser applies form-action to the redirects that follow a form's submission too."""
+    parts = urlsplit(redirect_uri)
+    source = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
+    allowed = f"'self' {source}" if _CSP_SOURCE.match(source) else "'self'"
+    csp = PAGE_HEADERS["content-security-policy"].replace("form-action 'self'", f"form-action {allowed}")
+    return {**PAGE_HEADERS, "content-security-policy": csp}
+
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;"
           "line-height:1.5;color:#222}h1{font-size:1.4rem}li{margin:.3rem 0}.who{color:#555}"

@@ -49,7 +49,7 @@ from authz.signin.errors import (
     UnsupportedResponseType,
 )
 from authz.signin.keys import SIGNIN_KEYRING, active_key, resources
-from authz.signin.pages import consent_page
+from authz.signin.pages import consent_headers, consent_page
 from authz.signin.state import SigninState, digest, new_secret
 from authz.signin.tokens import mint_access_token, valid_challenge, verifier_matches
 from authz.signin.upstream import Upstream
@@ -236,7 +236,7 @@ class SigninServer:
             user=user.get("email") or user["sub"], resource=login["resource"], form_id=form_id, csrf=csrf,
             scopes=[(s, cfg.scope_descriptions.get(s, "")) for s in login["scopes"]],
             action=f"{cfg.issuer}/oauth/consent")
-        response = answers.page(html)
+        response = answers.page(html, headers=consent_headers(login["redirect_uri"]))
         response.set_cookie(CONSENT_COOKIE, binding, max_age=cfg.login_seconds, path="/oauth/",
                             httponly=True, samesite="Strict", secure=cfg.issuer.startswith("https://"))
         return response
