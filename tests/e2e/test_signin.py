@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
 import httpx
@@ -140,6 +140,13 @@ def test_revocation_ends_the_refresh_token_and_a_remembered_consent_skips_the_pa
                         login="vera")
     assert "code=" in final and "iss=" in final and "state=s1" in final
     assert not any("/oauth/callback" in str(r.url) and r.status_code == 200 for r in pages)
+    # Step-up keeps what the client had: asked for tools:calendar only, the token carries the
+    # scopes vera granted this client before as well.
+    code = parse_qs(urlsplit(final).query)["code"][0]
+    granted = token_request(signin.url, storage, grant_type="authorization_code", code=code, redirect_uri=REDIRECT,
+                            code_verifier="dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")  # RFC 7636's example
+    assert granted.status_code == 200, granted.text
+    assert {"tools:calendar", "invoices:read"} <= set(granted.json()["scope"].split())
 
     token = storage.tokens.refresh_token
     info = storage.client_info
