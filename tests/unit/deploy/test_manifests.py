@@ -453,7 +453,8 @@ def test_istio_resources_carry_the_fields_we_rely_on():
     [rule] = policy_obj["spec"]["rules"]
     [to] = rule["to"]
     assert to["operation"]["notPorts"] == [str(metrics_port)]  # Prometheus, probes: not the app
-    assert to["operation"]["notPaths"] == [METADATA_PATH, METADATA_PATH + "/*"]
+    assert to["operation"]["notPaths"] == [METADATA_PATH, METADATA_PATH + "/*",
+                                           "/.well-known/oauth-authorization-server", "/oauth/*"]  # sign-in
 
     ef = by_kind(objs, "EnvoyFilter")["spec"]
     assert selects(ef["workloadSelector"]["labels"], labels)
@@ -472,7 +473,9 @@ def test_istio_resources_carry_the_fields_we_rely_on():
     assert [r["name"] for r in vs["http"]] == ["resource-metadata", "app"]  # first match wins
     assert routes["resource-metadata"]["match"] == [
         {"port": service_ports["http"], "uri": {"exact": METADATA_PATH}},
-        {"port": service_ports["http"], "uri": {"prefix": METADATA_PATH + "/"}}]
+        {"port": service_ports["http"], "uri": {"prefix": METADATA_PATH + "/"}},
+        {"port": service_ports["http"], "uri": {"exact": "/.well-known/oauth-authorization-server"}},
+        {"port": service_ports["http"], "uri": {"prefix": "/oauth/"}}]
     assert routes["app"]["match"] == [{"port": service_ports["http"]}]
     for route, target_port in (("resource-metadata", "metrics"), ("app", "http")):
         [dest] = routes[route]["route"]
