@@ -49,6 +49,16 @@ def signin_config(ports: Ports, idp_issuer: str, workdir: Path, *, redis_url: st
             - id: invoices-write
               match: {{paths: ["/mcp"], mcp: {{methods: [tools/call], tools: [delete_invoice]}}}}
               require: {{scopes_all: ["invoices:write"], roles_any: [accounting]}}
+        limits:
+          rate_limits:
+            - {{id: lena-mcp, key: [user], rate: 4/min, burst: 4, match: {{paths: ["/mcp"]}}, when: {{subjects: [lena]}}}}
+        redaction:
+          enabled: true
+          rules:
+            - id: oscar-tool-arguments
+              match: {{paths: ["/mcp"], mcp: {{methods: [tools/call]}}}}
+              when: {{subjects: [oscar]}}
+              actions: {{email: mask, default: allow}}
         signin:
           enabled: true
           issuer: {base}

@@ -60,7 +60,8 @@ def sign_in(signin: SigninStack, login: str, calls, **kw) -> tuple[Person, Memor
 
 
 def test_the_sdk_client_signs_in_through_envoy_and_calls_tools_as_the_user(signin):
-    person, storage, names, results = sign_in(signin, "oscar", [("whoami", {}), ("get_calendar", {"day": "mon"})])
+    person, storage, names, results = sign_in(signin, "oscar", [("whoami", {}),
+                                                                ("get_calendar", {"day": "mon oscar@example.com"})])
 
     # The dance went through the upstream's login and consent and then our consent page.
     consent_pages = [r for r in person.pages if "/oauth/callback" in str(r.url) and r.status_code == 200]
@@ -79,6 +80,8 @@ def test_the_sdk_client_signs_in_through_envoy_and_calls_tools_as_the_user(signi
     assert "tools:calendar" in who["headers"]["x-authz-scopes"].split(",")
     assert who["assertion_valid"] and not who["authorization_header_seen"]
     assert not results[1].is_error and "Stand-up" in str(results[1].content)
+    # Redaction saw the user too: its rule for oscar masked the email in his tool arguments.
+    assert "oscar@example.com" not in str(results[1].content) and "example.com" in str(results[1].content)
 
     # The token is ours: ES256, aud = the resource, client_id, and never the upstream's token.
     import jwt
@@ -175,3 +178,12 @@ def test_metadata_is_served_through_envoy(signin):
     assert meta["registration_endpoint"] == f"{signin.url}/oauth/register"
     keys = httpx.get(f"{signin.url}/oauth/jwks.json", timeout=10).json()["keys"]
     assert keys and keys[0]["alg"] == "ES256"
+
+
+def test_limits_see_the_signed_in_user(signin):
+    # A rate limit keyed on the user and written for lena alone (4/min on /mcp) runs out for her.
+    _, storage, _, _ = sign_in(signin, "lena", [])
+    headers = {"authorization": f"Bearer {storage.tokens.access_token}", "accept": "application/json, text/event-stream"}
+    statuses = [httpx.post(f"{signin.url}/mcp", json={"jsonrpc": "2.0", "id": i, "method": "ping"}, headers=headers,
+                           timeout=10) for i in range(6)]
+    assert statuses[-1].status_code == 429 and 'lena-mcp' in statuses[-1].headers["ratelimit-policy"]
