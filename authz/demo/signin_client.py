@@ -84,7 +84,9 @@ async def sign_in_and_call(url: str, port: int, open_url: Callable[[str], Any]) 
             raise RuntimeError(f"sign-in refused: {answer.get('error')}: {answer.get('error_description')}")
         return AuthorizationCodeResult(code=answer["code"], state=answer.get("state"), iss=answer.get("iss"))
 
-    metadata = OAuthClientMetadata(client_name="authz demo client", redirect_uris=[callback.redirect_uri],
+    from pydantic import AnyUrl
+
+    metadata = OAuthClientMetadata(client_name="authz demo client", redirect_uris=[AnyUrl(callback.redirect_uri)],
                                    grant_types=["authorization_code", "refresh_token"])
     auth = OAuthClientProvider(server_url=url, client_metadata=metadata, storage=MemoryTokens(),
                                redirect_handler=redirect_handler, callback_handler=callback_handler)

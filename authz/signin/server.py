@@ -259,10 +259,11 @@ class SigninServer:
             return answers.error_page(InvalidRequest("this consent form was already answered"))
         login, user = pending["login"], pending["user"]
         if form.get("decision") != "allow":
-            exc = AccessDenied("the user did not allow access")
-            events.record(config, "refused", error=exc.error, endpoint="consent", client_id=login["client_id"],
+            denied = AccessDenied("the user did not allow access")
+            events.record(config, "refused", error=denied.error, endpoint="consent", client_id=login["client_id"],
                           subject=user["sub"], reason="user denied consent")
-            response = answers.redirect_error(login["redirect_uri"], exc, state=login["state"], issuer=cfg.issuer)
+            response: web.StreamResponse = answers.redirect_error(login["redirect_uri"], denied, state=login["state"],
+                                                                  issuer=cfg.issuer)
         else:
             scopes = await state.save_consent(user["sub"], login["client_id"], set(login["scopes"]))
             events.record(config, "consented", endpoint="consent", client_id=login["client_id"],

@@ -168,8 +168,8 @@ class Upstream:
             values = value if isinstance(value, list) else value.split() if isinstance(value, str) else []
             roles += [v for v in values if isinstance(v, str) and v not in roles]
         user: dict[str, Any] = {"sub": subject, "roles": roles}
-        for field, path in (("email", mapping.email), ("name", mapping.name)):
-            value = claim_at(claims, path) if path else None
+        for field, where in (("email", mapping.email), ("name", mapping.name)):
+            value = claim_at(claims, where) if where else None
             if isinstance(value, str):
                 user[field] = value
         return user
