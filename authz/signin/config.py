@@ -38,9 +38,17 @@ class UpstreamClaims(Model):
 
 class UpstreamConfig(Model):
     """The company's identity provider, with a client pre-registered there for this sidecar
-    (redirect URI: ``<signin.issuer>/oauth/callback``)."""
+    (redirect URI: ``<signin.issuer>/oauth/callback``).
 
+    ``kind: oidc`` (the default) finds its endpoints by discovery and verifies the ID token;
+    ``kind: oauth2`` is for plain OAuth 2.0 providers without ID tokens (GitHub): the three
+    endpoints are named here and the user comes from the userinfo endpoint alone."""
+
+    kind: Literal["oidc", "oauth2"] = "oidc"
     issuer: str
+    authorization_endpoint: str | None = None  # oauth2: required; oidc: from discovery
+    token_endpoint: str | None = None
+    userinfo_endpoint: str | None = None
     client_id: str = Field(min_length=1)
     client_secret: str = ""  # empty: a public client (PKCE only)
     scopes: tuple[str, ...] = ("openid", "email", "profile")
@@ -52,7 +60,16 @@ class UpstreamConfig(Model):
 
     @model_validator(mode="after")
     def _urls(self) -> UpstreamConfig:
-        check_fetch_url(self.effective_discovery_url, allow_http=self.allow_http)
+        if self.kind == "oidc":
+            check_fetch_url(self.effective_discovery_url, allow_http=self.allow_http)
+        else:
+            missing = [n for n in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint")
+                       if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"kind oauth2 needs {', '.join(missing)}")
+        for url in (self.authorization_endpoint, self.token_endpoint, self.userinfo_endpoint):
+            if url is not None:
+                check_fetch_url(url, allow_http=self.allow_http)
         return self
 
     @property

@@ -1,4 +1,5 @@
-"""Signing the user in at the company's OIDC provider, with the client pre-registered there.
+"""Signing the user in at the company's OIDC provider (or a plain OAuth 2.0 provider with a
+userinfo endpoint, such as GitHub), with the client pre-registered there.
 
 Authorization code + PKCE (S256) + nonce; the code is exchanged server to server, the ID token
 verified (signature by the provider's published keys, ``iss``, ``aud`` = our client id,
@@ -69,6 +70,11 @@ class Upstream:
             raise Unavailable(f"the sign-in provider answered {status} without JSON") from None
 
     async def discovery(self) -> dict[str, Any]:
+        """The provider's endpoints: from OIDC discovery (cached an hour), or as configured for a
+        plain OAuth 2.0 provider."""
+        if self.cfg.kind == "oauth2":
+            return {"authorization_endpoint": self.cfg.authorization_endpoint,
+                    "token_endpoint": self.cfg.token_endpoint, "userinfo_endpoint": self.cfg.userinfo_endpoint}
         async with self._lock:
             if self._discovery is not None and self._discovery[1] > time.monotonic():
                 return self._discovery[0]
@@ -79,14 +85,19 @@ class Upstream:
             for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
                 if not isinstance(doc.get(name), str):
                     raise Unavailable(f"the sign-in provider's discovery document has no {name}")
+            overrides = {k: getattr(self.cfg, k) for k in ("authorization_endpoint", "token_endpoint",
+                                                            "userinfo_endpoint") if getattr(self.cfg, k)}
+            doc = {**doc, **overrides}
             self._discovery = (doc, time.monotonic() + DISCOVERY_TTL)
             return doc
 
     async def authorization_url(self, *, state: str, nonce: str, verifier: str, redirect_uri: str) -> str:
         doc = await self.discovery()
         params = {"response_type": "code", "client_id": self.cfg.client_id, "redirect_uri": redirect_uri,
-                  "scope": " ".join(self.cfg.scopes), "state": state, "nonce": nonce,
+                  "scope": " ".join(self.cfg.scopes), "state": state,
                   "code_challenge": s256(verifier), "code_challenge_method": "S256"}
+        if self.cfg.kind == "oidc":
+            params["nonce"] = nonce
         sep = "&" if "?" in doc["authorization_endpoint"] else "?"
         return f"{doc['authorization_endpoint']}{sep}{urlencode(params)}"
 
@@ -103,6 +114,9 @@ class Upstream:
             error = tokens.get("error") if isinstance(tokens, dict) else None
             log.warning("upstream code exchange refused: %s %s", status, error)
             raise AccessDenied("the sign-in provider refused the sign-in")
+        if self.cfg.kind == "oauth2":
+            # No ID token to verify: the user is who the provider's API says the token belongs to.
+            return await self._userinfo(doc["userinfo_endpoint"], tokens.get("access_token"), None)
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str):
             raise AccessDenied("the sign-in provider returned no ID token")
@@ -148,11 +162,15 @@ class Upstream:
             raise AccessDenied("the ID token's nonce does not match this sign-in")
         return claims
 
-    async def _userinfo(self, url: str, access_token: object, sub: str) -> dict[str, Any]:
+    async def _userinfo(self, url: str, access_token: object, sub: str | None) -> dict[str, Any]:
+        """The userinfo answer; with an ID token's ``sub``, it must name the same user."""
         if not isinstance(access_token, str):
-            return {}
-        status, info = await self._json("GET", url, headers={"authorization": f"Bearer {access_token}"})
-        if status != 200 or not isinstance(info, dict) or info.get("sub") != sub:
+            raise AccessDenied("the sign-in provider returned no access token")
+        status, info = await self._json("GET", url, headers={"authorization": f"Bearer {access_token}",
+                                                             "accept": "application/json"})
+        if status != 200 or not isinstance(info, dict):
+            raise AccessDenied(f"the sign-in provider's userinfo endpoint answered {status}")
+        if sub is not None and info.get("sub") != sub:
             raise AccessDenied("the sign-in provider's userinfo answer does not match the ID token")
         return info
 
@@ -160,6 +178,8 @@ class Upstream:
         """The user as our tokens describe it, through the configured claim mapping."""
         mapping = self.cfg.claims
         subject = claim_at(claims, mapping.subject)
+        if isinstance(subject, int) and not isinstance(subject, bool):
+            subject = str(subject)  # GitHub's numeric user id
         if not isinstance(subject, str) or not subject:
             raise AccessDenied(f"the sign-in provider's answer has no {mapping.subject} claim")
         roles: list[str] = []

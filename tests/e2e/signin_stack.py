@@ -22,7 +22,8 @@ UPSTREAM_CLIENT, UPSTREAM_SECRET = "authz-sidecar", "upstream-secret"
 MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
-def signin_config(ports: Ports, idp_issuer: str, workdir: Path, *, redis_url: str = "", extra: str = "") -> Path:
+def signin_config(ports: Ports, idp_issuer: str, workdir: Path, *, redis_url: str = "", extra: str = "",
+                  upstream_extra: str = "") -> Path:
     base = f"http://127.0.0.1:{ports.envoy}"
     text = textwrap.dedent(f"""\
         version: 1
@@ -69,7 +70,7 @@ def signin_config(ports: Ports, idp_issuer: str, workdir: Path, *, redis_url: st
             client_id: {UPSTREAM_CLIENT}
             client_secret: {UPSTREAM_SECRET}
             scopes: [openid, email, profile]
-        """) + extra
+        """) + upstream_extra + extra
     path = workdir / "authz.yaml"
     path.write_text(text)
     return path
@@ -89,12 +90,14 @@ class SigninStack:
         self.idp.stop()
 
 
-def start_signin_stack(workdir: Path, *, redis_url: str = "", extra: str = "") -> SigninStack:
+def start_signin_stack(workdir: Path, *, redis_url: str = "", extra: str = "",
+                       upstream_extra: str = "") -> SigninStack:
     ports = Ports.free()
     idp = OidcProvider(client_id=UPSTREAM_CLIENT, client_secret=UPSTREAM_SECRET,
                        redirect_uri=f"http://127.0.0.1:{ports.envoy}/oauth/callback").start()
     try:
-        config = signin_config(ports, idp.issuer, workdir, redis_url=redis_url, extra=extra)
+        config = signin_config(ports, idp.issuer, workdir, redis_url=redis_url, extra=extra,
+                               upstream_extra=upstream_extra.replace("{idp}", idp.issuer))
         stack = Stack(ports=ports, authz_config=config, workdir=workdir, issuer=False).start()
     except BaseException:
         idp.stop()

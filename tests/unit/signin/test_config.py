@@ -41,6 +41,9 @@ def test_signin_off_changes_nothing():
     ("signin: {enabled: true, issuer: 'https://x.example', upstream: {issuer: 'http://sso.example.com', "
      "client_id: a}}", "signin.upstream", "https"),
     ("signin: {scopes_supported: ['bad scope']}", "signin.scopes_supported", "scope token"),
+    ("signin: {upstream: {kind: oauth2, issuer: 'https://github.com', client_id: a, "
+     "authorization_endpoint: 'https://github.com/login/oauth/authorize'}}", "signin.upstream",
+     "kind oauth2 needs token_endpoint, userinfo_endpoint"),
     ("signin: {registrations: {}}", "signin.registrations", "unknown key"),
     ("signin: {enabled: true, issuer: 'https://x.example', upstream: {issuer: 'https://s.example', client_id: a}}",
      "signin.resources", "is empty and identity.resource is not set"),
