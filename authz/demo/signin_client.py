@@ -46,6 +46,8 @@ class LoopbackCallback:
 
 
 class MemoryTokens:
+    """The SDK's TokenStorage, in memory (a real client keeps them on disk)."""
+
     def __init__(self) -> None:
         self.tokens: Any = None
         self.client_info: Any = None

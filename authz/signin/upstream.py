@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import aiohttp
 import jwt
 
+from authz.identity.claims import _MISSING, claim_path, resolve
 from authz.signin.config import UpstreamConfig
 from authz.signin.errors import AccessDenied, Unavailable
 
@@ -36,14 +37,9 @@ def s256(verifier: str) -> str:
 
 
 def claim_at(claims: dict[str, Any], path: str) -> Any:
-    if path in claims:
-        return claims[path]
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
+    """A claim by the identity stage's rules (dotted paths; a name containing dots found whole)."""
+    value = resolve(claims, claim_path(path))
+    return None if value is _MISSING else value
 
 
 class Upstream:

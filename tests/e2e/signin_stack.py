@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx
 
+from authz.demo.signin_client import MemoryTokens
 from authz.devstack import Ports, Stack
 from tests.helpers.forms import walk
 from tests.helpers.oidc_provider import OidcProvider
@@ -103,26 +104,6 @@ def start_signin_stack(workdir: Path, *, redis_url: str = "", extra: str = "",
         idp.stop()
         raise
     return SigninStack(stack, idp)
-
-
-class MemoryTokens:
-    """The SDK's TokenStorage, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: Any = None
-        self.client_info: Any = None
-
-    async def get_tokens(self) -> Any:
-        return self.tokens
-
-    async def set_tokens(self, tokens: Any) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> Any:
-        return self.client_info
-
-    async def set_client_info(self, client_info: Any) -> None:
-        self.client_info = client_info
 
 
 class Person:

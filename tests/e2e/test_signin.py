@@ -101,6 +101,17 @@ def test_the_sdk_client_signs_in_through_envoy_and_calls_tools_as_the_user(signi
     assert {"signin.registered", "signin.consented", "signin.code_issued", "signin.token_issued"} <= set(events)
     decisions = [r for r in records if r["type"] == "decision" and (r.get("principal") or {}).get("subject") == "oscar"]
     assert decisions and all(d["principal"]["issuer"] == signin.url for d in decisions)
+    assert not any("code" in r or "access_token" in r or "refresh_token" in r for r in records)
+    # The sign-in records are links of the same tamper-evident chain: it verifies (0 = sealed,
+    # 2 = intact with an unsealed tail while the sidecar runs; 1 would be tampering).
+    import subprocess
+    import sys
+
+    keys = signin.stack.workdir / "keys.json"
+    keys.write_text(httpx.get(f"{signin.stack.authz_http}/.well-known/jwks.json", timeout=10).text)
+    verify = subprocess.run([sys.executable, "-m", "authz", "audit", "verify", str(signin.stack.workdir / "audit"),
+                             "--public-key", str(keys)], capture_output=True, text=True)
+    assert verify.returncode in (0, 2), verify.stdout + verify.stderr
 
 
 def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_family(signin):
