@@ -46,4 +46,5 @@ def page(html: str, status: int = 200, *, headers: dict[str, str] | None = None)
 def error_page(exc: OAuthError, *, status: int | None = None) -> web.Response:
     """For a request that cannot be sent back to the client (unknown client, unregistered
     redirect URI, a sign-in that expired): never a redirect."""
-    return page(render_error_page(exc.error, exc.description), status or (exc.status if exc.status >= 500 else 400))
+    status = status or (exc.status if exc.status >= 500 or exc.status == 429 else 400)
+    return page(render_error_page(exc.error, exc.description), status, headers={**PAGE_HEADERS, **exc.headers})

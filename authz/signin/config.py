@@ -117,6 +117,7 @@ class SigninConfig(Model):
     access_token_seconds: int = Field(300, ge=30, le=86400)
     code_seconds: int = Field(60, ge=10, le=600)
     login_seconds: int = Field(600, ge=60, le=3600)  # from /authorize to the consent answer
+    authorize_per_address_per_minute: int = Field(60, ge=1, le=100_000)  # each one is a record in the store
     refresh_tokens: Literal["always", "offline_access", "never"] = "always"
     refresh_token_seconds: int = Field(30 * 86400, ge=300, le=365 * 86400)  # a family's lifetime
     upstream: UpstreamConfig | None = None

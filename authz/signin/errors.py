@@ -14,7 +14,7 @@ Tree::
     ├── AccessDenied                access_denied: the user said no, or the upstream refused
     ├── InvalidClientMetadata       invalid_client_metadata (RFC 7591)
     ├── InvalidRedirectUri          invalid_redirect_uri (RFC 7591)
-    ├── TooManyRegistrations        429 temporarily_unavailable with Retry-After
+    ├── TooManyRequests             429 temporarily_unavailable with Retry-After (registration, authorization)
     └── Unavailable                 503 temporarily_unavailable: the store or the upstream is down
 
 ``redirectable`` says whether the error may go back to the client's redirect URI: never before
@@ -81,7 +81,7 @@ class InvalidRedirectUri(OAuthError):
     error = "invalid_redirect_uri"
 
 
-class TooManyRegistrations(OAuthError):
+class TooManyRequests(OAuthError):
     error = "temporarily_unavailable"
     status = 429
 

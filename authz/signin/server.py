@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -42,7 +43,7 @@ from authz.signin.errors import (
     InvalidTarget,
     NotRedirectable,
     OAuthError,
-    TooManyRegistrations,
+    TooManyRequests,
     UnauthorizedClient,
     Unavailable,
     UnsupportedGrantType,
@@ -56,6 +57,22 @@ from authz.signin.upstream import Upstream
 from authz.store.base import Store
 
 CONSENT_COOKIE = "authz_signin_consent"
+# Browser-based MCP clients call these from their own origin (no cookies are involved, so any
+# origin may); the pages and the authorization endpoint are navigations, not fetches.
+CORS_PATHS = ("/.well-known/oauth-authorization-server", "/oauth/token", "/oauth/register", "/oauth/revoke",
+              "/oauth/jwks.json")
+CORS_HEADERS = {"access-control-allow-origin": "*", "access-control-allow-methods": "GET, POST, OPTIONS",
+                "access-control-allow-headers": "authorization, content-type, mcp-protocol-version",
+                "access-control-max-age": "86400"}
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS_HEADERS)
+
+
+async def cross_origin(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path in CORS_PATHS:
+        response.headers["access-control-allow-origin"] = "*"
 OFFLINE = "offline_access"
 
 
@@ -76,8 +93,10 @@ class Parts:
 
 
 class SigninServer:
-    def __init__(self, current: Callable[[], tuple[Config, Store]]) -> None:
+    def __init__(self, current: Callable[[], tuple[Config, Store]], *,
+                 clock: Callable[[], float] = time.time) -> None:
         self._current = current
+        self._clock = clock
         self._parts: Parts | None = None
 
     def _now(self) -> tuple[Config, SigninConfig, Parts, SigninState]:
@@ -93,7 +112,7 @@ class SigninServer:
                 # In-flight requests may still hold it; its sessions close after they are done.
                 import asyncio
                 asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
-        return config, cfg, self._parts, SigninState(store)
+        return config, cfg, self._parts, SigninState(store, clock=self._clock)
 
     async def close(self) -> None:
         if self._parts is not None:
@@ -108,6 +127,9 @@ class SigninServer:
         app.router.add_post("/oauth/register", self.register)
         app.router.add_post("/oauth/revoke", self.revoke)
         app.router.add_get("/oauth/jwks.json", self.jwks)
+        for path in CORS_PATHS:
+            app.router.add_route("OPTIONS", path, preflight)
+        app.on_response_prepare.append(cross_origin)
         app.on_cleanup.append(lambda _app: self.close())
 
     # --- discovery ----------------------------------------------------------------------------
@@ -144,6 +166,11 @@ class SigninServer:
             return answers.error_page(exc)
         client_id = query.get("client_id", "")
         try:
+            if await state.count_authorize(peer_address(request)) > cfg.authorize_per_address_per_minute:
+                events.record(config, "refused", error="temporarily_unavailable", endpoint="authorize",
+                              reason="too many authorization requests from one address")
+                return answers.error_page(TooManyRequests("too many sign-in attempts; try again in a minute",
+                                                               headers={"retry-after": "60"}))
             client, redirect_uri = await self._verified_client(query, cfg, parts, state)
         except NotRedirectable as exc:
             events.record(config, "refused", error=exc.error.error, endpoint="authorize",
@@ -365,7 +392,7 @@ class SigninServer:
         family = None
         if _issues_refresh(cfg, client, grant["scopes"]):
             family = {"id": await state.new_family(cfg.refresh_token_seconds),
-                      "expires": int(_now()) + cfg.refresh_token_seconds}
+                      "expires": int(state.clock()) + cfg.refresh_token_seconds}
         body = await self._tokens(grant, client, family, cfg, state)
         events.record(config, "token_issued", endpoint="token", client_id=client["client_id"],
                       subject=grant["user"]["sub"], grant_type="authorization_code", scopes=grant["scopes"],
@@ -392,7 +419,7 @@ class SigninServer:
         if form.get("resource") not in (None, grant["resource"]):
             raise InvalidTarget("resource differs from the one authorized")
         # Checked last, so that a refused request does not spend the token.
-        if not await state.mark_refresh_used(token, family["expires"] - _now()):
+        if not await state.mark_refresh_used(token, family["expires"] - state.clock()):
             await state.revoke_family(family["id"])
             events.record(config, "refresh_reused", error="invalid_grant", endpoint="token",
                           client_id=client["client_id"], subject=grant["user"]["sub"])
@@ -413,7 +440,7 @@ class SigninServer:
             refresh = new_secret("rt_")
             await state.save_refresh(refresh, {
                 "client_id": client["client_id"], "user": grant["user"], "scopes": grant["scopes"],
-                "resource": grant["resource"], "family": family}, max(family["expires"] - _now(), 1))
+                "resource": grant["resource"], "family": family}, max(family["expires"] - state.clock(), 1))
             body["refresh_token"] = refresh
         return body
 
@@ -446,7 +473,7 @@ class SigninServer:
                 raise InvalidRequest("dynamic client registration is not enabled here")
             per_address, total = await state.count_registration(peer_address(request))
             if per_address > cfg.registration.per_address_per_minute or total > cfg.registration.per_hour:
-                raise TooManyRegistrations("too many registrations; try again later",
+                raise TooManyRequests("too many registrations; try again later",
                                            headers={"retry-after": "60"})
             body = await request.content.read(cfg.registration.max_body_bytes + 1)
             meta = parse_metadata_body(body, cfg.registration.max_body_bytes)
@@ -507,12 +534,6 @@ def peer_address(request: web.Request) -> str:
     if forwarded and remote in ("127.0.0.1", "::1"):
         return forwarded[-1].rsplit(",", 1)[-1].strip()[:64]
     return remote
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def _single_values(params: Any) -> dict[str, str]:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from authz.signin.errors import Unavailable
@@ -42,8 +43,9 @@ def new_secret(prefix: str = "") -> str:
 
 
 class SigninState:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock  # wall time: rate-limit windows and record timestamps
 
     async def _get(self, key: str) -> dict[str, Any] | None:
         try:
@@ -87,13 +89,18 @@ class SigninState:
     async def client(self, client_id: str) -> dict[str, Any] | None:
         return await self._get(f"signin:client:{client_id}")
 
-    async def count_registration(self, address: str, *, now: float | None = None) -> tuple[int, int]:
+    async def count_registration(self, address: str) -> tuple[int, int]:
         """Registrations this minute from ``address`` and this hour from everyone (this one included)."""
-        now = time.time() if now is None else now
+        now = self.clock()
         minute, hour = int(now // 60), int(now // 3600)
         per_address = await self._count(f"signin:reg:{digest(address)}:{minute}", 120)
         total = await self._count(f"signin:reg-all:{hour}", 7200)
         return per_address, total
+
+    async def count_authorize(self, address: str) -> int:
+        """Authorization requests this minute from ``address`` (each one costs a store record)."""
+        minute = int(self.clock() // 60)
+        return await self._count(f"signin:authorize:{digest(address)}:{minute}", 120)
 
     # --- the way through the upstream and the consent page --------------------------------------
 
@@ -122,7 +129,7 @@ class SigninState:
         before = await self.consented_scopes(user, client_id) or set()
         total = before | scopes
         await self._put(f"signin:consent:{digest(user)}:{digest(client_id)}",
-                        {"scopes": sorted(total), "time": int(time.time())}, CONSENT_SECONDS)
+                        {"scopes": sorted(total), "time": int(self.clock())}, CONSENT_SECONDS)
         return total
 
     # --- codes -----------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class SigninState:
 
     async def new_family(self, ttl: float) -> str:
         family = new_secret()
-        await self._put(f"signin:family:{family}", {"created": int(time.time())}, ttl)
+        await self._put(f"signin:family:{family}", {"created": int(self.clock())}, ttl)
         return family
 
     async def family_alive(self, family: str) -> bool:
@@ -154,5 +161,5 @@ class SigninState:
 
     async def mark_refresh_used(self, token: str, ttl: float) -> bool:
         """Claim the one use of a refresh token: False when it had been used already (reuse)."""
-        return await self._put(f"signin:rt-used:{digest(token)}", {"t": int(time.time())}, max(ttl, 1),
+        return await self._put(f"signin:rt-used:{digest(token)}", {"t": int(self.clock())}, max(ttl, 1),
                                only_if_absent=True)

@@ -50,8 +50,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def env(clock: Clock) -> AsyncIterator[tuple[TestClient, SigninState, str]]:
-    store = MemoryStore(clock=clock)
-    server = SigninServer(lambda: (CONFIG, store))
+    store = MemoryStore(clock=clock, wall_clock=clock)
+    server = SigninServer(lambda: (CONFIG, store), clock=clock)
     app = web.Application()
     server.install(app)
     async with TestClient(TestServer(app)) as client:
@@ -172,9 +172,30 @@ async def test_the_store_being_down_is_temporarily_unavailable(env, monkeypatch)
 
     client, state, client_id = env
 
-    async def down(*_a, **_k):
+    async def down(*_a: object, **_k: object) -> None:
         raise StoreUnavailable("redis get failed")
 
     monkeypatch.setattr(state.store, "get", down)
     status, body = await exchange(client, client_id, "any")
     assert status == 503 and body["error"] == "temporarily_unavailable"
+
+
+async def test_browser_clients_may_call_the_json_endpoints_from_their_origin(env):
+    client, _, _ = env
+    r = await client.options("/oauth/token", headers={"origin": "https://inspector.example",
+                                                      "access-control-request-method": "POST"})
+    assert r.status == 204 and r.headers["access-control-allow-origin"] == "*"
+    assert "content-type" in r.headers["access-control-allow-headers"]
+    r = await client.get("/.well-known/oauth-authorization-server")
+    assert r.headers["access-control-allow-origin"] == "*"
+    r = await client.get("/oauth/authorize")  # a navigation, not a fetch: no CORS
+    assert "access-control-allow-origin" not in r.headers
+
+
+async def test_authorization_requests_are_limited_per_address(env):
+    client, _, _ = env
+    statuses = [(await client.get("/oauth/authorize?client_id=nobody")).status
+                for _ in range(CONFIG.signin.authorize_per_address_per_minute + 1)]
+    assert statuses[:-1] == [400] * CONFIG.signin.authorize_per_address_per_minute
+    r = await client.get("/oauth/authorize?client_id=nobody")
+    assert r.status == 429 and r.headers["retry-after"] == "60" and "temporarily_unavailable" in await r.text()
