@@ -15,7 +15,8 @@ Tree::
     ├── InvalidClientMetadata       invalid_client_metadata (RFC 7591)
     ├── InvalidRedirectUri          invalid_redirect_uri (RFC 7591)
     ├── TooManyRequests             429 temporarily_unavailable with Retry-After (registration, authorization)
-    └── Unavailable                 503 temporarily_unavailable: the store or the upstream is down
+    ├── Unavailable                 503 temporarily_unavailable: the store or the upstream is down
+    └── ServerError                 500 server_error: a bug of ours, answered in the protocol anyway
 
 ``redirectable`` says whether the error may go back to the client's redirect URI: never before
 the client and its redirect URI are known to match (RFC 6749 §4.1.2.1), so an unknown client or
@@ -89,6 +90,11 @@ class TooManyRequests(OAuthError):
 class Unavailable(OAuthError):
     error = "temporarily_unavailable"
     status = 503
+
+
+class ServerError(OAuthError):
+    error = "server_error"
+    status = 500
 
 
 class NotRedirectable(Exception):

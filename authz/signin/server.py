@@ -13,9 +13,11 @@ endpoint once the client and its redirect URI are verified, and an error page be
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,6 +45,7 @@ from authz.signin.errors import (
     InvalidTarget,
     NotRedirectable,
     OAuthError,
+    ServerError,
     TooManyRequests,
     UnauthorizedClient,
     Unavailable,
@@ -56,7 +59,10 @@ from authz.signin.tokens import mint_access_token, valid_challenge, verifier_mat
 from authz.signin.upstream import Upstream
 from authz.store.base import Store
 
+log = logging.getLogger("authz.signin")
+
 CONSENT_COOKIE = "authz_signin_consent"
+OFFLINE = "offline_access"
 # Browser-based MCP clients call these from their own origin (no cookies are involved, so any
 # origin may); the pages and the authorization endpoint are navigations, not fetches.
 CORS_PATHS = ("/.well-known/oauth-authorization-server", "/oauth/token", "/oauth/register", "/oauth/revoke",
@@ -73,7 +79,24 @@ async def preflight(request: web.Request) -> web.Response:
 async def cross_origin(request: web.Request, response: web.StreamResponse) -> None:
     if request.path in CORS_PATHS:
         response.headers["access-control-allow-origin"] = "*"
-OFFLINE = "offline_access"
+
+
+def guarded(handler: Callable[[web.Request], Awaitable[web.StreamResponse]], *, page: bool
+            ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A bug in a handler still answers in the endpoint's protocol (``server_error``, RFC 6749
+    §4.1.2.1 / §5.2), as a page or as JSON, and is logged; it is never a bare 500."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("sign-in endpoint %s failed", request.path)
+            error = ServerError("the authorization server failed; try again")
+            return answers.error_page(error) if page else answers.json_error(error)
+
+    return run
 
 
 class Parts:
@@ -99,7 +122,7 @@ class SigninServer:
         self._clock = clock
         self._parts: Parts | None = None
 
-    def _now(self) -> tuple[Config, SigninConfig, Parts, SigninState]:
+    def _in_force(self) -> tuple[Config, SigninConfig, Parts, SigninState]:
         config, store = self._current()
         cfg = config.signin
         if not cfg.enabled:
@@ -110,7 +133,6 @@ class SigninServer:
             old, self._parts = self._parts, Parts(cfg)
             if old is not None:
                 # In-flight requests may still hold it; its sessions close after they are done.
-                import asyncio
                 asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
         return config, cfg, self._parts, SigninState(store, clock=self._clock)
 
@@ -119,14 +141,14 @@ class SigninServer:
             await self._parts.close()
 
     def install(self, app: web.Application) -> None:
-        app.router.add_get("/.well-known/oauth-authorization-server", self.metadata)
-        app.router.add_get("/oauth/authorize", self.authorize)
-        app.router.add_get("/oauth/callback", self.callback)
-        app.router.add_post("/oauth/consent", self.consent)
-        app.router.add_post("/oauth/token", self.token)
-        app.router.add_post("/oauth/register", self.register)
-        app.router.add_post("/oauth/revoke", self.revoke)
-        app.router.add_get("/oauth/jwks.json", self.jwks)
+        app.router.add_get("/.well-known/oauth-authorization-server", guarded(self.metadata, page=False))
+        app.router.add_get("/oauth/authorize", guarded(self.authorize, page=True))
+        app.router.add_get("/oauth/callback", guarded(self.callback, page=True))
+        app.router.add_post("/oauth/consent", guarded(self.consent, page=True))
+        app.router.add_post("/oauth/token", guarded(self.token, page=False))
+        app.router.add_post("/oauth/register", guarded(self.register, page=False))
+        app.router.add_post("/oauth/revoke", guarded(self.revoke, page=False))
+        app.router.add_get("/oauth/jwks.json", guarded(self.jwks, page=False))
         for path in CORS_PATHS:
             app.router.add_route("OPTIONS", path, preflight)
         app.on_response_prepare.append(cross_origin)
@@ -135,12 +157,12 @@ class SigninServer:
     # --- discovery ----------------------------------------------------------------------------
 
     async def metadata(self, request: web.Request) -> web.Response:
-        _, cfg, _, _ = self._now()
+        _, cfg, _, _ = self._in_force()
         return web.json_response(authorization_server_metadata(cfg),
                                  headers={"cache-control": "public, max-age=300"})
 
     async def jwks(self, request: web.Request) -> web.Response:
-        self._now()
+        self._in_force()
         return web.json_response(SIGNIN_KEYRING.jwks(), headers={"cache-control": "public, max-age=60"})
 
     # --- clients -------------------------------------------------------------------------------
@@ -159,7 +181,7 @@ class SigninServer:
     # --- the authorization endpoint -------------------------------------------------------------
 
     async def authorize(self, request: web.Request) -> web.StreamResponse:
-        config, cfg, parts, state = self._now()
+        config, cfg, parts, state = self._in_force()
         try:
             query = _single_values(request.query)
         except InvalidRequest as exc:
@@ -167,11 +189,11 @@ class SigninServer:
         client_id = query.get("client_id", "")
         try:
             if await state.count_authorize(peer_address(request)) > cfg.authorize_per_address_per_minute:
-                events.record(config, "refused", error="temporarily_unavailable", endpoint="authorize",
-                              reason="too many authorization requests from one address")
-                return answers.error_page(TooManyRequests("too many sign-in attempts; try again in a minute",
-                                                               headers={"retry-after": "60"}))
+                raise NotRedirectable(TooManyRequests("too many sign-in attempts; try again in a minute",
+                                                      headers={"retry-after": "60"}))
             client, redirect_uri = await self._verified_client(query, cfg, parts, state)
+        except Unavailable as exc:
+            return answers.error_page(exc)
         except NotRedirectable as exc:
             events.record(config, "refused", error=exc.error.error, endpoint="authorize",
                           client_id=client_id[:200] or None, reason=exc.error.description)
@@ -228,7 +250,7 @@ class SigninServer:
     # --- back from the upstream -----------------------------------------------------------------
 
     async def callback(self, request: web.Request) -> web.StreamResponse:
-        config, cfg, parts, state = self._now()
+        config, cfg, parts, state = self._in_force()
         try:
             query = _single_values(request.query)
             login = await state.take_login(query.get("state", "")) if query.get("state") else None
@@ -269,12 +291,16 @@ class SigninServer:
         return response
 
     async def consent(self, request: web.Request) -> web.StreamResponse:
-        config, cfg, _, state = self._now()
+        config, cfg, _, state = self._in_force()
         try:
             form = _single_values(await request.post())
-            pending = await state.consent_form(form.get("form", "")) if form.get("form") else None
-        except OAuthError as exc:
+            return await self._answer_consent(request, form, config, cfg, state)
+        except OAuthError as exc:  # before the form is verified: nowhere to send the browser back to
             return answers.error_page(exc)
+
+    async def _answer_consent(self, request: web.Request, form: dict[str, str], config: Config, cfg: SigninConfig,
+                              state: SigninState) -> web.StreamResponse:
+        pending = await state.consent_form(form.get("form", "")) if form.get("form") else None
         binding = request.cookies.get(CONSENT_COOKIE, "")
         if (pending is None or not hmac.compare_digest(form.get("csrf", ""), pending["csrf"])
                 or not hmac.compare_digest(digest(binding), pending["binding"])):
@@ -292,10 +318,13 @@ class SigninServer:
             response: web.StreamResponse = answers.redirect_error(login["redirect_uri"], denied, state=login["state"],
                                                                   issuer=cfg.issuer)
         else:
-            scopes = await state.save_consent(user["sub"], login["client_id"], set(login["scopes"]))
-            events.record(config, "consented", endpoint="consent", client_id=login["client_id"],
-                          subject=user["sub"], scopes=sorted(scopes))
-            response = await self._grant(login, user, scopes, config, cfg, state)
+            try:
+                scopes = await state.save_consent(user["sub"], login["client_id"], set(login["scopes"]))
+                events.record(config, "consented", endpoint="consent", client_id=login["client_id"],
+                              subject=user["sub"], scopes=sorted(scopes))
+                response = await self._grant(login, user, scopes, config, cfg, state)
+            except OAuthError as exc:
+                response = answers.redirect_error(login["redirect_uri"], exc, state=login["state"], issuer=cfg.issuer)
         response.del_cookie(CONSENT_COOKIE, path="/oauth/")
         return response
 
@@ -320,7 +349,7 @@ class SigninServer:
 
     async def _json_endpoint(self, request: web.Request, endpoint: str,
                              handler: Callable[..., Awaitable[web.Response]]) -> web.Response:
-        config, cfg, parts, state = self._now()
+        config, cfg, parts, state = self._in_force()
         client_id = None
         try:
             form = _single_values(await _form(request))
@@ -467,7 +496,7 @@ class SigninServer:
     # --- dynamic client registration (RFC 7591) -------------------------------------------------
 
     async def register(self, request: web.Request) -> web.Response:
-        config, cfg, _, state = self._now()
+        config, cfg, _, state = self._in_force()
         try:
             if not cfg.registration.enabled:
                 raise InvalidRequest("dynamic client registration is not enabled here")

@@ -199,3 +199,29 @@ async def test_authorization_requests_are_limited_per_address(env):
     assert statuses[:-1] == [400] * CONFIG.signin.authorize_per_address_per_minute
     r = await client.get("/oauth/authorize?client_id=nobody")
     assert r.status == 429 and r.headers["retry-after"] == "60" and "temporarily_unavailable" in await r.text()
+
+
+async def test_the_store_down_at_the_authorization_endpoint_is_a_503_page(env, monkeypatch):
+    from authz.store.base import StoreUnavailable
+
+    client, state, client_id = env
+
+    async def down(*_a: object, **_k: object) -> int:
+        raise StoreUnavailable("redis incr failed")
+
+    monkeypatch.setattr(state.store, "incr", down)
+    r = await client.get(f"/oauth/authorize?client_id={client_id}")
+    assert r.status == 503 and "temporarily_unavailable" in await r.text() and "location" not in r.headers
+
+
+async def test_a_bug_still_answers_in_the_protocol(env, monkeypatch):
+    import authz.signin.server as server
+
+    client, state, client_id = env
+
+    def broken(*_a: object, **_k: object) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server, "mint_access_token", broken)
+    status, body = await exchange(client, client_id, await a_code(state, client_id))
+    assert status == 500 and body["error"] == "server_error"
