@@ -204,3 +204,19 @@ def test_a_consent_post_without_the_browser_binding_is_refused(signin, client_id
     assert error["error"] == "access_denied" and error["iss"] == signin.url
     again = person.browser.post(f"{signin.url}/oauth/consent", data={**consent.fields, "decision": "allow"})
     assert again.status_code == 403
+
+
+def test_a_sign_in_refused_upstream_goes_back_as_access_denied(signin, client_id):
+    # The user cancels at the company's provider: it returns to our callback with an error.
+    r = authorize(signin, authorize_params(signin, client_id, pkce()[1]))
+    upstream = r.headers["location"]
+    assert upstream.startswith(signin.idp.issuer)
+    ours = parse_qs(urlsplit(upstream).query)["state"][0]
+    back = httpx.get(f"{signin.url}/oauth/callback", params={"state": ours, "error": "access_denied"}, timeout=10)
+    error = redirected_error(back)
+    assert error == {"error": "access_denied", "error_description": "the sign-in provider did not sign you in",
+                     "state": "xyz", "iss": signin.url}
+    # That sign-in is over: the same callback again (or a made-up state) is an error page, no redirect.
+    for state in (ours, "made-up"):
+        again = httpx.get(f"{signin.url}/oauth/callback", params={"state": state, "code": "x"}, timeout=10)
+        assert again.status_code == 400 and "location" not in again.headers and "expired" in again.text
