@@ -565,15 +565,21 @@ def peer_address(request: web.Request) -> str:
     return remote
 
 
+MAX_PARAMETER_CHARS = 4096  # a state, a scope list, a URL: all fit; what is kept in the store stays small
+
+
 def _single_values(params: Any) -> dict[str, str]:
-    """Request parameters; one that appears twice is refused (RFC 6749 §3.1)."""
+    """Request parameters; one that appears twice is refused (RFC 6749 §3.1), and so is one
+    longer than ``MAX_PARAMETER_CHARS``."""
     out: dict[str, str] = {}
     for key in params:
         values = params.getall(key)
         if len(values) > 1:
-            raise InvalidRequest(f"{key} appears more than once")
+            raise InvalidRequest(f"{key[:64]} appears more than once")
         if not isinstance(values[0], str):
-            raise InvalidRequest(f"{key} must be a plain value")
+            raise InvalidRequest(f"{key[:64]} must be a plain value")
+        if len(values[0]) > MAX_PARAMETER_CHARS or len(key) > 64:
+            raise InvalidRequest(f"{key[:64]} is longer than {MAX_PARAMETER_CHARS} characters")
         out[key] = values[0]
     return out
 

@@ -225,3 +225,11 @@ async def test_a_bug_still_answers_in_the_protocol(env, monkeypatch):
     monkeypatch.setattr(server, "mint_access_token", broken)
     status, body = await exchange(client, client_id, await a_code(state, client_id))
     assert status == 500 and body["error"] == "server_error"
+
+
+async def test_an_overlong_parameter_is_invalid_request(env):
+    client, _, client_id = env
+    r = await client.get("/oauth/authorize", params={"client_id": client_id, "state": "s" * 5000})
+    assert r.status == 400 and "invalid_request" in await r.text() and "location" not in r.headers
+    status, body = await exchange(client, client_id, "c" * 5000)
+    assert status == 400 and body["error"] == "invalid_request"
