@@ -10,8 +10,6 @@ for this and dropped: they never reach the MCP client or the MCP server, and are
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 import time
@@ -24,16 +22,13 @@ import jwt
 from authz.identity.claims import _MISSING, claim_path, resolve
 from authz.signin.config import UpstreamConfig
 from authz.signin.errors import AccessDenied, Unavailable
+from authz.signin.pkce import s256
 
 log = logging.getLogger("authz.signin.upstream")
 
 DISCOVERY_TTL = 3600.0
 MAX_DOCUMENT_BYTES = 512 * 1024
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
-
-
-def s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
 def claim_at(claims: dict[str, Any], path: str) -> Any:

@@ -215,14 +215,14 @@ async def test_the_store_down_at_the_authorization_endpoint_is_a_503_page(env, m
 
 
 async def test_a_bug_still_answers_in_the_protocol(env, monkeypatch):
-    import authz.signin.server as server
+    import authz.signin.token as token_endpoint
 
     client, state, client_id = env
 
     def broken(*_a: object, **_k: object) -> str:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(server, "mint_access_token", broken)
+    monkeypatch.setattr(token_endpoint, "mint_access_token", broken)
     status, body = await exchange(client, client_id, await a_code(state, client_id))
     assert status == 500 and body["error"] == "server_error"
 
