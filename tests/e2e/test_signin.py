@@ -53,6 +53,15 @@ def audit_records(workdir: Path) -> list[dict]:
     return records
 
 
+def signin_events(signin: SigninStack, subject: str) -> set[str]:
+    """The sign-in events the audit log holds for ``subject`` (the writer flushes within 0.1 s)."""
+    import time
+
+    time.sleep(0.5)
+    return {r["event"] for r in audit_records(signin.stack.workdir)
+            if r["type"] == "signin" and r.get("subject") in (subject, None)}
+
+
 def sign_in(signin: SigninStack, login: str, calls, **kw) -> tuple[Person, MemoryTokens, list[str], list]:
     person, storage = Person(login), MemoryTokens()
     names, results = anyio.run(mcp_calls, signin.url, oauth_provider(signin.url, person, storage, **kw), calls)
@@ -134,6 +143,7 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_family(signin):
     # ... and the whole family is gone: the newest token no longer works either.
     after = token_request(signin.url, storage, grant_type="refresh_token", refresh_token=second)
     assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
+    assert signin_events(signin, "dana") >= {"signin.refreshed", "signin.refresh_reused", "signin.refused"}
 
 
 def test_revocation_ends_the_refresh_token_and_a_remembered_consent_skips_the_page(signin):
@@ -169,6 +179,9 @@ def test_revocation_ends_the_refresh_token_and_a_remembered_consent_skips_the_pa
     assert revoked.status_code == 200
     refused = token_request(signin.url, storage, grant_type="refresh_token", refresh_token=token)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    assert "signin.revoked" in signin_events(signin, "vera")
+    metrics = httpx.get(f"{signin.stack.authz_http}/metrics", timeout=10).text
+    assert 'authz_signin_events_total{error="none",event="revoked"} 1.0' in metrics
 
 
 def test_a_forged_iss_on_the_authorization_response_is_refused_by_the_sdk(signin):
