@@ -22,7 +22,7 @@ EVENTS = Counter("authz_signin_events_total",
                  ["event", "error"])
 
 EVENT_NAMES = ("registered", "consented", "code_issued", "token_issued", "refreshed", "refused",
-               "refresh_reused", "revoked")
+               "refresh_reused", "code_reused", "revoked")
 
 
 def record(config: Config, event: str, *, error: str = "", client_id: str | None = None,

@@ -9,6 +9,7 @@ client              signin:client:<client_id>                    registration.cl
 login transaction   signin:login:<state sent upstream>           login_seconds, used once
 consent form        signin:consent-form:<id>                     login_seconds, used once
 code                signin:code:<sha256(code)>                   code_seconds, used once
+code redeemed       signin:code-used:<sha256(code)>              an hour (a replay revokes its family)
 consent             signin:consent:<sha256(user)>:<sha256(client)>  a year (scopes accumulate)
 refresh token       signin:rt:<sha256(token)>                    what is left of its family
 refresh token used  signin:rt-used:<sha256(token)>               same
@@ -139,6 +140,12 @@ class SigninState:
 
     async def take_code(self, code: str) -> dict[str, Any] | None:
         return await self._take(f"signin:code:{digest(code)}")
+
+    async def remember_code_use(self, code: str, use: dict[str, Any], ttl: float) -> None:
+        await self._put(f"signin:code-used:{digest(code)}", use, ttl)
+
+    async def code_use(self, code: str) -> dict[str, Any] | None:
+        return await self._get(f"signin:code-used:{digest(code)}")
 
     # --- refresh tokens --------------------------------------------------------------------------
 

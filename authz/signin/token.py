@@ -29,6 +29,8 @@ from authz.signin.params import OFFLINE, basic_credentials, read_form, scope_lis
 from authz.signin.pkce import verifier_matches
 from authz.signin.state import SigninState, digest, new_secret
 
+CODE_MEMORY_SECONDS = 3600  # how long a redeemed code is remembered, to catch a replay
+
 
 async def token(request: web.Request, now: InForce) -> web.Response:
     return await _json_endpoint(request, now, "token", _token)
@@ -95,6 +97,7 @@ async def _code_grant(form: dict[str, str], client: dict[str, Any], config: Conf
         raise InvalidRequest("code_verifier is required (PKCE)")
     grant = await state.take_code(code)
     if grant is None:
+        await _revoke_what_a_replayed_code_gave(code, config, state)
         raise InvalidGrant("the code is invalid, expired or was already used")
     if grant["client_id"] != client["client_id"]:
         raise InvalidGrant("the code was issued to another client")
@@ -109,10 +112,21 @@ async def _code_grant(form: dict[str, str], client: dict[str, Any], config: Conf
         family = {"id": await state.new_family(cfg.refresh_token_seconds),
                   "expires": int(state.clock()) + cfg.refresh_token_seconds}
     body = await _tokens(grant, client, family, cfg, state)
+    await state.remember_code_use(code, {"family": family["id"] if family else None, "client_id": client["client_id"],
+                                         "subject": grant["user"]["sub"]}, CODE_MEMORY_SECONDS)
     events.record(config, "token_issued", endpoint="token", client_id=client["client_id"],
                   subject=grant["user"]["sub"], grant_type="authorization_code", scopes=grant["scopes"],
                   resource=grant["resource"])
     return answers.token_response(body)
+
+async def _revoke_what_a_replayed_code_gave(code: str, config: Config, state: SigninState) -> None:
+    """RFC 6749 §4.1.2: a code used twice revokes what it was exchanged for (its refresh-token
+    family; the short-lived access token cannot be called back). Someone else had the code."""
+    use = await state.code_use(code)
+    if use is not None and use["family"] and await state.revoke_family(use["family"]):
+        events.record(config, "code_reused", error="invalid_grant", endpoint="token", client_id=use["client_id"],
+                      subject=use["subject"])
+
 
 async def _refresh_grant(form: dict[str, str], client: dict[str, Any], config: Config, cfg: SigninConfig,
                          state: SigninState) -> web.Response:

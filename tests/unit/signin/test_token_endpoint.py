@@ -87,6 +87,18 @@ async def test_a_code_exchanges_once_for_an_audience_bound_token(env):
     assert (await exchange(client, client_id, "the-code"))[1]["error"] == "invalid_grant"
 
 
+async def test_a_replayed_code_revokes_the_refresh_tokens_it_gave(env):
+    client, state, client_id = env
+    code = await a_code(state, client_id)
+    status, body = await exchange(client, client_id, code)
+    assert status == 200
+    status, replay = await exchange(client, client_id, code)
+    assert status == 400 and replay["error"] == "invalid_grant"
+    r = await client.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"],
+                                                 "client_id": client_id})
+    assert r.status == 400 and (await r.json())["error"] == "invalid_grant"
+
+
 async def test_an_expired_code_is_invalid_grant(env, clock):
     client, state, client_id = env
     code = await a_code(state, client_id)
