@@ -64,6 +64,7 @@ async def authorize(request: web.Request, now: InForce) -> web.StreamResponse:
                       reason=exc.description)
         return answers.redirect_error(redirect_uri, exc, state=query.get("state"), issuer=cfg.issuer)
 
+
 async def _verified_client(query: dict[str, str], cfg: SigninConfig, parts: Parts,
                            state: SigninState) -> tuple[dict[str, Any], str]:
     """The client and the redirect URI it registered; errors here never redirect."""
@@ -80,6 +81,7 @@ async def _verified_client(query: dict[str, str], cfg: SigninConfig, parts: Part
     if not redirect_uri_matches(redirect_uri, registered):
         raise NotRedirectable(InvalidRequest("redirect_uri is not registered for this client"))
     return client, redirect_uri
+
 
 async def _start_sign_in(query: dict[str, str], client: dict[str, Any], redirect_uri: str,
                          config: Config, cfg: SigninConfig, parts: Parts, state: SigninState
@@ -133,6 +135,7 @@ async def callback(request: web.Request, now: InForce) -> web.StreamResponse:
                       reason=exc.description)
         return answers.redirect_error(login["redirect_uri"], exc, state=login["state"], issuer=cfg.issuer)
 
+
 async def _ask_consent(login: dict[str, Any], user: dict[str, Any], cfg: SigninConfig,
                        state: SigninState) -> web.StreamResponse:
     form_id, csrf, binding = new_secret(), new_secret(), new_secret()
@@ -149,6 +152,7 @@ async def _ask_consent(login: dict[str, Any], user: dict[str, Any], cfg: SigninC
                         httponly=True, samesite="Strict", secure=cfg.issuer.startswith("https://"))
     return response
 
+
 async def consent(request: web.Request, now: InForce) -> web.StreamResponse:
     config, cfg, _, state = now
     try:
@@ -156,6 +160,7 @@ async def consent(request: web.Request, now: InForce) -> web.StreamResponse:
         return await _answer_consent(request, form, config, cfg, state)
     except OAuthError as exc:  # before the form is verified: nowhere to send the browser back to
         return answers.error_page(exc)
+
 
 async def _answer_consent(request: web.Request, form: dict[str, str], config: Config, cfg: SigninConfig,
                           state: SigninState) -> web.StreamResponse:
@@ -186,6 +191,7 @@ async def _answer_consent(request: web.Request, form: dict[str, str], config: Co
             response = answers.redirect_error(login["redirect_uri"], exc, state=login["state"], issuer=cfg.issuer)
     response.del_cookie(CONSENT_COOKIE, path="/oauth/")
     return response
+
 
 async def _grant(login: dict[str, Any], user: dict[str, Any], consented: set[str], config: Config,
                  cfg: SigninConfig, state: SigninState) -> web.StreamResponse:

@@ -19,8 +19,7 @@ async def register(request: web.Request, now: InForce) -> web.Response:
             raise InvalidRequest("dynamic client registration is not enabled here")
         per_address, total = await state.count_registration(peer_address(request))
         if per_address > cfg.registration.per_address_per_minute or total > cfg.registration.per_hour:
-            raise TooManyRequests("too many registrations; try again later",
-                                       headers={"retry-after": "60"})
+            raise TooManyRequests("too many registrations; try again later", headers={"retry-after": "60"})
         body = await request.content.read(cfg.registration.max_body_bytes + 1)
         meta = parse_metadata_body(body, cfg.registration.max_body_bytes)
         client_id = new_secret("c_")

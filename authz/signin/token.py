@@ -35,6 +35,7 @@ CODE_MEMORY_SECONDS = 3600  # how long a redeemed code is remembered, to catch a
 async def token(request: web.Request, now: InForce) -> web.Response:
     return await _json_endpoint(request, now, "token", _token)
 
+
 async def _json_endpoint(request: web.Request, now: InForce, endpoint: str,
                          handler: Callable[..., Awaitable[web.Response]]) -> web.Response:
     config, cfg, parts, state = now
@@ -47,6 +48,7 @@ async def _json_endpoint(request: web.Request, now: InForce, endpoint: str,
         events.record(config, "refused", error=exc.error, endpoint=endpoint,
                       client_id=(client_id or "")[:200] or None, reason=exc.description)
         return answers.json_error(exc)
+
 
 async def _authenticated_client(request: web.Request, form: dict[str, str], cfg: SigninConfig,
                                 parts: Parts, state: SigninState) -> dict[str, Any]:
@@ -76,6 +78,7 @@ async def _authenticated_client(request: web.Request, form: dict[str, str], cfg:
         raise InvalidClient("client authentication failed", headers={"www-authenticate": 'Basic realm="oauth"'})
     return client
 
+
 async def _token(request: web.Request, form: dict[str, str], config: Config, cfg: SigninConfig,
                  parts: Parts, state: SigninState) -> web.Response:
     client = await _authenticated_client(request, form, cfg, parts, state)
@@ -87,6 +90,7 @@ async def _token(request: web.Request, form: dict[str, str], config: Config, cfg
     if grant_type == "authorization_code":
         return await _code_grant(form, client, config, cfg, state)
     return await _refresh_grant(form, client, config, cfg, state)
+
 
 async def _code_grant(form: dict[str, str], client: dict[str, Any], config: Config, cfg: SigninConfig,
                       state: SigninState) -> web.Response:
@@ -118,6 +122,7 @@ async def _code_grant(form: dict[str, str], client: dict[str, Any], config: Conf
                   subject=grant["user"]["sub"], grant_type="authorization_code", scopes=grant["scopes"],
                   resource=grant["resource"])
     return answers.token_response(body)
+
 
 async def _revoke_what_a_replayed_code_gave(code: str, config: Config, state: SigninState) -> None:
     """RFC 6749 §4.1.2: a code used twice revokes what it was exchanged for (its refresh-token
@@ -158,6 +163,7 @@ async def _refresh_grant(form: dict[str, str], client: dict[str, Any], config: C
                   subject=grant["user"]["sub"], scopes=scopes)
     return answers.token_response(body)
 
+
 async def _tokens(grant: dict[str, Any], client: dict[str, Any], family: dict[str, Any] | None,
                   cfg: SigninConfig, state: SigninState) -> dict[str, Any]:
     access = mint_access_token(active_key(), issuer=cfg.issuer, user=grant["user"], client_id=client["client_id"],
@@ -173,8 +179,10 @@ async def _tokens(grant: dict[str, Any], client: dict[str, Any], family: dict[st
         body["refresh_token"] = refresh
     return body
 
+
 async def revoke(request: web.Request, now: InForce) -> web.Response:
     return await _json_endpoint(request, now, "revoke", _revoke)
+
 
 async def _revoke(request: web.Request, form: dict[str, str], config: Config, cfg: SigninConfig,
                   parts: Parts, state: SigninState) -> web.Response:
