@@ -27,6 +27,7 @@ from authz.policy.config import PolicyConfig
 from authz.redaction.config import RedactionConfig
 from authz.routing.config import RoutingConfig
 from authz.schema import Model
+from authz.signin.config import SigninConfig
 from authz.tracing import TracingConfig
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
@@ -105,12 +106,22 @@ class Config(Model):
     redaction: RedactionConfig = RedactionConfig()
     audit: AuditConfig = AuditConfig()
     tracing: TracingConfig = TracingConfig()
+    signin: SigninConfig = SigninConfig()
 
     @model_validator(mode="after")
     def _api_keys_store(self) -> Config:
         if self.identity.api_keys.store == "redis" and not self.store.redis_url:
             raise ValueError("identity.api_keys.store is redis but store.redis_url is empty: "
                              "set store.redis_url (or use store: config)")
+        return self
+
+    @model_validator(mode="after")
+    def _signin_issuer(self) -> Config:
+        # The sidecar's own tokens are one more issuer for the identity stage.
+        if self.signin.enabled:
+            from authz.signin.keys import with_signin_issuer
+
+            object.__setattr__(self, "identity", with_signin_issuer(self.identity, self.signin))
         return self
 
     @property

@@ -9,6 +9,7 @@ from authz.audit.heads import heads_document
 from authz.audit.log import all_logs
 from authz.identity.metadata import protected_resource_metadata
 from authz.runtime import Runtime
+from authz.signin.server import SigninServer
 
 RUNTIME = web.AppKey("runtime", Runtime)
 
@@ -67,4 +68,5 @@ def build_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/audit/head", audit_head)
     app[EXTRA_JWKS] = []
+    SigninServer(lambda: (runtime.config, runtime.current.store)).install(app)  # type: ignore[union-attr]
     return app

@@ -113,28 +113,26 @@ async def discovery(request: web.Request) -> web.Response:
         "authorization_endpoint": f"{issuer}/authorize", "token_endpoint": f"{issuer}/token",
         "response_types_supported": ["code"], "grant_types_supported": ["authorization_code"],
         "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],
-        "token_endpoint_auth_methods_supported": ["none"], "scopes_supported": list(SCOPES)})
+        "token_endpoint_auth_methods_supported": ["client_secret_post"],
+        "scopes_supported": ["openid", "email", "profile", *SCOPES]})
 
 
 async def keys(request: web.Request) -> web.Response:
     return web.json_response(request.app[JWKS], headers={"cache-control": "max-age=300"})
 
 
-async def not_here(request: web.Request) -> web.Response:
-    # OIDC discovery must name these endpoints; this issuer mints tokens only from the command line.
-    hint = "dev issuer: mint tokens with `authz dev-token --sub NAME`"
-    return web.json_response({"error": "unsupported_grant_type", "error_description": hint}, status=400)
-
-
 def build_app(issuer: str, directory: str | os.PathLike[str] | None = None) -> web.Application:
+    from authz.dev import upstream
+
     app = web.Application()
     app[ISSUER] = issuer.rstrip("/")
-    app[JWKS] = jwks(load_or_create_key(directory))
+    key = load_or_create_key(directory)
+    app[JWKS] = jwks(key)
     app.router.add_get("/.well-known/openid-configuration", discovery)
     app.router.add_get("/.well-known/oauth-authorization-server", discovery)
     app.router.add_get("/jwks.json", keys)
-    app.router.add_route("*", "/authorize", not_here)
-    app.router.add_route("*", "/token", not_here)
+    # It also plays the company's identity provider for the sidecar's sign-in (signin:).
+    upstream.install(app, issuer=app[ISSUER], key=key, kid=signing_jwk(key)["kid"])
     return app
 
 

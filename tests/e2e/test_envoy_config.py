@@ -126,7 +126,7 @@ def test_check_then_process_then_router_all_failing_closed_with_503(reference):
     assert process["metadata_options"]["forwarding_namespaces"]["untyped"] == [EXT_AUTHZ]
 
 
-def test_only_the_public_metadata_document_skips_authz(reference):
+def test_only_the_public_metadata_documents_and_sign_in_skip_authz(reference):
     skipping = []
     for vhost in hcm(reference)["route_config"]["virtual_hosts"]:
         assert "typed_per_filter_config" not in vhost
@@ -137,7 +137,9 @@ def test_only_the_public_metadata_document_skips_authz(reference):
                 assert route["route"]["cluster"] == "authz_http"
                 skipping.append(route["match"])
     assert skipping == [{"path": "/.well-known/oauth-protected-resource"},
-                        {"prefix": "/.well-known/oauth-protected-resource/"}]
+                        {"prefix": "/.well-known/oauth-protected-resource/"},
+                        {"path": "/.well-known/oauth-authorization-server"},   # sign-in (signin:)
+                        {"prefix": "/oauth/"}]
 
 
 def effective_override(override: Mode, configured: Mode) -> Mode:

@@ -438,10 +438,11 @@ def test_pod_envoy_config_keeps_what_must_match_the_reference():
         assert _cluster(pod, name) == _cluster(reference, name)
     [ref_host] = ref_hcm["route_config"]["virtual_hosts"]
     [pod_host] = pod_hcm["route_config"]["virtual_hosts"]
-    metadata = [r for r in ref_host["routes"] if r["route"]["cluster"] == "authz_http"]
-    assert len(metadata) == 2 and pod_host["routes"][:2] == metadata
+    # The sidecar's own public documents: the RFC 9728 metadata and the sign-in server.
+    served = [r for r in ref_host["routes"] if r["route"]["cluster"] == "authz_http"]
+    assert len(served) == 4 and pod_host["routes"][:4] == served
     # The rest goes to the app, through both filters (nothing else disables them).
-    for route in pod_host["routes"][2:]:
+    for route in pod_host["routes"][4:]:
         assert route["route"]["cluster"] == "mcp" and "typed_per_filter_config" not in route
     assert pod_host["routes"][-1]["match"] == {"prefix": "/"}
     assert _cluster(pod, "mcp")["load_assignment"] == _cluster(reference, "mcp")["load_assignment"]
@@ -681,7 +682,8 @@ def test_istio_resources_carry_the_fields_we_rely_on():
     [rule] = policy_obj["spec"]["rules"]
     [to] = rule["to"]
     assert to["operation"]["notPorts"] == [str(metrics_port)]  # Prometheus, probes: not the app
-    assert to["operation"]["notPaths"] == [METADATA_PATH, METADATA_PATH + "/*"]
+    assert to["operation"]["notPaths"] == [METADATA_PATH, METADATA_PATH + "/*",
+                                           "/.well-known/oauth-authorization-server", "/oauth/*"]  # sign-in
 
     ef = by_kind(objs, "EnvoyFilter")["spec"]
     assert selects(ef["workloadSelector"]["labels"], labels)
@@ -700,7 +702,9 @@ def test_istio_resources_carry_the_fields_we_rely_on():
     assert [r["name"] for r in vs["http"]] == ["resource-metadata", "app"]  # first match wins
     assert routes["resource-metadata"]["match"] == [
         {"port": service_ports["http"], "uri": {"exact": METADATA_PATH}},
-        {"port": service_ports["http"], "uri": {"prefix": METADATA_PATH + "/"}}]
+        {"port": service_ports["http"], "uri": {"prefix": METADATA_PATH + "/"}},
+        {"port": service_ports["http"], "uri": {"exact": "/.well-known/oauth-authorization-server"}},
+        {"port": service_ports["http"], "uri": {"prefix": "/oauth/"}}]
     assert routes["app"]["match"] == [{"port": service_ports["http"]}]
     for route, target_port in (("resource-metadata", "metrics"), ("app", "http")):
         [dest] = routes[route]["route"]
