@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from authz.audit.log import AuditLogs
 from authz.audit.stage import build_audit_stage
 from authz.config import Config
 from authz.identity.assertion import KeyRing
@@ -25,6 +26,7 @@ class Shared:
 
     keyring: KeyRing = dataclasses.field(default_factory=KeyRing)   # assertion signing keys
     stash: BodyStash = dataclasses.field(default_factory=BodyStash)  # rewritten bodies, Check -> Process
+    audit_logs: AuditLogs = dataclasses.field(default_factory=AuditLogs)  # one writer per chain, across reloads
 
 
 def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None) -> Pipeline:
@@ -45,5 +47,5 @@ def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None
     if config.redaction.enabled:
         stages.append(build_redaction_stage(config.redaction, store))
     if config.audit.enabled:  # last: it records what every other stage decided
-        stages.append(build_audit_stage(config.audit, instance=config.instance_id))
+        stages.append(build_audit_stage(config.audit, instance=config.instance_id, logs=shared.audit_logs))
     return Pipeline(stages, reader=Reader(config.policy.protocols), stash=shared.stash)

@@ -6,7 +6,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from authz.audit.heads import heads_document
-from authz.audit.log import all_logs
 from authz.identity.metadata import protected_resource_metadata
 from authz.runtime import Runtime
 from authz.signin.server import SigninServer
@@ -43,7 +42,8 @@ async def resource_metadata(request: web.Request) -> web.Response:
 async def jwks(request: web.Request) -> web.Response:
     """Public keys of the gateway-signed identity assertions (and of audit checkpoints)."""
     keyring = request.app[RUNTIME].shared.keyring
-    keys = list(keyring.jwks().get("keys", [])) + [k for log in all_logs() for k in log.jwks()]
+    logs = request.app[RUNTIME].shared.audit_logs
+    keys = list(keyring.jwks().get("keys", [])) + [k for log in logs for k in log.jwks()]
     for extra in request.app[EXTRA_JWKS]:
         keys.extend(extra().get("keys", []))
     return web.json_response({"keys": keys}, headers={"cache-control": "public, max-age=60"})
@@ -51,7 +51,8 @@ async def jwks(request: web.Request) -> web.Response:
 
 async def audit_head(request: web.Request) -> web.Response:
     """The latest signed checkpoint of each audit chain this process writes (``verify --head``)."""
-    return web.json_response(heads_document(log.head for log in all_logs()), headers={"cache-control": "no-store"})
+    logs = request.app[RUNTIME].shared.audit_logs
+    return web.json_response(heads_document(log.head for log in logs), headers={"cache-control": "no-store"})
 
 
 EXTRA_JWKS = web.AppKey("extra_jwks", list)
@@ -68,5 +69,6 @@ def build_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/audit/head", audit_head)
     app[EXTRA_JWKS] = []
-    SigninServer(lambda: (runtime.config, runtime.current.store)).install(app)  # type: ignore[union-attr]
+    SigninServer(lambda: (runtime.config, runtime.current.store),  # type: ignore[union-attr]
+                 audit_logs=runtime.shared.audit_logs).install(app)
     return app

@@ -32,6 +32,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -608,16 +609,28 @@ def format_time(ms: int | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
-_logs: dict[tuple[str, str], AuditLog] = {}
+class AuditLogs:
+    """The process's audit writers, one per directory (or stdout) and instance: a reload's new
+    stage shares the running writer, so the chain goes on. Owned by the runtime (it outlives every
+    config generation) and handed to each pipeline it builds."""
+
+    def __init__(self) -> None:
+        self._logs: dict[tuple[str, str], AuditLog] = {}
+
+    def __iter__(self) -> Iterator[AuditLog]:
+        return iter(list(self._logs.values()))
+
+    def get(self, cfg: AuditConfig, *, instance: str) -> AuditLog:
+        """The writer for this directory and instance (created on first use)."""
+        key = (str(Path(cfg.directory).resolve()) if cfg.sink == "file" else "stdout", instance)
+        existing = self._logs.get(key)
+        if existing is None or (existing.users == 0 and existing._writer is None):
+            created = self._logs[key] = AuditLog(cfg, instance=instance)
+            return created
+        return _reconfigured(existing, cfg)
 
 
-def shared_log(cfg: AuditConfig, *, instance: str) -> AuditLog:
-    """The process's writer for this directory and instance (created on first use)."""
-    key = (str(Path(cfg.directory).resolve()) if cfg.sink == "file" else "stdout", instance)
-    existing = _logs.get(key)
-    if existing is None or (existing.users == 0 and existing._writer is None):
-        created = _logs[key] = AuditLog(cfg, instance=instance)
-        return created
+def _reconfigured(existing: AuditLog, cfg: AuditConfig) -> AuditLog:
     # A reload: the running writer takes the new settings (durability, checkpoints, rotation,
     # queue) from its next round; the Redis Stream sink and the digest key stay as started.
     existing.cfg = cfg.model_copy(update={"redis_stream": existing.cfg.redis_stream,
@@ -625,7 +638,3 @@ def shared_log(cfg: AuditConfig, *, instance: str) -> AuditLog:
     if cfg.signing_key_file:  # the key file may have been rotated in place
         existing.rotate(load_signing_key(cfg.signing_key_file))
     return existing
-
-
-def all_logs() -> list[AuditLog]:
-    return list(_logs.values())

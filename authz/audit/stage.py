@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from authz.audit.config import AuditConfig
-from authz.audit.log import REFUSED, AuditLog, shared_log
+from authz.audit.log import REFUSED, AuditLog, AuditLogs
 from authz.errors import Answer, Deny, Unavailable
 from authz.model import Context, Exchange
 from authz.pipeline import Stage
@@ -122,5 +122,6 @@ class AuditStage(Stage):
             await self.log.close()
 
 
-def build_audit_stage(cfg: AuditConfig, *, instance: str) -> AuditStage:
-    return AuditStage(cfg, shared_log(cfg, instance=instance))
+def build_audit_stage(cfg: AuditConfig, *, instance: str, logs: AuditLogs) -> AuditStage:
+    """The stage, writing through the process's writer for ``cfg`` (``logs`` is the runtime's)."""
+    return AuditStage(cfg, logs.get(cfg, instance=instance))

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from authz.signin import answers, events
+from authz.signin import answers
 from authz.signin.clients import redirect_uri_matches
 from authz.signin.config import SigninConfig
 from authz.signin.context import InForce, Parts, find_client
@@ -56,13 +56,13 @@ async def authorize(request: web.Request, now: InForce) -> web.StreamResponse:
     except Unavailable as exc:
         return answers.error_page(exc)
     except NotRedirectable as exc:
-        events.record(config, "refused", error=exc.error.error, endpoint="authorize",
+        state.record(config, "refused", error=exc.error.error, endpoint="authorize",
                       client_id=client_id[:200] or None, reason=exc.error.description)
         return answers.error_page(exc.error)
     try:
         return await _start_sign_in(query, client, redirect_uri, config, cfg, parts, state)
     except OAuthError as exc:
-        events.record(config, "refused", error=exc.error, endpoint="authorize", client_id=client_id,
+        state.record(config, "refused", error=exc.error, endpoint="authorize", client_id=client_id,
                       reason=exc.description)
         return answers.redirect_error(redirect_uri, exc, state=query.get("state"), issuer=cfg.issuer)
 
@@ -133,7 +133,7 @@ async def callback(request: web.Request, now: InForce) -> web.StreamResponse:
             return await _grant(login, user, consented, config, cfg, state)
         return await _ask_consent(login, user, cfg, state)
     except OAuthError as exc:
-        events.record(config, "refused", error=exc.error, endpoint="callback", client_id=login["client_id"],
+        state.record(config, "refused", error=exc.error, endpoint="callback", client_id=login["client_id"],
                       reason=exc.description)
         return answers.redirect_error(login["redirect_uri"], exc, state=login["state"], issuer=cfg.issuer)
 
@@ -170,7 +170,7 @@ async def _answer_consent(request: web.Request, form: dict[str, str], config: Co
     binding = request.cookies.get(CONSENT_COOKIE, "")
     if (pending is None or not hmac.compare_digest(form.get("csrf", ""), pending["csrf"])
             or not hmac.compare_digest(digest(binding), pending["binding"])):
-        events.record(config, "refused", error="invalid_request", endpoint="consent",
+        state.record(config, "refused", error="invalid_request", endpoint="consent",
                       reason="consent form unknown, expired, or not from this browser")
         return answers.error_page(InvalidRequest("this consent form has expired, was already answered, or was "
                                                  "not opened in this browser"), status=403)
@@ -179,14 +179,14 @@ async def _answer_consent(request: web.Request, form: dict[str, str], config: Co
     login, user = pending["login"], pending["user"]
     if form.get("decision") != "allow":
         denied = AccessDenied("the user did not allow access")
-        events.record(config, "refused", error=denied.error, endpoint="consent", client_id=login["client_id"],
+        state.record(config, "refused", error=denied.error, endpoint="consent", client_id=login["client_id"],
                       subject=user["sub"], reason="user denied consent")
         response: web.StreamResponse = answers.redirect_error(login["redirect_uri"], denied, state=login["state"],
                                                               issuer=cfg.issuer)
     else:
         try:
             scopes = await state.save_consent(user["sub"], login["client_id"], set(login["scopes"]))
-            events.record(config, "consented", endpoint="consent", client_id=login["client_id"],
+            state.record(config, "consented", endpoint="consent", client_id=login["client_id"],
                           subject=user["sub"], scopes=sorted(scopes))
             response = await _grant(login, user, scopes, config, cfg, state)
         except OAuthError as exc:
@@ -205,6 +205,6 @@ async def _grant(login: dict[str, Any], user: dict[str, Any], consented: set[str
         "client_id": login["client_id"], "redirect_uri": login["redirect_uri"],
         "challenge": login["challenge"], "resource": login["resource"], "scopes": scopes,
         "user": user}, cfg.code_seconds)
-    events.record(config, "code_issued", endpoint="authorize", client_id=login["client_id"],
+    state.record(config, "code_issued", endpoint="authorize", client_id=login["client_id"],
                   subject=user["sub"], scopes=scopes)
     return answers.redirect(login["redirect_uri"], {"code": code, "state": login["state"], "iss": cfg.issuer})

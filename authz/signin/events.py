@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from authz.audit.log import all_logs
+from authz.audit.log import AuditLog
 
 if TYPE_CHECKING:  # the whole config, for annotations only: authz.config imports this package's section
     from authz.config import Config
@@ -27,8 +28,8 @@ EVENT_NAMES = ("registered", "consented", "code_issued", "token_issued", "refres
                "refresh_reused", "code_reused", "revoked")
 
 
-def record(config: Config, event: str, *, error: str = "", client_id: str | None = None,
-           subject: str | None = None, endpoint: str = "", **facts: Any) -> None:
+def record(config: Config, event: str, *, audit: Iterable[AuditLog], error: str = "",
+           client_id: str | None = None, subject: str | None = None, endpoint: str = "", **facts: Any) -> None:
     assert event in EVENT_NAMES, event
     EVENTS.labels(event=event, error=error or "none").inc()
     fields = {"event": f"signin.{event}", "endpoint": endpoint, "client_id": client_id, "subject": subject,
@@ -36,7 +37,7 @@ def record(config: Config, event: str, *, error: str = "", client_id: str | None
     log.info("signin %s %s", event, error, extra={k: v for k, v in fields.items() if v is not None})
     if not config.audit.enabled:
         return
-    for audit_log in all_logs():
+    for audit_log in audit:
         if audit_log.instance == config.instance_id and audit_log.users > 0:
             audit_log.offer({"type": "signin", "time_ms": int(time.time() * 1000),
                              **{k: v for k, v in fields.items() if v is not None}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from authz.signin import answers, events
+from authz.signin import answers
 from authz.signin.clients import client_from_metadata, parse_metadata_body
 from authz.signin.context import InForce
 from authz.signin.errors import InvalidRequest, OAuthError, TooManyRequests
@@ -31,9 +31,9 @@ async def register(request: web.Request, now: InForce) -> web.Response:
             client["client_secret_sha256"] = digest(secret)
         await state.save_client(client, cfg.registration.client_lifetime_seconds)
     except OAuthError as exc:
-        events.record(config, "refused", error=exc.error, endpoint="register", reason=exc.description)
+        state.record(config, "refused", error=exc.error, endpoint="register", reason=exc.description)
         return answers.json_error(exc)
-    events.record(config, "registered", endpoint="register", client_id=client_id,
+    state.record(config, "registered", endpoint="register", client_id=client_id,
                   application_type=client["application_type"])
     public = {k: v for k, v in client.items() if k != "client_secret_sha256"}
     if secret is not None:

@@ -17,11 +17,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from authz.audit.log import AuditLog
 from authz.signin import answers, authorization, registration, token
 from authz.signin.config import SigninConfig
 from authz.signin.context import InForce, Parts
@@ -77,9 +78,10 @@ def guarded(handler: Handler, *, page: bool) -> Handler:
 class SigninServer:
     """Routes the endpoints; reads the config in force and the store once per request."""
 
-    def __init__(self, current: Callable[[], tuple[Config, Store]], *,
+    def __init__(self, current: Callable[[], tuple[Config, Store]], *, audit_logs: Iterable[AuditLog] = (),
                  clock: Callable[[], float] = time.time) -> None:
         self._current = current
+        self._audit_logs = audit_logs  # the runtime's writers: events go into the audit chain
         self._clock = clock
         self._parts: Parts | None = None
 
@@ -95,7 +97,7 @@ class SigninServer:
             if old is not None:
                 # In-flight requests may still hold it; its sessions close after they are done.
                 asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
-        return InForce(config, cfg, self._parts, SigninState(store, clock=self._clock))
+        return InForce(config, cfg, self._parts, SigninState(store, clock=self._clock, audit_logs=self._audit_logs))
 
     def _endpoint(self, endpoint: Endpoint, *, page: bool) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:

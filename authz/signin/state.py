@@ -26,11 +26,16 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
+from authz.audit.log import AuditLog
+from authz.signin import events
 from authz.signin.errors import Unavailable
 from authz.store.base import Store, StoreUnavailable
+
+if TYPE_CHECKING:  # the whole config, for annotations only: authz.config imports this package's section
+    from authz.config import Config
 
 CONSENT_SECONDS = 365 * 86400
 
@@ -44,9 +49,15 @@ def new_secret(prefix: str = "") -> str:
 
 
 class SigninState:
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time,
+                 audit_logs: Iterable[AuditLog] = ()) -> None:
         self.store = store
         self.clock = clock  # wall time: rate-limit windows and record timestamps
+        self.audit_logs = audit_logs  # where grants, refusals and revocations are recorded
+
+    def record(self, config: Config, event: str, **fields: Any) -> None:
+        """A grant, refusal or revocation: a log line, a metric and an audit record."""
+        events.record(config, event, audit=self.audit_logs, **fields)
 
     async def _get(self, key: str) -> dict[str, Any] | None:
         try:

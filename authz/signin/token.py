@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from authz.signin import answers, events
+from authz.signin import answers
 from authz.signin.access_tokens import mint_access_token
 from authz.signin.config import SigninConfig
 from authz.signin.context import InForce, Parts, find_client
@@ -47,7 +47,7 @@ async def _json_endpoint(request: web.Request, now: InForce, endpoint: str,
         client_id = form.get("client_id")
         return await handler(request, form, config, cfg, parts, state)
     except OAuthError as exc:
-        events.record(config, "refused", error=exc.error, endpoint=endpoint,
+        state.record(config, "refused", error=exc.error, endpoint=endpoint,
                       client_id=(client_id or "")[:200] or None, reason=exc.description)
         return answers.json_error(exc)
 
@@ -120,7 +120,7 @@ async def _code_grant(form: dict[str, str], client: dict[str, Any], config: Conf
     body = await _tokens(grant, client, family, cfg, state)
     await state.remember_code_use(code, {"family": family["id"] if family else None, "client_id": client["client_id"],
                                          "subject": grant["user"]["sub"]}, CODE_MEMORY_SECONDS)
-    events.record(config, "token_issued", endpoint="token", client_id=client["client_id"],
+    state.record(config, "token_issued", endpoint="token", client_id=client["client_id"],
                   subject=grant["user"]["sub"], grant_type="authorization_code", scopes=grant["scopes"],
                   resource=grant["resource"])
     return answers.token_response(body)
@@ -131,7 +131,7 @@ async def _revoke_what_a_replayed_code_gave(code: str, config: Config, state: Si
     family; the short-lived access token cannot be called back). Someone else had the code."""
     use = await state.code_use(code)
     if use is not None and use["family"] and await state.revoke_family(use["family"]):
-        events.record(config, "code_reused", error="invalid_grant", endpoint="token", client_id=use["client_id"],
+        state.record(config, "code_reused", error="invalid_grant", endpoint="token", client_id=use["client_id"],
                       subject=use["subject"])
 
 
@@ -157,11 +157,11 @@ async def _refresh_grant(form: dict[str, str], client: dict[str, Any], config: C
     # Checked last, so that a refused request does not spend the token.
     if not await state.mark_refresh_used(token, family["expires"] - state.clock()):
         await state.revoke_family(family["id"])
-        events.record(config, "refresh_reused", error="invalid_grant", endpoint="token",
+        state.record(config, "refresh_reused", error="invalid_grant", endpoint="token",
                       client_id=client["client_id"], subject=grant["user"]["sub"])
         raise InvalidGrant("the refresh token was already used: every token of this sign-in is revoked")
     body = await _tokens({**grant, "scopes": scopes}, client, family, cfg, state)
-    events.record(config, "refreshed", endpoint="token", client_id=client["client_id"],
+    state.record(config, "refreshed", endpoint="token", client_id=client["client_id"],
                   subject=grant["user"]["sub"], scopes=scopes)
     return answers.token_response(body)
 
@@ -197,7 +197,7 @@ async def _revoke(request: web.Request, form: dict[str, str], config: Config, cf
     # kept) is answered 200 as well (RFC 7009 §2.2): the answer says nothing about tokens.
     if grant is not None and grant["client_id"] == client["client_id"]:
         await state.revoke_family(grant["family"]["id"])
-        events.record(config, "revoked", endpoint="revoke", client_id=client["client_id"],
+        state.record(config, "revoked", endpoint="revoke", client_id=client["client_id"],
                       subject=grant["user"]["sub"])
     return web.Response(status=200, headers={"cache-control": "no-store"})
 

@@ -272,7 +272,9 @@ async def test_a_rotated_audit_key_verifies_with_both_keys_and_not_with_one(tmp_
 async def test_a_key_rotated_while_running_seals_with_the_old_key_and_signs_on_with_the_new(tmp_path, key):
     from cryptography.hazmat.primitives import serialization
 
-    from authz.audit.log import key_id, shared_log
+    from authz.audit.log import AuditLogs, key_id
+
+    logs = AuditLogs()  # the runtime's registry
 
     def pem(k) -> bytes:
         return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -281,7 +283,7 @@ async def test_a_key_rotated_while_running_seals_with_the_old_key_and_signs_on_w
     key_file = tmp_path / "audit.pem"
     key_file.write_bytes(pem(key))
     config = cfg(tmp_path / "logs", signing_key_file=str(key_file))
-    log = shared_log(config, instance="rot")
+    log = logs.get(config, instance="rot")
     log.users += 1
     await log.start()
     for i in range(3):
@@ -289,7 +291,7 @@ async def test_a_key_rotated_while_running_seals_with_the_old_key_and_signs_on_w
     await log.drained()
     new = ed25519.Ed25519PrivateKey.generate()
     key_file.write_bytes(pem(new))
-    assert shared_log(config, instance="rot") is log  # a reload's new stage shares the running writer
+    assert logs.get(config, instance="rot") is log  # a reload's new stage shares the running writer
     for i in range(3):
         assert log.offer({"type": "decision", "request_id": f"b{i}", "decision": "allow", "status": 200})
     await log.drained()

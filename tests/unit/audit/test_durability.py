@@ -221,17 +221,19 @@ def test_the_default_instance_id_is_host_pid():
 
 
 async def test_a_reload_changes_the_durability_of_the_running_writer(tmp_path, key):
-    from authz.audit.log import shared_log
+    from authz.audit.log import AuditLogs
+
+    logs = AuditLogs()  # the runtime's registry
 
     key_file = tmp_path / "audit.pem"
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     queued = cfg(tmp_path / "logs", durability="queued", signing_key_file=str(key_file))
-    first = AuditStage(queued, shared_log(queued, instance="dur"))
+    first = AuditStage(queued, logs.get(queued, instance="dur"))
     await first.start()
     await first.on_decision(ctx("before"), None)
     answered = queued.model_copy(update={"durability": "answered"})
-    second = AuditStage(answered, shared_log(answered, instance="dur"))  # the reload's new stage
+    second = AuditStage(answered, logs.get(answered, instance="dur"))  # the reload's new stage
     assert second.log is first.log
     await second.on_decision(ctx("after"), None)
     written = [json.loads(line).get("request_id") for f in (tmp_path / "logs" / "dur").glob("audit-*.jsonl")
