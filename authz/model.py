@@ -104,6 +104,8 @@ class Handoff:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     filter_tools: bool = False
     metering: Metering | None = None
+    response_rule: str = ""         # the redaction rule that scans the answer
+    restore_key: str = ""           # the request's placeholders, kept in the PlaceholderStore
 
     def want_body(self, which: str, mode: str) -> None:
         """Ask for a body; "buffered" wins over "streamed" when two stages ask."""

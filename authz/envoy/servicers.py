@@ -200,7 +200,8 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                 await pipeline.request_body(ex)
                 ex.state["forwarded_body"] = (ex.mutations.body if ex.mutations.body is not None
                                               else ex.request_body)
-            return proc_adapter.body_response("request_body", ex.mutations)
+            return proc_adapter.body_response("request_body", ex.mutations,
+                                              buffered=ex.body_mode("request") == "buffered")
         if kind == "response_headers":
             headers = proc_adapter.headers_dict(msg.response_headers)
             try:
@@ -218,7 +219,8 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
             if ex.body_mode("response") == "buffered":
                 ex.response_body += ex.response_chunk
             await pipeline.run("on_response_body", ex)
-            return proc_adapter.body_response("response_body", ex.mutations)
+            return proc_adapter.body_response("response_body", ex.mutations,
+                                              buffered=ex.body_mode("response") == "buffered")
         if kind in ("request_trailers", "response_trailers"):
             return proc_adapter.trailers_response(kind)
         raise BadRequest(f"unexpected ext_proc message {kind!r}", reason="process.unexpected_message")
