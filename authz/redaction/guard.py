@@ -141,7 +141,7 @@ class AnswerGuard:
         else:
             action = "clean"
         ANSWERS.labels(action=action).inc()
-        facts: dict[str, Any] = {"action": action, "found": found}
+        facts: dict[str, Any] = {"direction": "response", "action": action, "found": found}
         if rule_id:
             facts["rule"] = rule_id
         if scan.restorer:
@@ -151,4 +151,4 @@ class AnswerGuard:
             log.info("answer of request %s refused: %s", ex.request.id, refused.reason,
                      extra={"fields": {"event": "answer_refused", "request_id": ex.request.id,
                                        "reason": refused.reason, "entity_types": list(refused.entity_types)}})
-        ex.facts["redaction_response"] = facts
+        ex.facts["redaction"] = facts  # the outcome record's (the decision record has the request's)

@@ -59,7 +59,7 @@ async def answer(s: RedactionStage, ctx: Context, chunks: list[bytes], content_t
         await s.on_response_body(ex)
         out += ex.mutations.body if ex.mutations.body is not None else chunk
     await s.on_complete(ex)
-    ctx.facts["answer"] = ex.facts.get("redaction_response")
+    ctx.facts["answer"] = ex.facts.get("redaction")
     ctx.facts["status"] = ex.mutations.set_headers.get(":status")
     return out
 
@@ -210,3 +210,96 @@ def test_restore_needs_a_placeholder_request_rule():
                          "actions: {default: mask}")
     with pytest.raises(ConfigError, match="restore needs"):
         parse_config(bad, env={})
+
+
+# --- the pieces ------------------------------------------------------------------------------------
+
+def test_the_handoff_carries_only_the_rule_and_a_random_key():
+    from authz.envoy import handoff
+    from authz.model import Handoff
+
+    h = Handoff(response_body="streamed", response_rule="llm", restore_key="k3y")
+    text = handoff.encode(h)[handoff.FIELD]
+    back = handoff.decode(text)
+    assert (back.response_rule, back.restore_key, back.response_body) == ("llm", "k3y", "streamed")
+
+
+async def test_the_mapping_never_travels_and_is_lost_with_the_process():
+    s = stage()
+    ctx = await check(s, "/v1/chat/completions", LLM_REQUEST)
+    from authz.envoy import handoff
+
+    assert "Acme" not in handoff.encode(ctx.handoff)[handoff.FIELD]
+    # A restart between Check and the answer: a new store, the key finds nothing; the user reads
+    # the placeholder as the model wrote it, and nothing fails.
+    restarted = RedactionStage(s.cfg, MemoryStore(), placeholders=PlaceholderStore())
+    out = await answer(restarted, ctx, chat_stream(["[CUSTOMER_1] is fine. " * 4]), "text/event-stream")
+    assert chat_text(out)[0] == "[CUSTOMER_1] is fine. " * 4
+
+
+def test_placeholder_store_takes_once_and_expires():
+    now = [0.0]
+    store = PlaceholderStore(ttl_seconds=10, max_entries=2, clock=lambda: now[0])
+    key = store.put({"[CUSTOMER_1]": ("customer", "Acme Corp")})
+    assert store.take(key) == {"[CUSTOMER_1]": ("customer", "Acme Corp")}
+    assert store.take(key) == {}
+    key = store.put({"[CUSTOMER_1]": ("customer", "Acme Corp")})
+    now[0] = 11
+    assert store.take(key) == {}
+    keys = [store.put({}) for _ in range(3)]
+    assert len(store) == 2 and store.take(keys[0]) == {}
+
+
+def test_restore_inside_json_text_is_escaped():
+    from authz.redaction.restore import Restorer
+
+    r = Restorer({"[CUSTOMER_1]": ("customer", 'Acme "Corp"'), "[CUSTOMER_12]": ("customer", "Globex")})
+    assert r.text("[CUSTOMER_12] and [CUSTOMER_1]") == 'Globex and Acme "Corp"'
+    assert json.loads('{"a": "%s"}' % r.text("[CUSTOMER_1]", json_string=True)) == {"a": 'Acme "Corp"'}
+
+
+def test_sse_reader_line_endings_split_across_chunks():
+    r = sse.Reader(1 << 20)
+    assert r.feed(b"data: 1\r", False) == []
+    assert r.feed(b"\n\r", False) == []          # CR LF, then a CR that may be followed by LF
+    (ev,) = r.feed(b"\ndata: 2", False)
+    assert ev.data == "1" and ev.raw == "data: 1\r\n\r\n"
+    (ev,) = r.feed(b"\n\n", True)
+    assert ev.data == "2"
+    with pytest.raises(Exception, match="larger than"):
+        sse.Reader(1024).feed(b"data: " + b"x" * 2000, False)
+    with pytest.raises(Exception, match="not UTF-8"):
+        sse.Reader(1024).feed(b"data: \xff\n\n", True)
+
+
+async def test_the_window_bounds_what_is_held():
+    s = stage()  # window 32
+    ctx = await check(s, "/v1/chat/completions", {**LLM_REQUEST, "messages": [{"role": "user", "content": "hi"}]})
+    ex = Exchange(request=ctx.request, handoff=ctx.handoff, response_status=200,
+                  response_headers={"content-type": "text/event-stream"})
+    await s.on_response_headers(ex)
+    sent = ""
+    for i, chunk in enumerate(chat_stream(["word " * 4] * 20)[:-2]):
+        ex.mutations.body, ex.response_chunk, ex.response_end = None, chunk, False
+        await s.on_response_body(ex)
+        sent += chat_text(ex.mutations.body if ex.mutations.body is not None else chunk)[0]
+        assert len("word " * 4) * (i + 1) - len(sent) <= 3 * 32  # held: bounded, whatever comes
+    assert len(sent) >= 20 * 20 - 32 - 8
+
+
+async def test_a_clean_stream_passes_its_events_byte_for_byte_when_nothing_is_held():
+    s = stage(CONFIG.replace("window_chars: 32", "window_chars: 16"))
+    ctx = await check(s, "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})
+    raw = b'event: message\r\nid: 7\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[]}}\r\n\r\n: ping\r\n\r\n'
+    assert await answer(s, ctx, [raw[:10], raw[10:]], "text/event-stream") == raw
+
+
+def test_a_streamed_body_mutation_sets_no_content_length():
+    from authz.envoy import process
+    from authz.model import Mutations
+
+    m = Mutations(body=b"abc")
+    streamed = process.body_response("response_body", m, buffered=False)
+    buffered = process.body_response("response_body", m, buffered=True)
+    assert not streamed.response_body.response.header_mutation.set_headers
+    assert buffered.response_body.response.header_mutation.set_headers[0].header.key == "content-length"
