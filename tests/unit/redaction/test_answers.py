@@ -255,7 +255,8 @@ def test_restore_inside_json_text_is_escaped():
 
     r = Restorer({"[CUSTOMER_1]": ("customer", 'Acme "Corp"'), "[CUSTOMER_12]": ("customer", "Globex")})
     assert r.text("[CUSTOMER_12] and [CUSTOMER_1]") == 'Globex and Acme "Corp"'
-    assert json.loads('{"a": "%s"}' % r.text("[CUSTOMER_1]", json_string=True)) == {"a": 'Acme "Corp"'}
+    escaped = r.text("[CUSTOMER_1]", json_string=True)
+    assert json.loads('{"a": "' + escaped + '"}') == {"a": 'Acme "Corp"'}
 
 
 def test_sse_reader_line_endings_split_across_chunks():
