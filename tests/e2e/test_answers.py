@@ -38,9 +38,9 @@ def answers_config(tmp) -> str:
         if rule.get("match", {}).get("paths") == ["/mcp"]:
             rule["match"]["paths"] = MCP_PATHS
     cfg["policy"]["rules"][:0] = [
-        {"id": "customers", "match": {"paths": MCP_PATHS, "mcp": {"methods": ["tools/call"],
+        {"id": "test-customers", "match": {"paths": MCP_PATHS, "mcp": {"methods": ["tools/call"],
                                                                   "tools": ["customer_*"]}}},
-        {"id": "customer-data", "match": {"paths": MCP_PATHS, "mcp": {"methods": ["resources/read",
+        {"id": "test-customer-data", "match": {"paths": MCP_PATHS, "mcp": {"methods": ["resources/read",
                                                                                "prompts/get"]}}},
     ]
     cfg["limits"] = {"rate_limits": [], "budgets": []}  # many calls from one user here
@@ -190,6 +190,11 @@ def test_bad_answers_fail_closed_in_the_protocol_shape(stack):
     with pytest.raises(openai.APIError, match="larger than"):
         list(client.chat.completions.create(model="gpt-general", stream=True, messages=[
             {"role": "user", "content": "demo:huge"}]))
+    # A non-streamed answer larger than Envoy's buffer (1 MiB) is refused by Envoy itself (a bare
+    # 500, documented), before any of it goes out: still an error the SDK raises.
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="gpt-general", messages=[{"role": "user", "content": "demo:huge"}])
+    assert "lorem" not in info.value.response.text
     # After all that, the same client still gets answers.
     r = client.chat.completions.create(model="gpt-general", messages=[{"role": "user", "content": "hi"}])
     assert "demo answer" in r.choices[0].message.content
