@@ -111,7 +111,8 @@ def immediate_response(denial: Denial) -> pb.ProcessingResponse:
     ))
 
 
-_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "buffered": Mode.BUFFERED}
+_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "partial": Mode.BUFFERED_PARTIAL,
+               "buffered": Mode.BUFFERED}
 
 
 def body_mode(*, request_body: str, response_body: str) -> ModeMessage:

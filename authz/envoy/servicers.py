@@ -216,7 +216,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         if kind == "response_body":
             ex.response_chunk = msg.response_body.body
             ex.response_end = msg.response_body.end_of_stream
-            if ex.body_mode("response") == "buffered":
+            if ex.body_mode("response") in ("buffered", "partial"):
                 ex.response_body += ex.response_chunk
             await pipeline.run("on_response_body", ex)
             return proc_adapter.body_response("response_body", ex.mutations,

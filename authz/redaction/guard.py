@@ -3,8 +3,10 @@
 Check picks the response rule (the first rule with ``direction: response`` or ``both`` whose
 match and conditions fit) and, when the request rule restores placeholders, keeps the request's
 placeholders in the ``PlaceholderStore``. The hand-off carries the rule id and the store key;
-Envoy sends the answer to Process: whole (``buffered``) for an LLM call that did not ask for a
-stream, so that a refusal can still set the status; chunk by chunk (``streamed``) otherwise.
+Envoy sends the answer to Process: whole (``partial``: Envoy's BUFFERED_PARTIAL, headers held)
+for an LLM call that did not ask for a stream, so that a refusal can still set the status (an
+answer larger than Envoy's buffer arrives cut, and is refused before its headers go out); chunk
+by chunk (``streamed``) otherwise.
 The request goes out without ``accept-encoding``: a compressed answer cannot be scanned (one
 that arrives compressed all the same is refused).
 """
@@ -40,8 +42,8 @@ def want_answer(ctx: Context, rule: RedactionRule | None, restore_key: str) -> N
         h.restore_key = restore_key
     action = ctx.action
     h.action = action
-    buffered = action.protocol == "llm" and not action.stream
-    h.want_body("response", "buffered" if buffered else "streamed")
+    whole = action.protocol == "llm" and not action.stream
+    h.want_body("response", "partial" if whole else "streamed")
     ctx.mutations.remove_header("accept-encoding")
 
 
@@ -94,6 +96,13 @@ class AnswerGuard:
             return
         scanner = entry
         chunk = ex.mutations.body if ex.mutations.body is not None else ex.response_chunk
+        mode = ex.body_mode("response")
+        if mode == "partial" and not ex.response_end:
+            # Envoy's buffer filled before the answer ended: it is too large to hold and scan
+            # whole. Its headers have not gone out yet, so Envoy answers with the refusal.
+            scanner.refused, scanner.ended = refusals.too_large(len(chunk)), True
+            self._record(ex)
+            raise refusals.AnswerRefused(scanner.refused, scanner.protocol, scanner.jsonrpc_id)
         if scanner.refused is not None and not scanner.ended:
             out = self._refusal(scanner, scanner.refused)
             scanner.ended = True
@@ -101,7 +110,7 @@ class AnswerGuard:
             out = scanner.feed(chunk, ex.response_end)
         if out != chunk:
             ex.mutations.replace_body(out)
-        if scanner.refused is not None and ex.body_mode("response") == "buffered":
+        if scanner.refused is not None and mode in ("buffered", "partial"):
             ex.mutations.set_header(":status", str(scanner.refused.status))
             ex.mutations.set_header("content-type", "application/json")
         if ex.response_end or scanner.ended:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from authz.errors import Deny
 from authz.jsontext import dumps_utf8
 
 
@@ -84,3 +85,11 @@ def sse_event(r: Refused, protocol: str, jsonrpc_id: Any, eol: str = "\n") -> by
         head, payload = "", openai_error(r)
     lines = ([head] if head else []) + ["data: " + dumps_utf8(payload).decode()]
     return (eol.join(lines) + eol + eol).encode()
+
+
+class AnswerRefused(Deny):
+    """An answer refused before its headers went out: Envoy answers with this instead."""
+
+    def __init__(self, r: Refused, protocol: str, jsonrpc_id: Any) -> None:
+        super().__init__(r.message, reason=r.reason, status=r.status)
+        self.body = json_body(r, protocol, jsonrpc_id)

@@ -190,11 +190,12 @@ def test_bad_answers_fail_closed_in_the_protocol_shape(stack):
     with pytest.raises(openai.APIError, match="larger than"):
         list(client.chat.completions.create(model="gpt-general", stream=True, messages=[
             {"role": "user", "content": "demo:huge"}]))
-    # A non-streamed answer larger than Envoy's buffer (1 MiB) is refused by Envoy itself (a bare
-    # 500, documented), before any of it goes out: still an error the SDK raises.
+    # A non-streamed answer larger than Envoy's buffer arrives cut (BUFFERED_PARTIAL) and is
+    # refused before any of it goes out, in the API's error shape.
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="gpt-general", messages=[{"role": "user", "content": "demo:huge"}])
-    assert "lorem" not in info.value.response.text
+    assert info.value.status_code == 502 and "lorem" not in info.value.response.text
+    assert info.value.body["code"] == "redaction.response_too_large"
     # After all that, the same client still gets answers.
     r = client.chat.completions.create(model="gpt-general", messages=[{"role": "user", "content": "hi"}])
     assert "demo answer" in r.choices[0].message.content

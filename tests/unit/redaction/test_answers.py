@@ -6,7 +6,7 @@ import json
 import pytest
 
 from authz.config import parse_config
-from authz.errors import ConfigError
+from authz.errors import ConfigError, Deny
 from authz.model import Context, Exchange, Principal, Request
 from authz.redaction import sse
 from authz.redaction.restore import PlaceholderStore
@@ -54,7 +54,7 @@ async def answer(s: RedactionStage, ctx: Context, chunks: list[bytes], content_t
     for i, chunk in enumerate(chunks):
         ex.mutations.body = None
         ex.response_chunk, ex.response_end = chunk, i == len(chunks) - 1
-        if ex.body_mode("response") == "buffered":
+        if ex.body_mode("response") in ("buffered", "partial"):
             ex.response_body += chunk
         await s.on_response_body(ex)
         out += ex.mutations.body if ex.mutations.body is not None else chunk
@@ -171,9 +171,13 @@ async def test_bad_answers_fail_closed_in_the_protocol_shape():
     assert out["error"]["data"]["reason"] == "redaction.response_too_large"
     # A non-streamed LLM answer is refused with a status: Envoy holds the headers for it.
     ctx = await check(s, "/v1/chat/completions", {**LLM_REQUEST, "stream": False})
-    assert ctx.handoff.response_body == "buffered"
+    assert ctx.handoff.response_body == "partial"
     out = json.loads(await answer(s, ctx, [b"<html>oops"], "application/json"))
     assert out["error"]["code"] == "redaction.response_unreadable" and ctx.facts["status"] == "502"
+    # Larger than Envoy's buffer: the first buffer-full arrives without the end, headers held.
+    with pytest.raises(Deny) as info:
+        await answer(s, ctx, [b'{"choices": [', b"]}"], "application/json")
+    assert info.value.status == 502 and json.loads(info.value.body)["error"]["code"] == "redaction.response_too_large"
 
 
 async def test_anthropic_and_responses_streams():
