@@ -212,3 +212,33 @@ def test_no_raw_value_in_the_bytes_on_the_wire(stack):
     assert_clean(raw)
     assert raw.rstrip().endswith("data: [DONE]")
     json.loads(raw.split("data: ")[1].split("\n")[0])
+
+
+def test_the_outcome_record_has_response_findings_by_type_and_never_a_value(stack):
+    import time
+
+    from authz.audit.verify import audit_files, read_records
+
+    client = _openai(stack)
+    r = client.chat.completions.with_raw_response.create(model="gpt-general", messages=[
+        {"role": "user", "content": "Tell me about Acme Corp. demo:leak"}])
+    request_id = r.headers["x-request-id"] if "x-request-id" in r.headers else None
+    audit_dir = stack.stack.workdir / "audit"
+    deadline = time.monotonic() + 5
+    found = None
+    while found is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        for _, _, rec, _ in read_records(audit_files([audit_dir])):
+            red = (rec or {}).get("facts", {}).get("redaction", {})
+            if rec and rec.get("type") == "outcome" and red.get("direction") == "response" and (
+                    request_id is None or rec.get("request_id") == request_id):
+                found = rec
+    assert found is not None
+    red = found["facts"]["redaction"]
+    assert red["found"]["card"] >= 1 and red["found"]["email"] >= 1 and red["restored"] >= 1
+    raw = b"".join(f.read_bytes() for f in audit_files([audit_dir])).decode("utf-8", "replace")
+    assert_clean(raw)
+    assert "Acme Corp" not in raw  # neither the request, the answer nor the mapping is written down
+    logs = stack.stack.logs()
+    assert "Acme Corp" not in logs and "[CUSTOMER_1]" not in logs
+    assert_clean(logs)
