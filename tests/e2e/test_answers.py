@@ -161,6 +161,8 @@ def test_responses_api_stream(stack):
     assert done.output_text == text
     with pytest.raises(openai.APIError, match="aws_key"):
         list(client.responses.create(model="gpt-general", stream=True, input="demo:secret"))
+    whole = client.responses.create(model="gpt-general", input="Tell me about Acme Corp. demo:leak")
+    assert whole.output_text == text
 
 
 def test_anthropic_stream(stack):
@@ -171,6 +173,12 @@ def test_anthropic_stream(stack):
             {"role": "user", "content": "Tell me about Acme Corp. demo:leak"}]) as stream:
         text = "".join(stream.text_stream)
     assert_clean(text) and text.startswith("Summary for Acme Corp: card **** **** **** 6467")
+    whole = client.messages.create(model="gpt-general", max_tokens=1000, messages=[
+        {"role": "user", "content": "Tell me about Acme Corp. demo:leak"}])
+    assert whole.content[0].text == text
+    with pytest.raises(anthropic.PermissionDeniedError, match="aws_key"):
+        client.messages.create(model="gpt-general", max_tokens=1000,
+                               messages=[{"role": "user", "content": "demo:secret"}])
     with pytest.raises(anthropic.APIStatusError, match="aws_key"), \
             client.messages.stream(model="gpt-general", max_tokens=1000,
                                    messages=[{"role": "user", "content": "demo:secret"}]) as stream:

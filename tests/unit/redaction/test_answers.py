@@ -308,3 +308,13 @@ def test_a_streamed_body_mutation_sets_no_content_length():
     buffered = process.body_response("response_body", m, buffered=True)
     assert not streamed.response_body.response.header_mutation.set_headers
     assert buffered.response_body.response.header_mutation.set_headers[0].header.key == "content-length"
+
+
+def test_the_body_mode_that_sees_more_wins():
+    from authz.model import Handoff
+
+    h = Handoff()
+    for mode, expected in (("streamed", "streamed"), ("partial", "partial"), ("streamed", "partial"),
+                           ("buffered", "buffered"), ("partial", "buffered")):
+        h.want_body("response", mode)
+        assert h.response_body == expected
