@@ -26,7 +26,7 @@ from authz.redaction.detectors import PATTERNS, Scanner
 from authz.redaction.redactor import Redactor
 from authz.redaction.responses import Scan
 from authz.redaction.restore import Restorer
-from bench.redaction import CUSTOMERS, card, email, rng
+from bench.redaction import CUSTOMERS, card, chat_payload, email
 
 WINDOW = Responses().window_chars
 
@@ -44,17 +44,10 @@ def _scan() -> Scan:
 
 
 def json_answer(size: int = 1_000_000) -> bytes:
-    words = ("the quarterly forecast shows revenue growth across regions while costs remain stable and the "
-             "team expects margins to improve next year").split()
-    parts, total = [], 0
-    while total < size:
-        text = " ".join(rng.choice(words) for _ in range(200))
-        if rng.random() < 0.2:
-            text += f" contact {email()} or card {card()} for {rng.choice(CUSTOMERS[:10])}"
-        parts.append(text)
-        total += len(text) + 1
+    """A chat completion carrying the request-side bench's 1 MB of chat text as its answer."""
+    text = "\n".join(m["content"] for m in json.loads(chat_payload(size))["messages"])
     return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-general",
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "\n".join(parts)},
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                     "finish_reason": "stop"}]}).encode()
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from authz.jsontext import dumps_utf8
 from authz.redaction import refusals
-from authz.redaction.responses import Scan
+from authz.redaction.responses import Scan, encode
 from authz.redaction.stream import StreamScanner
 from authz.request.jsonbody import too_deep
 
@@ -90,9 +89,9 @@ class AnswerScanner:
         if too_deep(doc):
             raise refusals.unreadable("nested too deep")
         if self.protocol == "mcp":
-            new = self.scan.mcp_message(doc)
+            new, changed = self.scan.tracked(self.scan.mcp_message, doc)
         elif self.protocol == "http":
-            new = self.scan.document(doc)
+            new, changed = self.scan.tracked(self.scan.document, doc)
         else:
-            new = self.scan.llm_document(doc)
-        return body if new == doc else dumps_utf8(new)
+            new, changed = self.scan.tracked(self.scan.llm_document, doc)
+        return encode(new) if changed else body

@@ -20,12 +20,24 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
+
+from authz.jsontext import dumps_utf8
 from authz.redaction import refusals
 from authz.redaction.redactor import Redactor
 from authz.redaction.restore import Restorer
 
 LLM_FIELDS = ("choices", "output", "content", "output_text", "error")
 JSON_STRING_KEYS = frozenset({"arguments", "partial_json"})  # text holding JSON: restore escaped
+
+
+def encode(value: Any) -> bytes:
+    """Compact JSON, UTF-8 as itself; orjson when it can (an integer past 64 bits or a lone
+    surrogate goes through the standard encoder)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return dumps_utf8(value)
 
 
 class _Binary:
@@ -71,14 +83,32 @@ class Scan:
         return self.texts([value], json_string=json_string)[0]
 
     def document(self, value: Any) -> Any:
-        """A JSON value with every string scanned (binary fields kept as they are)."""
+        """A JSON value with every string scanned (binary fields kept as they are). ``value`` is
+        the scanner's own (freshly parsed): its binary fields are wrapped in place."""
         hidden = _hide_binary(value)
         if self.redactor is not None:
-            hidden = self.redactor.json_value(hidden)
+            value = self.redactor.json_value(value)
             self._check_blocked()
         if self.restorer:
-            hidden = _restore(hidden, self.restorer, None)
-        return _unhide(hidden)
+            value = _restore(value, self.restorer, None)
+        if hidden:
+            _unhide(value)
+        return value
+
+    def tracked(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, bool]:
+        """``fn(*args)`` and whether it replaced anything (documents change in place, so an
+        unchanged one can go out as the bytes it came in)."""
+        red = self.redactor
+        before = red.changed if red is not None else False
+        if red is not None:
+            red.changed = False
+        count = self.restorer.count
+        try:
+            out = fn(*args)
+            return out, bool((red is not None and red.changed) or self.restorer.count != count)
+        finally:
+            if red is not None:
+                red.changed = red.changed or before
 
     @contextlib.contextmanager
     def uncounted(self) -> Iterator[None]:
@@ -94,44 +124,55 @@ class Scan:
             self.restorer.count = restored
 
     def mcp_message(self, msg: Any) -> Any:
-        """One JSON-RPC message from an MCP server."""
+        """One JSON-RPC message from an MCP server (changed in place)."""
         if not isinstance(msg, dict):
             raise refusals.unreadable("not a JSON-RPC message")
-        out = dict(msg)
         for key in ("result", "error", "params"):  # params: server requests and notifications
-            if key in out:
-                out[key] = self.document(out[key])
-        return out
+            if key in msg:
+                msg[key] = self.document(msg[key])
+        return msg
 
     def llm_document(self, doc: Any) -> Any:
-        """A whole LLM answer (JSON)."""
+        """A whole LLM answer (JSON; changed in place)."""
         if not isinstance(doc, dict):
             raise refusals.unreadable("not a JSON object")
-        out = dict(doc)
         for key in LLM_FIELDS:
-            if key in out:
-                out[key] = self.document(out[key])
-        return out
+            if key in doc:
+                doc[key] = self.document(doc[key])
+        return doc
 
 
-def _hide_binary(value: Any) -> Any:
+def _hide_binary(value: Any) -> int:
+    """Wrap base64 fields in place so no scan sees them; how many were wrapped."""
+    n = 0
     if isinstance(value, list):
-        return [_hide_binary(v) for v in value]
-    if isinstance(value, dict):
-        binary_data = value.get("type") in ("image", "audio") and isinstance(value.get("data"), str)
-        return {k: (_Binary(v) if (k == "blob" and isinstance(v, str)) or (binary_data and k == "data")
-                    else _hide_binary(v)) for k, v in value.items()}
-    return value
+        for v in value:
+            n += _hide_binary(v)
+    elif isinstance(value, dict):
+        binary_data = value.get("type") in ("image", "audio")
+        for k, v in value.items():
+            if isinstance(v, str):
+                if k == "blob" or (binary_data and k == "data"):
+                    value[k] = _Binary(v)
+                    n += 1
+            else:
+                n += _hide_binary(v)
+    return n
 
 
-def _unhide(value: Any) -> Any:
-    if isinstance(value, _Binary):
-        return value.value
+def _unhide(value: Any) -> None:
     if isinstance(value, list):
-        return [_unhide(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _unhide(v) for k, v in value.items()}
-    return value
+        for i, v in enumerate(value):
+            if isinstance(v, _Binary):
+                value[i] = v.value
+            else:
+                _unhide(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, _Binary):
+                value[k] = v.value
+            else:
+                _unhide(v)
 
 
 def _restore(value: Any, restorer: Restorer, key: str | None) -> Any:

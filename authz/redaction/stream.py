@@ -22,9 +22,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from authz.jsontext import dumps_utf8
 from authz.redaction import refusals, sse
-from authz.redaction.responses import Scan
+from authz.redaction.responses import Scan, encode
 
 Synth = Callable[[str], tuple[str | None, dict[str, Any]]]   # held text -> (event name, payload)
 
@@ -117,7 +116,7 @@ class StreamScanner:
             text = ch.flush()
             if text and ch.synth is not None:
                 name, payload = ch.synth(text)
-                out.append(sse.render(name, dumps_utf8(payload).decode(), self.reader.eol))
+                out.append(sse.render(name, encode(payload).decode(), self.reader.eol))
         return out
 
     # --- events -----------------------------------------------------------------------------------
@@ -132,13 +131,13 @@ class StreamScanner:
         except (ValueError, RecursionError):
             raise refusals.unreadable("an event is not JSON") from None
         if self.protocol == "mcp":
-            new = self.scan.mcp_message(msg)
-            return ev.raw if new == msg else ev.with_data(dumps_utf8(new).decode())
+            new, changed = self.scan.tracked(self.scan.mcp_message, msg)
+            return ev.with_data(encode(new).decode()) if changed else ev.raw
         if not isinstance(msg, dict):
             raise refusals.unreadable("an event is not a JSON object")
         handler = {"messages": self._anthropic, "responses": self._responses}.get(self.protocol, self._chat)
         before, changed = handler(ev.name, msg)
-        return "".join(before) + (ev.with_data(dumps_utf8(msg).decode()) if changed else ev.raw)
+        return "".join(before) + (ev.with_data(encode(msg).decode()) if changed else ev.raw)
 
     def _whole(self, msg: dict[str, Any], key: str, *, llm: bool = False) -> bool:
         """Scan ``msg[key]`` whole, uncounted (the client has had or will get it as deltas)."""
@@ -148,12 +147,11 @@ class StreamScanner:
             value = msg[key]
             if isinstance(value, str):
                 new: Any = self.scan.text(value, json_string=key in ("arguments", "partial_json"))
+                changed = new != value
             else:
-                new = self.scan.llm_document(value) if llm else self.scan.document(value)
-        if new == value:
-            return False
+                new, changed = self.scan.tracked(self.scan.llm_document if llm else self.scan.document, value)
         msg[key] = new
-        return True
+        return bool(changed)
 
     # OpenAI chat/completions and completions ------------------------------------------------------
 
