@@ -5,7 +5,7 @@ A stage is a small object that implements any of these async hooks:
 - ``on_request(ctx: Context)``          ext_authz ``Check``: identity, policy, limits, routing
 - ``on_request_body(ex: Exchange)``     ext_proc request body: redaction
 - ``on_response_headers(ex: Exchange)`` ext_proc response headers
-- ``on_response_body(ex: Exchange)``    ext_proc response body: metering, tools/list filtering
+- ``on_response_body(ex: Exchange)``    ext_proc response body: metering, tools/list filtering, answer redaction
 - ``on_complete(ex: Exchange)``         the exchange ended (normally or not): settle, audit
 - ``on_decision(ctx, deny)``            ``Check`` decided (``deny`` is None when allowed): audit
 

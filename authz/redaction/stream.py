@@ -77,7 +77,7 @@ class StreamScanner:
 
     def __init__(self, scan: Scan, protocol: str, jsonrpc_id: Any, *, window: int, max_event_bytes: int) -> None:
         self.scan = scan
-        self.protocol = protocol      # mcp | chat | responses | messages
+        self.protocol = protocol      # mcp | chat | responses | messages | http
         self.jsonrpc_id = jsonrpc_id
         self.window = window
         self.reader = sse.Reader(max_event_bytes)
@@ -129,7 +129,13 @@ class StreamScanner:
         try:
             msg = json.loads(ev.data)
         except (ValueError, RecursionError):
-            raise refusals.unreadable("an event is not JSON") from None
+            if self.protocol != "http":
+                raise refusals.unreadable("an event is not JSON") from None
+            text = self.scan.text(ev.data)  # a plain HTTP stream may carry any text
+            return ev.raw if text == ev.data else ev.with_data(text.replace("\n", "\ndata: "))
+        if self.protocol == "http":
+            new, changed = self.scan.tracked(self.scan.document, msg)
+            return ev.with_data(encode(new).decode()) if changed else ev.raw
         if self.protocol == "mcp":
             new, changed = self.scan.tracked(self.scan.mcp_message, msg)
             return ev.with_data(encode(new).decode()) if changed else ev.raw

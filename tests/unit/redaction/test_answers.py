@@ -318,3 +318,15 @@ def test_the_body_mode_that_sees_more_wins():
                            ("buffered", "buffered"), ("partial", "buffered")):
         h.want_body("response", mode)
         assert h.response_body == expected
+
+
+async def test_a_plain_http_stream_is_scanned_event_by_event():
+    s = stage(CONFIG.replace('match: {paths: ["/mcp"]}', 'match: {paths: ["/events"]}'))
+    ctx = Context(request=Request(id="r", method="GET", scheme="http", host="h", path="/events", headers={}),
+                  principal=OSCAR)
+    await s.on_request(ctx)
+    raw = f'data: {{"note": "card {CARD}"}}\n\ndata: card {CARD}\ndata: twice {CARD}\n\n'.encode()
+    out = (await answer(s, ctx, [raw], "text/event-stream")).decode()
+    assert CARD not in out and out.count("**** **** **** 6467") == 3
+    assert [e.data.startswith("card ****") or e.data.startswith('{"note"') for e in sse.Reader(1 << 20).feed(
+        out.encode(), True)] == [True, True]
