@@ -72,7 +72,8 @@ class Pipeline:
                  stash: BodyStash | None = None) -> None:
         self.stages = tuple(stages)
         self.reader = reader or Reader()
-        self.stash = stash or BodyStash()  # the runtime passes its own: it outlives a reload
+        # The runtime passes its own: it outlives a reload (an empty stash is falsy: test for None).
+        self.stash = stash if stash is not None else BodyStash()
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate stage names: {names}")

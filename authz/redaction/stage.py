@@ -69,7 +69,8 @@ class RedactionStage(Stage):
         self.response_rules = tuple(c for c in compiled if c[0].scans_responses)
         self.by_id = {r.id: r for r in cfg.rules}
         self.hmac_key = cfg.hmac_key.encode()
-        self.answers = AnswerGuard(cfg, placeholders or PlaceholderStore(), self.redactor, self._actions,
+        self.answers = AnswerGuard(cfg, placeholders if placeholders is not None else PlaceholderStore(),
+                                   self.redactor, self._actions,
                                    lambda t, n: FINDINGS.labels(type=t, direction="response").inc(n))
 
     # --- helpers ---------------------------------------------------------------------------------

@@ -330,3 +330,31 @@ async def test_a_plain_http_stream_is_scanned_event_by_event():
     assert CARD not in out and out.count("**** **** **** 6467") == 3
     assert [e.data.startswith("card ****") or e.data.startswith('{"note"') for e in sse.Reader(1 << 20).feed(
         out.encode(), True)] == [True, True]
+
+
+async def test_a_reload_keeps_the_placeholders_between_check_and_answer():
+    """Check ran on the old pipeline, the answer comes through the new one: the mapping is the
+    runtime's (``Shared``), so it is still there."""
+    from authz.assembly import Shared, build_pipeline
+
+    text = CONFIG.replace("redaction:", "policy: {default: allow}\nredaction:")
+    cfg = parse_config(text, env={})
+    shared = Shared()
+    old, new = build_pipeline(cfg, MemoryStore(), shared=shared), build_pipeline(cfg, MemoryStore(), shared=shared)
+    old_stage = next(s for s in old.stages if s.name == "redaction")
+    new_stage = next(s for s in new.stages if s.name == "redaction")
+    ctx = await check(old_stage, "/v1/chat/completions", LLM_REQUEST)
+    out = await answer(new_stage, ctx, chat_stream(["[CUSTOMER_1] is fine."]), "text/event-stream")
+    assert chat_text(out)[0] == "Acme Corp is fine."
+    await old.close()
+    await new.close()
+
+
+def test_every_pipeline_gets_the_runtimes_state_even_while_it_is_empty():
+    from authz.assembly import Shared, build_pipeline
+
+    cfg = parse_config(CONFIG.replace("redaction:", "policy: {default: allow}\nredaction:"), env={})
+    shared = Shared()
+    pipeline = build_pipeline(cfg, MemoryStore(), shared=shared)
+    assert pipeline.stash is shared.stash
+    assert next(s for s in pipeline.stages if s.name == "redaction").answers.placeholders is shared.placeholders
