@@ -108,11 +108,13 @@ class AnswerGuard:
             scanner.ended = True
         else:
             out = scanner.feed(chunk, ex.response_end)
-        if out != chunk:
-            ex.mutations.replace_body(out)
         if scanner.refused is not None and mode in ("buffered", "partial"):
+            # The headers wait for this answer: the refusal gets its status and a JSON body.
+            out = refusals.json_body(scanner.refused, scanner.protocol, scanner.jsonrpc_id)
             ex.mutations.set_header(":status", str(scanner.refused.status))
             ex.mutations.set_header("content-type", "application/json")
+        if out != chunk:
+            ex.mutations.replace_body(out)
         if ex.response_end or scanner.ended:
             self._record(ex)
 

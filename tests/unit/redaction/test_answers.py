@@ -358,3 +358,11 @@ def test_every_pipeline_gets_the_runtimes_state_even_while_it_is_empty():
     pipeline = build_pipeline(cfg, MemoryStore(), shared=shared)
     assert pipeline.stash is shared.stash
     assert next(s for s in pipeline.stages if s.name == "redaction").answers.placeholders is shared.placeholders
+
+
+async def test_a_whole_answer_refused_is_json_whatever_the_upstream_sent():
+    s = stage()
+    ctx = await check(s, "/v1/chat/completions", {**LLM_REQUEST, "stream": False})
+    events = chat_stream(["key AKIAIOSFODNN7EXAMPLE"])
+    out = json.loads(await answer(s, ctx, [b"".join(events)], "text/event-stream"))
+    assert out["error"]["code"] == "redaction.response_blocked" and ctx.facts["status"] == "403"
