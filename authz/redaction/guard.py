@@ -107,7 +107,12 @@ class AnswerGuard:
             out = self._refusal(scanner, scanner.refused)
             scanner.ended = True
         else:
-            out = scanner.feed(chunk, ex.response_end)
+            try:
+                out = scanner.feed(chunk, ex.response_end)
+            except Exception:  # our bug, never the client's: still an error in its protocol, not a reset
+                log.exception("scanning the answer of request %s failed", ex.request.id)
+                scanner.refused, scanner.ended = refusals.unreadable("the sidecar failed"), True
+                out = self._refusal(scanner, scanner.refused)
         if scanner.refused is not None and mode in ("buffered", "partial"):
             # The headers wait for this answer: the refusal gets its status and a JSON body.
             out = refusals.json_body(scanner.refused, scanner.protocol, scanner.jsonrpc_id)

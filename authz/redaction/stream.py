@@ -24,6 +24,7 @@ from typing import Any
 
 from authz.redaction import refusals, sse
 from authz.redaction.responses import Scan, encode
+from authz.request.jsonbody import too_deep
 
 Synth = Callable[[str], tuple[str | None, dict[str, Any]]]   # held text -> (event name, payload)
 
@@ -133,6 +134,8 @@ class StreamScanner:
                 raise refusals.unreadable("an event is not JSON") from None
             text = self.scan.text(ev.data)  # a plain HTTP stream may carry any text
             return ev.raw if text == ev.data else ev.with_data(text.replace("\n", "\ndata: "))
+        if too_deep(msg):
+            raise refusals.unreadable("an event nests too deep")
         if self.protocol == "http":
             new, changed = self.scan.tracked(self.scan.document, msg)
             return ev.with_data(encode(new).decode()) if changed else ev.raw

@@ -366,3 +366,22 @@ async def test_a_whole_answer_refused_is_json_whatever_the_upstream_sent():
     events = chat_stream(["key AKIAIOSFODNN7EXAMPLE"])
     out = json.loads(await answer(s, ctx, [b"".join(events)], "text/event-stream"))
     assert out["error"]["code"] == "redaction.response_blocked" and ctx.facts["status"] == "403"
+
+
+async def test_an_event_nested_too_deep_ends_the_stream_with_an_error():
+    s = stage()
+    ctx = await check(s, "/mcp", {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "x"}})
+    deep = '{"jsonrpc": "2.0", "id": 5, "result": ' + "[" * 5000 + "]" * 5000 + "}"
+    out = await answer(s, ctx, [f"data: {deep}\n\n".encode()], "text/event-stream")
+    msg = json.loads(sse.Reader(1 << 20).feed(out, True)[0].data)
+    assert msg["id"] == 5 and msg["error"]["data"]["reason"] == "redaction.response_unreadable"
+
+
+async def test_a_crash_while_scanning_still_ends_in_the_protocols_error(monkeypatch):
+    from authz.redaction.stream import StreamScanner
+
+    s = stage()
+    ctx = await check(s, "/v1/chat/completions", LLM_REQUEST)
+    monkeypatch.setattr(StreamScanner, "_chat", lambda *a: 1 / 0)
+    out = await answer(s, ctx, chat_stream(["hello there"]), "text/event-stream")
+    assert chat_text(out)[1][0]["code"] == "redaction.response_unreadable"
