@@ -52,12 +52,13 @@ class AnswerScanner:
 
     def feed(self, chunk: bytes, end: bool) -> bytes:
         """What goes out for this chunk (``b""`` while a whole answer is being collected)."""
-        if self.stream is not None:
-            out = self.stream.feed(chunk, end)
-            self.refused, self.ended = self.stream.refused, self.stream.ended
-            return out
         if self.ended:
             return b""
+        if self.stream is not None:
+            out = self.stream.feed(chunk, end)
+            if self.stream.ended:
+                self.refused, self.ended = self.stream.refused, True
+            return out
         try:
             self._buf += chunk
             if len(self._buf) > self.max_bytes:

@@ -384,4 +384,5 @@ async def test_a_crash_while_scanning_still_ends_in_the_protocols_error(monkeypa
     ctx = await check(s, "/v1/chat/completions", LLM_REQUEST)
     monkeypatch.setattr(StreamScanner, "_chat", lambda *a: 1 / 0)
     out = await answer(s, ctx, chat_stream(["hello there"]), "text/event-stream")
-    assert chat_text(out)[1][0]["code"] == "redaction.response_unreadable"
+    (error,) = chat_text(out)[1]
+    assert error["code"] == "redaction.response_unreadable" and out.count(b"data:") == 1
