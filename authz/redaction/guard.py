@@ -50,12 +50,14 @@ def want_answer(ctx: Context, rule: RedactionRule | None, restore_key: str) -> N
 class AnswerGuard:
     def __init__(self, cfg: RedactionConfig, placeholders: PlaceholderStore,
                  redactor_for: Callable[[RedactionRule], Redactor],
+                 probe_for: Callable[[RedactionRule], Redactor],
                  action_for: Callable[[RedactionRule], Callable[[str], str]],
                  findings: Callable[[str, int], None]) -> None:
         self.cfg = cfg
         self.placeholders = placeholders
         self.by_id = {r.id: r for r in cfg.rules}
         self.redactor_for = redactor_for
+        self.probe_for = probe_for
         self.action_for = action_for
         self.findings = findings
 
@@ -79,7 +81,7 @@ class AnswerGuard:
         if redactor is not None:
             seed(redactor, originals)
         actions = self.action_for(rule) if rule is not None else (lambda t: "allow")
-        probe: Callable[[], Redactor | None] = (lambda: self.redactor_for(rule)) if rule is not None else (
+        probe: Callable[[], Redactor | None] = (lambda: self.probe_for(rule)) if rule is not None else (
             lambda: None)
         scan = Scan(redactor, Restorer(originals), actions, probe)
         scanner = AnswerScanner(scan, protocol=protocol, framing=framing, jsonrpc_id=jsonrpc_id,

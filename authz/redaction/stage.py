@@ -70,7 +70,7 @@ class RedactionStage(Stage):
         self.by_id = {r.id: r for r in cfg.rules}
         self.hmac_key = cfg.hmac_key.encode()
         self.answers = AnswerGuard(cfg, placeholders if placeholders is not None else PlaceholderStore(),
-                                   self.redactor, self._actions,
+                                   self.redactor, self.probe, self._actions,
                                    lambda t, n: FINDINGS.labels(type=t, direction="response").inc(n))
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -94,6 +94,13 @@ class RedactionStage(Stage):
     def redactor(self, rule: RedactionRule) -> Redactor:
         kind = RecordingRedactor if rule.restore else Redactor
         return kind(self.scanner, self._actions(rule), hmac_key=self.hmac_key)
+
+    def probe(self, rule: RedactionRule) -> Redactor:
+        """A throwaway redactor for the stream hold-back's checks: what it writes for a value does
+        not depend on what came before (a placeholder's number does; a hash does not)."""
+        action_for = self._actions(rule)
+        return Redactor(self.scanner, lambda t: "hash" if action_for(t) == "placeholder" else action_for(t),
+                        hmac_key=self.hmac_key)
 
     # --- Check -----------------------------------------------------------------------------------
 
