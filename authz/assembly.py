@@ -13,6 +13,7 @@ from authz.identity.stage import build_identity_stage
 from authz.limits.stage import LimitsStage
 from authz.pipeline import Pipeline, Stage
 from authz.policy.stage import PolicyStage, challenge_for
+from authz.redaction.restore import PlaceholderStore
 from authz.redaction.stage import build_redaction_stage
 from authz.request import BodyStash, Reader
 from authz.routing import RoutingStage
@@ -27,6 +28,7 @@ class Shared:
     keyring: KeyRing = dataclasses.field(default_factory=KeyRing)   # assertion signing keys
     stash: BodyStash = dataclasses.field(default_factory=BodyStash)  # rewritten bodies, Check -> Process
     audit_logs: AuditLogs = dataclasses.field(default_factory=AuditLogs)  # one writer per chain, across reloads
+    placeholders: PlaceholderStore = dataclasses.field(default_factory=PlaceholderStore)  # restore: Check -> Process
 
 
 def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None) -> Pipeline:
@@ -45,7 +47,7 @@ def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None
         LimitsStage(config.limits, store, meter_all=config.audit.enabled),
     ]
     if config.redaction.enabled:
-        stages.append(build_redaction_stage(config.redaction, store))
+        stages.append(build_redaction_stage(config.redaction, store, placeholders=shared.placeholders))
     if config.audit.enabled:  # last: it records what every other stage decided
         stages.append(build_audit_stage(config.audit, instance=config.instance_id, logs=shared.audit_logs))
     return Pipeline(stages, reader=Reader(config.policy.protocols), stash=shared.stash)

@@ -36,6 +36,8 @@ class Deny(AuthzError):
     reason: str = "denied"
     # JSON-RPC style bodies for MCP routes are chosen by the response mapper from this flag.
     default_message: str = "request denied"
+    # A body already in the caller's protocol (an answer refused in the API's own error shape).
+    body: bytes | None = None
 
     def __init__(
         self,

@@ -80,7 +80,9 @@ class Metering:
     stream: bool = False
 
 
-BODY_MODES = ("", "streamed", "buffered")
+# "partial": Envoy's BUFFERED_PARTIAL: the whole body when it fits Envoy's buffer (headers held
+# until it is answered), else the first buffer-full with more to come, which Process refuses.
+BODY_MODES = ("", "streamed", "partial", "buffered")
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,8 +90,9 @@ class Handoff:
     """Everything ``Process`` needs of what ``Check`` decided, as one typed value (encoded at the
     edge by ``authz.envoy.handoff``, carried by Envoy as dynamic metadata).
 
-    Body modes: "" (Process sees nothing of it), "streamed" (chunks pass through as they come)
-    or "buffered" (the whole body, which may be replaced). Process-side decisions evaluate the
+    Body modes: "" (Process sees nothing of it), "streamed" (chunks pass through as they come),
+    "partial" (the whole body if it fits Envoy's buffer, its headers held) or "buffered" (the
+    whole body, which may be replaced). Process-side decisions evaluate the
     same conditions as Check on the same facts: the principal, the source address, the headers
     conditions read (as the client sent them, before Check's mutations) and Check's clock.
     """
@@ -104,12 +107,15 @@ class Handoff:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     filter_tools: bool = False
     metering: Metering | None = None
+    response_rule: str = ""         # the redaction rule that scans the answer
+    restore_key: str = ""           # the request's placeholders, kept in the PlaceholderStore
 
     def want_body(self, which: str, mode: str) -> None:
-        """Ask for a body; "buffered" wins over "streamed" when two stages ask."""
-        assert which in ("request", "response") and mode in ("streamed", "buffered")
+        """Ask for a body; when two stages ask, the mode that sees more wins (buffered, then
+        partial, then streamed)."""
+        assert which in ("request", "response") and mode in BODY_MODES[1:]
         attr = f"{which}_body"
-        if getattr(self, attr) != "buffered":
+        if BODY_MODES.index(mode) > BODY_MODES.index(getattr(self, attr)):
             setattr(self, attr, mode)
 
     @property

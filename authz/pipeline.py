@@ -5,7 +5,7 @@ A stage is a small object that implements any of these async hooks:
 - ``on_request(ctx: Context)``          ext_authz ``Check``: identity, policy, limits, routing
 - ``on_request_body(ex: Exchange)``     ext_proc request body: redaction
 - ``on_response_headers(ex: Exchange)`` ext_proc response headers
-- ``on_response_body(ex: Exchange)``    ext_proc response body: metering, tools/list filtering
+- ``on_response_body(ex: Exchange)``    ext_proc response body: metering, tools/list filtering, answer redaction
 - ``on_complete(ex: Exchange)``         the exchange ended (normally or not): settle, audit
 - ``on_decision(ctx, deny)``            ``Check`` decided (``deny`` is None when allowed): audit
 
@@ -72,7 +72,8 @@ class Pipeline:
                  stash: BodyStash | None = None) -> None:
         self.stages = tuple(stages)
         self.reader = reader or Reader()
-        self.stash = stash or BodyStash()  # the runtime passes its own: it outlives a reload
+        # The runtime passes its own: it outlives a reload (an empty stash is falsy: test for None).
+        self.stash = stash if stash is not None else BodyStash()
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate stage names: {names}")

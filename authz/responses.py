@@ -32,6 +32,8 @@ def render_denial(deny: Deny, request: Request | None) -> Denial:
         headers["x-request-id"] = request.id
     if isinstance(deny, Answer):
         return Denial(status=deny.status, headers=headers, body=_json(deny.details))
+    if deny.body is not None:
+        return Denial(status=deny.status, headers=headers, body=deny.body)
     payload: dict[str, object] = {"error": deny.reason, "message": deny.message}
     if request is not None and request.id:
         payload["request_id"] = request.id

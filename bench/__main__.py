@@ -168,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                     rounds.setdefault(sc.name, []).append(r)
                     results[sc.name] = median_round(rounds[sc.name])
         if run_redaction:
-            from bench import redaction
+            from bench import answers, redaction
+
+            print("\nanswers (1 MB JSON and streamed events in process; time to first byte through Envoy) ...",
+                  flush=True)
+            doc["answers"] = answers.measure()
 
             print("\nredaction (in process, no Envoy) ...", flush=True)
             doc["redaction"] = redaction.measure()
@@ -182,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + report.table(scenarios_to_run, results))
     if "redaction" in doc:
         print("\n" + _redaction_report(doc["redaction"]))
+    if "answers" in doc:
+        from bench import answers
+
+        print("\n" + answers.report(doc["answers"]))
     problems = report.summary(scenarios_to_run, results)
+    if run_redaction and "answers" in doc and not doc["answers"]["met"]:
+        problems.append("answers: below 30 MB/s or above +5 ms time to first byte")
     if run_redaction and "redaction" in doc and not doc["redaction"]["met"]:
         problems.append("redaction: below its precision/recall or throughput target")
     if problems:

@@ -10,6 +10,12 @@ stream shaped like the real APIs, with deterministic ``usage`` so metering can b
 - output tokens = ceil(chars / 4) of a fixed reply, cut to ``max_tokens`` (or
   ``max_completion_tokens`` / ``max_output_tokens``) when that is smaller.
 
+Trigger words in the request's text turn the demo into a leaky model, for response redaction:
+``demo:leak`` answers with personal data split across deltas (a card over four, an email over
+two, and the first ``[PLACEHOLDER_N]`` of the request, or ``Acme Corp``, over two);
+``demo:secret`` adds an AWS key over two deltas; ``demo:malformed`` answers with an event (or a
+body) that is not JSON; ``demo:huge`` with a 2 MB answer (one event, in a stream).
+
 Every response says which upstream answered (``x-upstream`` header; ``"upstream"`` in JSON bodies)
 and JSON bodies echo what arrived (``"echo": {"headers": {...}, "body": ...}``), so tests can see
 which identity headers reached the model and that the user's token did not.
@@ -24,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import struct
 import time
 import uuid
@@ -74,7 +81,10 @@ def _is_count(value: Any) -> bool:
 
 def reply_for(body: dict[str, Any], name: str) -> tuple[str, int, bool]:
     """The reply text, its token count, and whether the token limit cut it."""
-    reply = REPLY.format(name=name)
+    leak = leak_deltas(body)
+    reply = "".join(leak) if leak is not None else REPLY.format(name=name)
+    if "demo:huge" in _request_text(body):
+        reply = "lorem ipsum " * (2 * 1024 * 1024 // 12)
     limit: int | None = None
     for key in LIMIT_KEYS:
         if key in body and body[key] is not None:
@@ -88,10 +98,39 @@ def reply_for(body: dict[str, Any], name: str) -> tuple[str, int, bool]:
     return reply, tokens_of(reply), cut
 
 
+PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]*_\d+\]")
+
+
+def _request_text(body: dict[str, Any]) -> str:
+    return " ".join(t for key in ("messages", *TEXT_KEYS) for t in _texts(body.get(key)))
+
+
+def leak_deltas(body: dict[str, Any]) -> list[str] | None:
+    """The deltas of a leaky answer, when the request asks for one (``demo:leak``)."""
+    text = _request_text(body)
+    if "demo:leak" not in text and "demo:secret" not in text:
+        return None
+    found = PLACEHOLDER.search(text)
+    name = found.group(0) if found else "Acme Corp"
+    half = len(name) // 2
+    deltas = ["Summary for ", name[:half], name[half:], ": card ", "4539 14", "88 03", "43 64", "67",
+              ", mail cfo@ac", "me.com, phone +1 415 555 0134."]
+    if "demo:secret" in text:
+        deltas += [" Key: AKIAIOSF", "ODNN7EXAMPLE."]
+    return deltas
+
+
 def _words(text: str) -> list[str]:
     """Stream deltas: word by word, spaces kept, so the deltas join back to the text."""
     words = text.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _deltas(body: dict[str, Any], reply: str) -> list[str]:
+    if "demo:huge" in _request_text(body):
+        return [reply]  # one event of 2 MB
+    leak = leak_deltas(body)
+    return leak if leak is not None and "".join(leak) == reply else _words(reply)
 
 
 def _headers(request: web.Request) -> dict[str, str]:
@@ -145,6 +184,21 @@ async def errors(request: web.Request,
         return web.json_response(_error_body(request, 500, "the demo model failed"), status=500)
 
 
+MALFORMED = "demo.malformed"
+
+
+@web.middleware
+async def malformed(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """``demo:malformed``: a JSON answer that is not JSON (streams get a bad event in ``_sse``)."""
+    if request.method == "POST" and b"demo:malformed" in await request.read():
+        body = json.loads(await request.read())
+        if body.get("stream") is not True:
+            return web.Response(body=b'{"id": "x", "choices": [oops', content_type="application/json")
+        request[MALFORMED] = True
+    return await handler(request)
+
+
 async def _tag(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["x-upstream"] = request.app[NAME]
 
@@ -152,6 +206,8 @@ async def _tag(request: web.Request, response: web.StreamResponse) -> None:
 async def _sse(request: web.Request, events: list[Event]) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
     await resp.prepare(request)
+    if MALFORMED in request:
+        events = [*events[:2], (None, "{this is not json"), *events[2:]]
     try:
         for event, data in events:
             payload = data if isinstance(data, str) else json.dumps(data)
@@ -184,7 +240,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     # empty choices carrying the usage, just before [DONE].
     extra = {"usage": None} if with_usage else {}
     chunk = {**base, "object": "chat.completion.chunk"}
-    deltas = [{"role": "assistant", "content": ""}, *({"content": w} for w in _words(reply)), {}]
+    deltas = [{"role": "assistant", "content": ""}, *({"content": w} for w in _deltas(body, reply)), {}]
     events: list[Event] = [
         (None, {**chunk, "choices": [{"index": 0, "delta": delta,
                                       "finish_reason": finish if i == len(deltas) - 1 else None}], **extra})
@@ -229,7 +285,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         {"type": "response.output_item.added", "output_index": 0,
          "item": {**item, "status": "in_progress", "content": []}},
         {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
-        *({"type": "response.output_text.delta", **at, "delta": w} for w in _words(reply)),
+        *({"type": "response.output_text.delta", **at, "delta": w} for w in _deltas(body, reply)),
         {"type": "response.output_text.done", **at, "text": reply},
         {"type": "response.content_part.done", **at, "part": part},
         {"type": "response.output_item.done", "output_index": 0, "item": item},
@@ -282,7 +338,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         {"type": "message_start", "message": start},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
-          for w in _words(reply)),
+          for w in _deltas(body, reply)),
         {"type": "content_block_stop", "index": 0},
         {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
          "usage": {"output_tokens": out}},
@@ -304,7 +360,7 @@ async def echo(request: web.Request) -> web.Response:
 
 
 def build_app(name: str) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[errors])
+    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[errors, malformed])
     app[NAME] = name
     app.on_response_prepare.append(_tag)
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -1,7 +1,10 @@
 """The demo MCP server, built with the official ``mcp`` SDK, that sits behind Envoy + authz.
 
 ``python -m authz.dev.mcp_server --port 8081`` serves Streamable HTTP at ``/mcp`` (stateless,
-JSON answers). It has no authentication of its own: that is the sidecar's job. ``whoami`` shows
+JSON answers) and the same server at ``/mcp/sse`` answering with SSE streams.
+``customer_record`` returns personal data (a card, an SSN, an email, a phone, an IBAN, a
+customer name) and ``customer_credentials`` a secret (an AWS key): what response redaction
+guards. It has no authentication of its own: that is the sidecar's job. ``whoami`` shows
 the identity headers the sidecar set and whether the gateway-signed ``x-authz-assertion`` verifies
 (with ``authz.identity.assertion.verify`` against ``$AUTHZ_ASSERTION_JWKS_URL``, when that is set).
 
@@ -21,13 +24,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz.dev import bind, configure_logging, url_of
@@ -44,6 +48,9 @@ PATIENTS = [{"patient": "P-17", "name": "Jane Roe", "ward": "cardiology"},
             {"patient": "P-23", "name": "John Doe", "ward": "oncology"}]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+CUSTOMER_RECORD = ("Customer Acme Corp: card 4539 1488 0343 6467, SSN 536-22-1234, mail cfo@acme.com, "
+                   "phone +1 415 555 0134, IBAN DE89 3704 0044 0532 0130 00")
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 
 
 def _assertion_verifier() -> Callable[..., dict[str, Any]] | None:
@@ -119,6 +126,26 @@ def build_server() -> MCPServer:
         """What the backend knows about the caller, from the sidecar's headers and signed assertion."""
         return whoami_report(ctx)
 
+    @mcp.tool(annotations=READ_ONLY)
+    def customer_record(customer: str) -> dict[str, str]:
+        """A customer's record: personal data the sidecar masks on the way back."""
+        return {"customer": customer, "record": CUSTOMER_RECORD, "card": "4539 1488 0343 6467"}
+
+    @mcp.tool(annotations=READ_ONLY)
+    def customer_credentials(customer: str) -> str:
+        """A customer's cloud credentials: a secret the sidecar blocks on the way back."""
+        return f"{customer} uses the AWS access key {AWS_KEY}"
+
+    @mcp.resource("customers://{customer}", mime_type="text/plain")
+    def customer(customer: str) -> str:
+        """One customer's record."""
+        return f"{customer}: {CUSTOMER_RECORD}"
+
+    @mcp.prompt()
+    def write_to_customer(customer: str) -> str:
+        """Draft a mail to a customer."""
+        return f"Write to {customer} at cfo@acme.com about card 4539 1488 0343 6467."
+
     @mcp.resource("invoices://{invoice_id}", mime_type="application/json")
     def invoice(invoice_id: str) -> str:
         """One invoice."""
@@ -154,14 +181,22 @@ class UpstreamHeader:
 
 
 def build_app() -> ASGIApp:
-    """The ASGI app: ``/mcp``, stateless, JSON answers. Build a new one per server run (the SDK's
-    session manager runs once per instance)."""
+    """The ASGI app: ``/mcp`` (JSON answers) and ``/mcp/sse`` (SSE answers), stateless. Build a
+    new one per server run (the SDK's session manager runs once per instance)."""
     # Behind Envoy the Host header is the gateway's. The SDK turns on its DNS-rebinding check
     # (Host must be 127.0.0.1/localhost) by default and would answer 421; the sidecar is the gate here.
-    app = build_server().streamable_http_app(
-        streamable_http_path="/mcp", json_response=True, stateless_http=True,
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    return UpstreamHeader(app)
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    json_app = build_server().streamable_http_app(
+        streamable_http_path="/mcp", json_response=True, stateless_http=True, transport_security=security)
+    sse_app = build_server().streamable_http_app(
+        streamable_http_path="/mcp/sse", json_response=False, stateless_http=True, transport_security=security)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with json_app.router.lifespan_context(json_app), sse_app.router.lifespan_context(sse_app):
+            yield
+
+    return UpstreamHeader(Starlette(routes=[*json_app.routes, *sse_app.routes], lifespan=lifespan))
 
 
 class _Server(uvicorn.Server):

@@ -51,6 +51,10 @@ def encode(h: Handoff) -> dict[str, str]:
         m = h.metering
         doc["m"] = {"model": m.model, "stream": m.stream,
                     "r": [[r.id, r.key, r.amount, r.unit] for r in m.reservations]}
+    if h.response_rule:
+        doc["rr"] = h.response_rule
+    if h.restore_key:
+        doc["rk"] = h.restore_key
     return {FIELD: _dumps(doc)}
 
 
@@ -59,7 +63,8 @@ def decode(text: str) -> Handoff:
     doc = json.loads(text)
     h = Handoff(request_body=doc.get("rb", ""), response_body=doc.get("pb", ""), body_key=doc.get("key", ""),
                 source_address=doc.get("src", ""), checked_at=doc.get("at", 0.0), headers=doc.get("h", {}),
-                filter_tools=doc.get("tools", False))
+                filter_tools=doc.get("tools", False), response_rule=doc.get("rr", ""),
+                restore_key=doc.get("rk", ""))
     p = doc.get("p")
     if p is not None:
         h.principal = Principal(subject=p["sub"], issuer=p["iss"], email=p["email"], tenant=p["tenant"],

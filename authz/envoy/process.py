@@ -68,8 +68,9 @@ def _header_mutation(m: Mutations, body_length: int | None) -> pb.HeaderMutation
     )
 
 
-def common_response(m: Mutations, *, body_phase: bool = False) -> pb.CommonResponse:
-    body_length = len(m.body) if (m.body is not None and body_phase) else None
+def common_response(m: Mutations, *, body_phase: bool = False, buffered: bool = True) -> pb.CommonResponse:
+    # A streamed body's chunks are replaced one by one: Envoy drops content-length itself then.
+    body_length = len(m.body) if (m.body is not None and body_phase and buffered) else None
     common = pb.CommonResponse()
     hm = _header_mutation(m, body_length)
     if hm is not None:
@@ -89,9 +90,9 @@ def headers_response(phase: str, m: Mutations, *, mode: ModeMessage | None = Non
     return response
 
 
-def body_response(phase: str, m: Mutations) -> pb.ProcessingResponse:
+def body_response(phase: str, m: Mutations, *, buffered: bool = True) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
-        **{phase: pb.BodyResponse(response=common_response(m, body_phase=True))})
+        **{phase: pb.BodyResponse(response=common_response(m, body_phase=True, buffered=buffered))})
 
 
 def trailers_response(phase: str) -> pb.ProcessingResponse:
@@ -110,7 +111,8 @@ def immediate_response(denial: Denial) -> pb.ProcessingResponse:
     ))
 
 
-_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "buffered": Mode.BUFFERED}
+_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "partial": Mode.BUFFERED_PARTIAL,
+               "buffered": Mode.BUFFERED}
 
 
 def body_mode(*, request_body: str, response_body: str) -> ModeMessage:

@@ -203,7 +203,8 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                 await pipeline.request_body(ex)
                 ex.state["forwarded_body"] = (ex.mutations.body if ex.mutations.body is not None
                                               else ex.request_body)
-            return proc_adapter.body_response("request_body", ex.mutations)
+            return proc_adapter.body_response("request_body", ex.mutations,
+                                              buffered=ex.body_mode("request") == "buffered")
         if kind == "response_headers":
             headers = proc_adapter.headers_dict(msg.response_headers)
             try:
@@ -218,10 +219,11 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         if kind == "response_body":
             ex.response_chunk = msg.response_body.body
             ex.response_end = msg.response_body.end_of_stream
-            if ex.body_mode("response") == "buffered":
+            if ex.body_mode("response") in ("buffered", "partial"):
                 ex.response_body += ex.response_chunk
             await pipeline.run("on_response_body", ex)
-            return proc_adapter.body_response("response_body", ex.mutations)
+            return proc_adapter.body_response("response_body", ex.mutations,
+                                              buffered=ex.body_mode("response") == "buffered")
         if kind in ("request_trailers", "response_trailers"):
             return proc_adapter.trailers_response(kind)
         raise BadRequest(f"unexpected ext_proc message {kind!r}", reason="process.unexpected_message")

@@ -13,6 +13,7 @@ from authz.redaction.detectors import CATEGORIES, PATTERNS, compile_custom
 from authz.schema import Model
 
 Action = Literal["mask", "placeholder", "hash", "block", "allow"]
+Direction = Literal["request", "response", "both"]
 NAME = r"^[a-z][a-z0-9_]{0,31}$"
 
 
@@ -74,6 +75,36 @@ class RedactionRule(Model):
     # entity type, category (pii, secret) or "default" -> action; the most specific key wins
     actions: dict[str, Action] = {"default": "mask"}
     approval: Approval | None = None
+    # request: bodies on their way out; response: answers on their way back; both.
+    direction: Direction = "request"
+    # Placeholders this rule puts in a request are put back in the answer, for this exchange only.
+    restore: bool = False
+
+    @property
+    def scans_requests(self) -> bool:
+        return self.direction != "response"
+
+    @property
+    def scans_responses(self) -> bool:
+        return self.direction != "request"
+
+    @model_validator(mode="after")
+    def _restorable(self) -> RedactionRule:
+        if self.restore and not (self.scans_requests and "placeholder" in self.actions.values()):
+            raise ValueError(f"rule {self.id}: restore needs a request rule with a placeholder action")
+        if self.approval is not None and not self.scans_requests:
+            raise ValueError(f"rule {self.id}: approval applies to requests only")
+        return self
+
+
+class Responses(Model):
+    """How answers are scanned (rules with ``direction: response`` or ``both``, and ``restore``)."""
+
+    # Characters of a streamed text held back so that a value split across deltas is seen whole;
+    # a value longer than this, split across deltas, may reach the client in parts.
+    window_chars: int = Field(64, ge=16, le=4096)
+    # A JSON answer (or one SSE event) larger than this is refused in the protocol's error shape.
+    max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
 class RedactionConfig(Model):
@@ -87,6 +118,7 @@ class RedactionConfig(Model):
     approval_header: str = Field("x-authz-approval", pattern=r"^[a-z0-9-]{1,64}$")
     approvals_path: str = "/authz/approvals"
     rules: tuple[RedactionRule, ...] = ()
+    responses: Responses = Responses()
 
     @field_validator("detectors")
     @classmethod

@@ -28,14 +28,17 @@ from prometheus_client import Counter, Histogram
 
 from authz.errors import Answer, BadRequest, Forbidden, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from authz.matching import CompiledConditions, CompiledMatch
-from authz.model import Context
+from authz.model import Context, Exchange
 from authz.pipeline import Stage
 from authz.redaction.config import RedactionConfig, RedactionRule
 from authz.redaction.detectors import Scanner
+from authz.redaction.guard import AnswerGuard, want_answer
 from authz.redaction.redactor import Redactor, categories_of
+from authz.redaction.restore import PlaceholderStore, RecordingRedactor
 from authz.store import Store, StoreUnavailable
 
-FINDINGS = Counter("authz_redaction_findings_total", "Sensitive values found, by entity type.", ["type"])
+FINDINGS = Counter("authz_redaction_findings_total", "Sensitive values found, by entity type and direction.",
+                   ["type", "direction"])
 ACTIONS = Counter("authz_redaction_requests_total", "Requests scanned, by what was done.", ["action"])
 SCAN_SECONDS = Histogram("authz_redaction_scan_seconds", "Time to scan (and rewrite) one body.",
                          buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5))
@@ -55,21 +58,27 @@ def _unreadable(problem: str) -> BadRequest:
 class RedactionStage(Stage):
     name = "redaction"
 
-    def __init__(self, cfg: RedactionConfig, store: Store) -> None:
+    def __init__(self, cfg: RedactionConfig, store: Store, *, placeholders: PlaceholderStore | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.categories = cfg.categories()
         self.scanner = Scanner(cfg.detectors, {d.name: d.all_terms() for d in cfg.dictionaries},
                                {p.name: p.regex for p in cfg.patterns})
-        self.rules = tuple((r, CompiledMatch(r.match), CompiledConditions(r.when)) for r in cfg.rules)
+        compiled = tuple((r, CompiledMatch(r.match), CompiledConditions(r.when)) for r in cfg.rules)
+        self.rules = tuple(c for c in compiled if c[0].scans_requests)
+        self.response_rules = tuple(c for c in compiled if c[0].scans_responses)
         self.by_id = {r.id: r for r in cfg.rules}
         self.hmac_key = cfg.hmac_key.encode()
+        self.answers = AnswerGuard(cfg, placeholders if placeholders is not None else PlaceholderStore(),
+                                   self.redactor, self.probe, self._actions,
+                                   lambda t, n: FINDINGS.labels(type=t, direction="response").inc(n))
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _rule_for(self, ctx: Context) -> RedactionRule | None:
+    def _rule_for(self, ctx: Context, rules: tuple[tuple[RedactionRule, CompiledMatch, CompiledConditions], ...]
+                  | None = None) -> RedactionRule | None:
         now = datetime.datetime.now(datetime.UTC)
-        for rule, match, when in self.rules:
+        for rule, match, when in self.rules if rules is None else rules:
             if match(ctx.request, ctx.action) and when.first_failure(ctx.principal, ctx.request, now) is None:
                 return rule
         return None
@@ -83,7 +92,15 @@ class RedactionStage(Stage):
         return action_for
 
     def redactor(self, rule: RedactionRule) -> Redactor:
-        return Redactor(self.scanner, self._actions(rule), hmac_key=self.hmac_key)
+        kind = RecordingRedactor if rule.restore else Redactor
+        return kind(self.scanner, self._actions(rule), hmac_key=self.hmac_key)
+
+    def probe(self, rule: RedactionRule) -> Redactor:
+        """A throwaway redactor for the stream hold-back's checks: what it writes for a value does
+        not depend on what came before (a placeholder's number does; a hash does not)."""
+        action_for = self._actions(rule)
+        return Redactor(self.scanner, lambda t: "hash" if action_for(t) == "placeholder" else action_for(t),
+                        hmac_key=self.hmac_key)
 
     # --- Check -----------------------------------------------------------------------------------
 
@@ -94,6 +111,9 @@ class RedactionStage(Stage):
         path = ctx.request.path_only
         if path.startswith(self.cfg.approvals_path + "/"):
             await self._approvals_endpoint(ctx, path[len(self.cfg.approvals_path) + 1:])
+        answer_rule = self._rule_for(ctx, self.response_rules) if self.response_rules else None
+        if answer_rule is not None:
+            want_answer(ctx, answer_rule, "")
         rule = self._rule_for(ctx)
         body = ctx.view.body
         if rule is None or body.kind == "none":
@@ -119,7 +139,7 @@ class RedactionStage(Stage):
             return
         found = red.summary()
         for t, n in found.items():
-            FINDINGS.labels(type=t).inc(n)
+            FINDINGS.labels(type=t, direction="request").inc(n)
         categories = categories_of(found, self.categories)
         action_for = self._actions(rule)
         ctx.facts["redaction"] = {"rule": rule.id, "found": found, "categories": categories,
@@ -140,6 +160,9 @@ class RedactionStage(Stage):
             ACTIONS.labels(action="redacted").inc()
         else:
             ACTIONS.labels(action="tagged").inc()
+        if isinstance(red, RecordingRedactor) and red.originals:
+            # Only a random key travels (Envoy metadata); the mapping stays in this process.
+            want_answer(ctx, answer_rule, self.answers.placeholders.put(red.originals))
 
     async def _require_approval(self, ctx: Context, rule: RedactionRule, held: list[str]) -> None:
         assert rule.approval is not None
@@ -198,8 +221,21 @@ class RedactionStage(Stage):
         raise Answer(reason="approvals.granted", details={"approval_id": approval_id, "status": "granted",
                                                            "for": record["subject"], "types": record["types"]})
 
-def build_redaction_stage(cfg: RedactionConfig, store: Store) -> RedactionStage:
-    return RedactionStage(cfg, store)
+    # --- Process: the answer ----------------------------------------------------------------------
+
+    async def on_response_headers(self, ex: Exchange) -> None:
+        self.answers.on_headers(ex)
+
+    async def on_response_body(self, ex: Exchange) -> None:
+        self.answers.on_body(ex)
+
+    async def on_complete(self, ex: Exchange) -> None:
+        self.answers.on_complete(ex)
+
+
+def build_redaction_stage(cfg: RedactionConfig, store: Store, *,
+                          placeholders: PlaceholderStore | None = None) -> RedactionStage:
+    return RedactionStage(cfg, store, placeholders=placeholders)
 
 
 async def grant(store: Store, approval_id: str, *, approver: str) -> dict[str, Any]:

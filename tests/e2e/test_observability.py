@@ -69,4 +69,4 @@ def test_documented_metrics_exist_and_move(stack):
     assert not missing, f"documented but not exposed: {missing}"
     count = lambda text: sum(float(v) for v in re.findall(r'^authz_decisions_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))  # noqa: E731
     assert count(after) > count(before)
-    assert 'authz_redaction_findings_total{type="email"}' in after
+    assert 'authz_redaction_findings_total{direction="request",type="email"}' in after

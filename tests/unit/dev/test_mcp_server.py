@@ -40,7 +40,8 @@ async def test_the_sdk_client_initializes_lists_and_calls(mcp_url):
 
     tools, result = await session_run(mcp_url, run)
     names = {t.name for t in tools.tools}
-    assert names == {"get_calendar", "list_invoices", "delete_invoice", "search_patients", "whoami"}
+    assert names == {"get_calendar", "list_invoices", "delete_invoice", "search_patients", "whoami",
+                     "customer_record", "customer_credentials"}
     by_name = {t.name: t for t in tools.tools}
     assert by_name["delete_invoice"].annotations.destructive_hint is True
     assert by_name["get_calendar"].annotations.read_only_hint is True
