@@ -346,6 +346,8 @@ class AuditLog:
                 or time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_every_seconds):
             return None
         batch, self._queue = self._queue, []
+        if len(batch) >= self.cfg.queue_size:
+            self._signal_round()  # room again for requests waiting in put()
         for pending in batch:
             self._append_safely(pending)
         lines, last_seq = self._pending, self._seq
