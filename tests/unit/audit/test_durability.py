@@ -202,7 +202,7 @@ async def test_explain_names_the_deciding_stage_and_never_claims_forwarding_of_a
     red, lim, fine = (explain(r, records) for r in ("red", "lim", "ok"))
     assert "by the redaction stage" in red and "rule general-models" not in red and "not forwarded" in red
     assert "by the limits stage" in lim and "not forwarded" in lim
-    assert "ALLOWED by rule general-models" in fine and "forwarded to the general upstream" in fine
+    assert "ALLOWED by rule general-models" in fine and "Check let it through to the general upstream" in fine
     rows = {r["request_id"]: r for r in export_rows(records)}
     assert rows["red"]["stage"] == "redaction" and rows["ok"]["forwarded"] == "yes"
     assert rows["ok"]["issuer"] == "https://idp" and rows["ok"]["body_hmac"] is None
@@ -261,3 +261,13 @@ async def test_a_reload_changes_the_durability_of_the_running_writer(tmp_path, k
     assert "after" in written  # on disk before Check answered: the new setting holds
     await first.close()
     await second.close()
+
+
+def test_explain_says_when_process_refused_what_check_let_through():
+    records = [{"type": "decision", "request_id": "p", "seq": 2, "instance": "i", "decision": "allow", "status": 200,
+                "reason": "ok", "method": "POST", "host": "h", "path": "/v1/chat/completions", "principal": None,
+                "facts": {"route": "general"}},
+               {"type": "outcome", "request_id": "p", "seq": 3, "instance": "i", "status": 0,
+                "facts": {"outcome": "denied"}}]
+    story = explain("p", records)
+    assert "Check let it through to the general upstream" in story and "Process refused it" in story
