@@ -92,8 +92,9 @@ def _story(r: dict[str, Any]) -> list[str]:
         if facts.get("dry_run"):
             lines.append(f"  Dry-run: policy would have denied it ({facts['dry_run']}).")
         if r.get("decision") == "allow":
-            lines.append("  It was forwarded" + (f" to the {facts['route']} upstream." if facts.get("route")
-                                                 else " upstream."))
+            # Process may still refuse it (an outcome "denied"): that line follows from the outcome.
+            lines.append("  Check let it through" + (f" to the {facts['route']} upstream." if facts.get("route")
+                                                      else " to the upstream."))
         else:
             lines.append("  It was not forwarded.")
         if facts.get("limits"):
@@ -101,6 +102,9 @@ def _story(r: dict[str, Any]) -> list[str]:
         if facts.get("redaction"):
             lines.append(f"  Redacted: {json.dumps(facts['redaction'], sort_keys=True)}.")
     elif r.get("type") == "outcome":
+        if facts.get("outcome") == "denied":
+            lines.append("  Process refused it (Process denials are in the decision log as process_denied): "
+                         "it was not forwarded, or its answer was replaced.")
         lines.append(f"  It was answered {r.get('status') or 'with nothing (the exchange ended early)'}"
                      + f" ({facts.get('outcome', 'completed')}).")
         if facts.get("usage"):

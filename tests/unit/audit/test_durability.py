@@ -61,14 +61,36 @@ async def test_answered_hands_the_record_to_the_os_before_check_returns(tmp_path
     await stage.close()
 
 
-async def test_answered_is_one_write_for_many_concurrent_checks(tmp_path, key, monkeypatch):
+async def test_answered_joins_one_group_commit_while_the_writer_has_a_checkpoint_to_write(
+        tmp_path, key, monkeypatch):
     stage = await start_stage(tmp_path, key, durability="answered")
     log = stage.log
+    await stage.on_decision(ctx("warm"), None)  # the segment's opening record is written
+    log._last_checkpoint = 0.0  # a checkpoint is due: the writer's (it fsyncs in a thread)
     flushes = []
     real_flush = log._flush
     monkeypatch.setattr(log, "_flush", lambda *, sync: (flushes.append(len(log._pending)), real_flush(sync=sync)))
     await asyncio.gather(*(stage.on_decision(ctx(f"g{i}"), None) for i in range(50)))
     assert sum(flushes) >= 50 and len(flushes) <= 3, flushes  # group commit, not 50 writes
+    written = [r.get("request_id") for r in on_disk(tmp_path)]
+    assert all(f"g{i}" in written for i in range(50))
+    await stage.close()
+    assert verify([tmp_path], key.public_key()).status == 0
+
+
+async def test_answered_writes_through_when_the_writer_is_idle(tmp_path, key, monkeypatch):
+    """No waiting for the writer's tick or task: the request writes what is queued itself."""
+    stage = await start_stage(tmp_path, key, durability="answered")
+    log = stage.log
+    await stage.on_decision(ctx("warm"), None)
+    assert log.offer({"type": "outcome", "request_id": "earlier", "status": 200})  # queued by Process
+    woken = []
+    monkeypatch.setattr(log, "_wake_writer", lambda: woken.append(1))
+    for i in range(5):
+        await stage.on_decision(ctx(f"t{i}"), None)
+        assert f"t{i}" in [r.get("request_id") for r in on_disk(tmp_path)]
+    assert "earlier" in [r.get("request_id") for r in on_disk(tmp_path)] and not woken
+    monkeypatch.undo()
     await stage.close()
     assert verify([tmp_path], key.public_key()).status == 0
 
@@ -180,7 +202,7 @@ async def test_explain_names_the_deciding_stage_and_never_claims_forwarding_of_a
     red, lim, fine = (explain(r, records) for r in ("red", "lim", "ok"))
     assert "by the redaction stage" in red and "rule general-models" not in red and "not forwarded" in red
     assert "by the limits stage" in lim and "not forwarded" in lim
-    assert "ALLOWED by rule general-models" in fine and "forwarded to the general upstream" in fine
+    assert "ALLOWED by rule general-models" in fine and "Check let it through to the general upstream" in fine
     rows = {r["request_id"]: r for r in export_rows(records)}
     assert rows["red"]["stage"] == "redaction" and rows["ok"]["forwarded"] == "yes"
     assert rows["ok"]["issuer"] == "https://idp" and rows["ok"]["body_hmac"] is None
@@ -241,3 +263,13 @@ async def test_a_reload_changes_the_durability_of_the_running_writer(tmp_path, k
     assert "after" in written  # on disk before Check answered: the new setting holds
     await first.close()
     await second.close()
+
+
+def test_explain_says_when_process_refused_what_check_let_through():
+    records = [{"type": "decision", "request_id": "p", "seq": 2, "instance": "i", "decision": "allow", "status": 200,
+                "reason": "ok", "method": "POST", "host": "h", "path": "/v1/chat/completions", "principal": None,
+                "facts": {"route": "general"}},
+               {"type": "outcome", "request_id": "p", "seq": 3, "instance": "i", "status": 0,
+                "facts": {"outcome": "denied"}}]
+    story = explain("p", records)
+    assert "Check let it through to the general upstream" in story and "Process refused it" in story
