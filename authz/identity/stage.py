@@ -46,6 +46,7 @@ from authz.identity.errors import (
     CredentialsMissing,
     CredentialsMultiple,
     IdentityError,
+    TokenMalformed,
     TokenTooLarge,
 )
 from authz.identity.jwks import HttpClient, SessionFactory, build_key_source
@@ -96,6 +97,8 @@ class IdentityStage(Stage):
         self._owned_set = frozenset(self._owned)
         self._api_header = cfg.api_keys.header if api_keys is not None else None
         self._api_scheme = cfg.api_keys.scheme.lower() if api_keys is not None else None
+        self._token_headers = tuple(n for n in cfg.token_headers if n != self._api_header)
+        self._api_header_tokens = self._api_header is not None and self._api_header in cfg.token_headers
         self._metadata_url = metadata_url(cfg)
         self._scope = " ".join(cfg.challenge_scopes) or None
         self._max_header = cfg.max_token_bytes + 64
@@ -137,15 +140,23 @@ class IdentityStage(Stage):
     async def _authenticate(self, request: Request, path: str) -> tuple[Principal, dict[str, Any]]:
         authorization = request.header_values("authorization")
         api_values = request.header_values(self._api_header) if self._api_header else ()
-        count = len(authorization) + len(api_values)
+        token_values: tuple[str, ...] = ()
+        for name in self._token_headers:
+            token_values += request.header_values(name)
+        count = len(authorization) + len(api_values) + len(token_values)
         if count == 0:
             if path_matches(path, self.cfg.anonymous_paths):
                 return ANONYMOUS, {"credential": "anonymous"}
             raise CredentialsMissing()
         if count > 1:
             raise CredentialsMultiple()
+        if token_values:
+            return await self._bearer(self._token_value(token_values[0]))
         if api_values:
-            return await self._api_key(api_values[0].strip(" \t"))
+            value = api_values[0].strip(" \t")
+            if self._api_header_tokens and value.count(".") == 2:  # a JWT, not an API key
+                return await self._bearer(self._token_value(value))
+            return await self._api_key(value)
         value = authorization[0]
         if len(value) > self._max_header:
             raise TokenTooLarge()
@@ -162,6 +173,14 @@ class IdentityStage(Stage):
             raise CredentialsMalformed()
         raise CredentialsBadScheme()
 
+    def _token_value(self, value: str) -> str:
+        """A token header's value as the token (a "Bearer " prefix is tolerated)."""
+        if len(value) > self._max_header:
+            raise TokenTooLarge()
+        value = value.strip(" \t")
+        scheme, sep, rest = value.partition(" ")
+        return rest.strip(" ") if sep and scheme.lower() == "bearer" else value
+
     async def _bearer(self, token: str) -> tuple[Principal, dict[str, Any]]:
         if not token:
             raise CredentialsMalformed("the Bearer scheme needs a token")
@@ -172,7 +191,11 @@ class IdentityStage(Stage):
         verified = self.verifier.cached(token)
         if verified is None:
             if not _B64TOKEN.match(token):
-                raise CredentialsMalformed("the bearer token has invalid characters")
+                # RFC 6750 §3.1: a malformed token is invalid_token; whitespace inside the
+                # credential is a malformed request (two tokens, a header split) invalid_request.
+                if any(c.isspace() for c in token):
+                    raise CredentialsMalformed("the bearer credential contains whitespace")
+                raise TokenMalformed("the bearer token has invalid characters")
             verified = await self.verifier.verify_fresh(token)
         p = verified.principal
         facts: dict[str, Any] = {"credential": "jwt", "issuer": verified.issuer_name,
@@ -244,6 +267,8 @@ class IdentityStage(Stage):
         m.remove_header("authorization")
         if self._api_header:
             m.remove_header(self._api_header)
+        for name in self._token_headers:
+            m.remove_header(name)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
