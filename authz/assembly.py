@@ -46,4 +46,5 @@ def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None
         stages.append(build_redaction_stage(config.redaction, store))
     if config.audit.enabled:  # last: it records what every other stage decided
         stages.append(build_audit_stage(config.audit, instance=config.instance_id))
-    return Pipeline(stages, reader=Reader(config.policy.protocols), stash=shared.stash)
+    return Pipeline(stages, reader=Reader(config.policy.protocols), stash=shared.stash,
+                    sealed_prefix=config.server.header_namespace)

@@ -78,7 +78,8 @@ def test_process_unreachable_means_503_even_after_check_allowed():
     def process_to_nowhere(cfg):
         filters = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         ext_proc = next(f for f in filters["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
-        ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = "nowhere"
+        ext_proc["typed_config"]["extension_config"]["typed_config"]["grpc_service"]["envoy_grpc"][
+            "cluster_name"] = "nowhere"
         authz = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == "authz")
         nowhere = json.loads(json.dumps(authz).replace('"authz"', '"nowhere"'))
         nowhere["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
