@@ -43,6 +43,10 @@ def encode(h: Handoff) -> dict[str, str]:
         doc["a"] = {"protocol": a.protocol, "kind": a.kind, "name": a.name, "model": a.model,
                     "id": json.dumps(a.jsonrpc_id), "stream": a.stream, "notification": a.notification,
                     "max_tokens": a.max_tokens}
+        if a.revision is not None:
+            doc["a"]["rev"] = a.revision
+        if a.retry:
+            doc["a"]["retry"] = True
     if h.headers:
         doc["h"] = h.headers
     if h.filter_tools:
@@ -69,7 +73,7 @@ def decode(text: str) -> Handoff:
     if a is not None:
         h.action = Action(protocol=a["protocol"], kind=a["kind"], name=a["name"], model=a["model"],
                           jsonrpc_id=json.loads(a["id"]), stream=a["stream"], notification=a["notification"],
-                          max_tokens=a["max_tokens"])
+                          max_tokens=a["max_tokens"], revision=a.get("rev"), retry=a.get("retry", False))
     m = doc.get("m")
     if m is not None:
         h.metering = Metering(reservations=tuple(Reservation(*r) for r in m["r"]), model=m["model"],
