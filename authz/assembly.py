@@ -15,6 +15,7 @@ from authz.policy.stage import PolicyStage, challenge_for
 from authz.redaction.stage import build_redaction_stage
 from authz.request import BodyStash, Reader
 from authz.routing import RoutingStage
+from authz.sessions.stage import SessionStage
 from authz.store import Store
 
 
@@ -28,7 +29,7 @@ class Shared:
 
 
 def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None) -> Pipeline:
-    """identity → policy → routing → limits → redaction → audit.
+    """identity → sessions → policy → routing → limits → redaction → audit.
 
     Before them all, the request is read once (``Reader``, by ``policy.protocols``); every stage
     works on that reading. Each stage is built from its config section (and the shared store);
@@ -38,6 +39,10 @@ def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None
     shared = shared or Shared()
     stages: list[Stage] = [
         build_identity_stage(config.identity, store=store, keyring=shared.keyring),
+    ]
+    if config.sessions.enabled:  # a session id is honoured only for the principal that opened it
+        stages.append(SessionStage(config.sessions, store))
+    stages += [
         PolicyStage(config.policy, challenge=challenge_for(metadata_url(config.identity))),
         RoutingStage(config.routing),
         LimitsStage(config.limits, store, meter_all=config.audit.enabled),

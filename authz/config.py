@@ -27,6 +27,7 @@ from authz.policy.config import PolicyConfig
 from authz.redaction.config import RedactionConfig
 from authz.routing.config import RoutingConfig
 from authz.schema import Model
+from authz.sessions.config import SessionsConfig
 from authz.tracing import TracingConfig
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
@@ -122,6 +123,7 @@ class Config(Model):
     limits: LimitsConfig = LimitsConfig()
     redaction: RedactionConfig = RedactionConfig()
     audit: AuditConfig = AuditConfig()
+    sessions: SessionsConfig = SessionsConfig()
     tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")

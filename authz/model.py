@@ -104,6 +104,7 @@ class Handoff:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     filter_tools: bool = False
     metering: Metering | None = None
+    session_owner: str = ""         # MCP initialize: who the session id in the answer belongs to
 
     def want_body(self, which: str, mode: str) -> None:
         """Ask for a body; "buffered" wins over "streamed" when two stages ask."""
@@ -115,7 +116,7 @@ class Handoff:
     @property
     def needed(self) -> bool:
         """Whether Process has anything to do for this request."""
-        return bool(self.request_body or self.response_body)
+        return bool(self.request_body or self.response_body or self.session_owner)
 
     def request_for_conditions(self, request: Request) -> Request:
         """``request`` as Check saw it, for evaluating conditions in Process."""

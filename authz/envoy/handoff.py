@@ -51,6 +51,8 @@ def encode(h: Handoff) -> dict[str, str]:
         doc["h"] = h.headers
     if h.filter_tools:
         doc["tools"] = True
+    if h.session_owner:
+        doc["so"] = h.session_owner
     if h.metering is not None:
         m = h.metering
         doc["m"] = {"model": m.model, "stream": m.stream,
@@ -63,7 +65,7 @@ def decode(text: str) -> Handoff:
     doc = json.loads(text)
     h = Handoff(request_body=doc.get("rb", ""), response_body=doc.get("pb", ""), body_key=doc.get("key", ""),
                 source_address=doc.get("src", ""), checked_at=doc.get("at", 0.0), headers=doc.get("h", {}),
-                filter_tools=doc.get("tools", False))
+                filter_tools=doc.get("tools", False), session_owner=doc.get("so", ""))
     p = doc.get("p")
     if p is not None:
         h.principal = Principal(subject=p["sub"], issuer=p["iss"], email=p["email"], tenant=p["tenant"],
