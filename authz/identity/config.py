@@ -453,6 +453,9 @@ class IdentityConfig(Model):
     # the API-key header, a value shaped like a JWT (three dot-separated parts) is a token and
     # anything else an API key. Removed before the upstream like Authorization.
     token_headers: tuple[str, ...] = ()
+    # /readyz fails while no issuer's keys could be fetched (every bearer token would be 503):
+    # false keeps a replica ready for API keys or anonymous paths during an IdP outage.
+    required_for_readiness: bool = True
     headers: HeaderNames = HeaderNames()
     assertion: AssertionConfig = AssertionConfig()
     token_cache: TokenCacheConfig = TokenCacheConfig()

@@ -19,6 +19,8 @@ with fixed texts; ``ctx.facts["identity"]`` records safe facts for audit, never 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -105,6 +107,9 @@ class IdentityStage(Stage):
         self._prepared: dict[int, tuple[Principal, tuple[tuple[str, str], ...], str | None]] = {}
         self._prepared_max = max(1024, cfg.token_cache.max_entries)
         self._bind_request = cfg.assertion.binding == "request"
+        self._warming: asyncio.Task[None] | None = None
+        self._warm_interval = max(1.0, min((i.jwks_cache.refetch_interval_seconds for i in cfg.issuers),
+                                           default=5.0))
 
     # --- the hook --------------------------------------------------------------------------------
 
@@ -277,11 +282,35 @@ class IdentityStage(Stage):
         return self.signer.jwks() if self.signer is not None else {"keys": []}
 
     async def warm(self) -> None:
-        """Fetch every remote issuer's keys now (optional; otherwise the first token does)."""
-        for issuer in self.verifier.issuers:
-            await issuer.keys.warm()
+        """Fetch every remote issuer's keys now, all at once (bounded by each issuer's fetch
+        timeouts; never raises)."""
+        await asyncio.gather(*(issuer.keys.warm() for issuer in self.verifier.issuers))
+
+    async def start(self) -> None:
+        """At start (and for each new config generation): fetch the keys, and keep trying in
+        the background for issuers that did not answer, so readiness does not wait for a
+        token that a not-ready sidecar will never get."""
+        await self.warm()
+        if not self.health()["ok"]:
+            self._warming = asyncio.get_running_loop().create_task(self._keep_warming())
+
+    async def _keep_warming(self) -> None:
+        while not all(i.keys.state()["ok"] for i in self.verifier.issuers):
+            await asyncio.sleep(self._warm_interval)
+            await self.warm()
+
+    def health(self) -> dict[str, object]:
+        """Readiness: each issuer's key state; ok when tokens of at least one issuer can be
+        verified (or when there is nothing to verify: identity off, or no issuer configured)."""
+        issuers = {i.name: i.keys.state() for i in self.verifier.issuers}
+        ok = not self.cfg.enabled or not issuers or any(s["ok"] for s in issuers.values())
+        return {"ok": ok, "required": self.cfg.required_for_readiness, "issuers": issuers}
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._warming
         await self.verifier.close()
         if self._http is not None:
             await self._http.close()
