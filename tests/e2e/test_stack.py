@@ -62,7 +62,7 @@ def test_the_sidecars_other_endpoints_are_not_reachable_through_envoy(stack):
 
 
 def test_sidecar_down_means_503_not_200():
-    with Stack(upstreams=True, issuer=False) as s, httpx.Client(base_url=s.url, timeout=10) as http:
+    with Stack(upstreams=True) as s, httpx.Client(base_url=s.url, timeout=10) as http:  # issuer up: ready
         assert http.get("/v1/models").status_code == 401  # the sidecar answers
         s.stop_authz()
         for path in ("/v1/models", "/mcp", "/anything"):
