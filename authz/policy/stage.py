@@ -92,7 +92,7 @@ class PolicyStage(Stage):
             raise self._denial(decision, request, action)
         if decision.rewrite_model:
             self._rewrite_model(ctx, decision.rewrite_model)
-        if action.protocol == "mcp" and action.kind == "tools/list" and self.cfg.filter_tools_list:
+        if action.protocol == "mcp" and action.kind in _PER_CALLER and self.cfg.filter_tools_list:
             h = ctx.handoff
             h.want_body("response", "buffered")
             h.filter_tools = True
@@ -143,13 +143,14 @@ class PolicyStage(Stage):
         now = datetime.datetime.fromtimestamp(h.checked_at, datetime.UTC)
         content_type = ex.response_headers.get("content-type", "").lower()
         sse = "text/event-stream" in content_type
+        kind = h.action.kind if h.action is not None else "tools/list"
         try:
             if sse:
                 new, hidden, changed = _filter_sse(
-                    ex.response_body, lambda m: self._filter_message(m, principal, request, now))
+                    ex.response_body, lambda m: self._filter_message(m, principal, request, now, kind))
             else:
-                new, hidden, changed = _filter_json(ex.response_body,
-                                           lambda m: self._filter_message(m, principal, request, now))
+                new, hidden, changed = _filter_json(
+                    ex.response_body, lambda m: self._filter_message(m, principal, request, now, kind))
         except _Unreadable as exc:
             # A list we cannot read is a list we cannot filter, and a client may read it all the
             # same (lenient JSON, several data lines): it is replaced, never passed on.
@@ -167,10 +168,27 @@ class PolicyStage(Stage):
         if changed:
             ex.mutations.replace_body(new)
 
+    def _reflect_capabilities(self, result: Any, principal: Principal, request: Request,
+                              now: datetime.datetime, kind: str) -> bool:
+        """A ``server/discover`` or ``initialize`` answer lists only the capabilities this
+        caller may use (``tools`` when it may list tools, ...); a discover answer is then this
+        caller's alone (private, bounded ttlMs). Whether anything changed."""
+        if not isinstance(result, dict) or not isinstance(result.get("capabilities"), dict):
+            return False
+        caps = result["capabilities"]
+        gone = [c for c, method in _CAPABILITY_METHODS.items()
+                if c in caps and not self.policy.may_use(principal, request, method, now)]
+        for c in gone:
+            del caps[c]
+        private = kind == "server/discover" and _mark_private(result, self.cfg.filtered_list_max_ttl_ms)
+        return bool(gone) or private
+
     def _filter_message(self, msg: Any, principal: Principal, request: Request,
-                        now: datetime.datetime) -> tuple[int, bool]:
+                        now: datetime.datetime, kind: str = "tools/list") -> tuple[int, bool]:
         """(tools hidden, whether the message changed)."""
         result = msg.get("result") if isinstance(msg, dict) else None
+        if kind != "tools/list":
+            return 0, self._reflect_capabilities(result, principal, request, now, kind)
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
             return 0, False
@@ -196,6 +214,12 @@ def _mark_private(result: dict[str, Any], max_ttl_ms: int) -> bool:
         result["ttlMs"] = max_ttl_ms
         changed = True
     return changed
+
+
+# MCP requests answered per caller in Process (the answer is rewritten for who asked).
+_PER_CALLER = ("tools/list", "server/discover", "initialize")
+# A capability a server lists, and the request a caller needs to be allowed to use it.
+_CAPABILITY_METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list"}
 
 
 class _Unreadable(ValueError):

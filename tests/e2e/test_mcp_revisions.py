@@ -132,3 +132,45 @@ def test_a_2026_header_on_a_2025_body_is_refused(stack):
                         json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
     assert r.status_code == 400 and r.headers["x-authz-reason"] == "mcp.version_mismatch"
     assert json.loads(r.text)["error"]["code"] == -32020
+
+
+@pytest.fixture(scope="module")
+def prompts_for_writers(tmp_path_factory):
+    """The reference config, except that only writers may list prompts and nobody lists resources."""
+    import yaml
+
+    from authz.dev.stack import REFERENCE_CONFIG
+    from tests.e2e.conftest import running_stack
+
+    cfg = yaml.safe_load(REFERENCE_CONFIG.read_text())
+    session = next(r for r in cfg["policy"]["rules"] if r["id"] == "mcp-session")
+    session["match"]["mcp"]["methods"] = [m for m in session["match"]["mcp"]["methods"]
+                                          if m not in ("prompts/list", "resources/list", "resources/templates/list")]
+    cfg["policy"]["rules"].insert(0, {"id": "writers-prompts", "require": {"roles_any": ["writer"]},
+                                      "match": {"paths": ["/mcp"], "mcp": {"methods": ["prompts/list"]}}})
+    path = tmp_path_factory.mktemp("discover") / "authz.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with running_stack(path) as running:
+        yield running
+
+
+def test_discover_and_initialize_list_only_the_capabilities_the_caller_may_use(prompts_for_writers):
+    stack = prompts_for_writers
+    oscar = stack.token("oscar", roles=["accounting"])
+    wendy = stack.token("wendy", roles=["writer"])
+    headers, body = modern("server/discover")
+    seen = {}
+    for who, tok in (("oscar", oscar), ("wendy", wendy)):
+        r = stack.http.post("/mcp", headers={**headers, **stack.auth(tok)}, json=body)
+        assert r.status_code == 200, r.text
+        result = r.json()["result"]
+        assert result["cacheScope"] == "private"
+        seen[who] = set(result["capabilities"])
+    assert "tools" in seen["oscar"] and not {"prompts", "resources"} & seen["oscar"]
+    assert {"tools", "prompts"} <= seen["wendy"] and "resources" not in seen["wendy"]
+
+    r = stack.http.post("/mcp", headers={**MCP_HEADERS, **stack.auth(oscar)}, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}})
+    assert r.status_code == 200 and "prompts" not in r.json()["result"]["capabilities"]
+    assert "tools" in r.json()["result"]["capabilities"]
