@@ -5,6 +5,7 @@ identity; a header that disagrees with the body is refused."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import anyio
@@ -47,6 +48,26 @@ def test_sdk_client_gets_the_same_filtering_and_policy_in_both_eras(stack, mode)
     with pytest.raises(BaseException) as info:
         anyio.run(with_client, stack.url, token, mode, refused)
     assert "403" in repr(info.value) or "insufficient" in repr(info.value).lower()
+
+    async def secret(client):  # redaction: a secret in tool arguments is blocked, in both eras
+        return await client.call_tool("get_calendar", {"day": "mon ghp_" + "Z" * 36})
+
+    with pytest.raises(BaseException) as info:
+        anyio.run(with_client, stack.url, token, mode, secret)
+    assert "redaction" in repr(info.value).lower() or "403" in repr(info.value)
+
+    # audit: the same action recorded whatever the revision (the tool, the reason); the writer
+    # flushes in the background, so give it a moment
+    reasons: set[str] = set()
+    for _ in range(50):
+        records = [json.loads(line) for f in sorted((stack.stack.workdir / "audit").rglob("*.jsonl"))
+                   for line in f.read_text().splitlines() if line.strip()]
+        reasons = {r["reason"] for r in records if r.get("action", {}).get("name") == "get_calendar"
+                   and r.get("facts", {}).get("identity", {}).get("subject") == "oscar"}
+        if reasons >= {"ok", "redaction.blocked"}:
+            break
+        time.sleep(0.1)
+    assert reasons >= {"ok", "redaction.blocked"}
 
 
 def modern(method: str, params: dict[str, Any] | None = None, *, version: str = MODERN, jsonrpc_id: Any = 1,
