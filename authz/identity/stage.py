@@ -290,12 +290,17 @@ class IdentityStage(Stage):
         """At start (and for each new config generation): fetch the keys, and keep trying in
         the background for issuers that did not answer, so readiness does not wait for a
         token that a not-ready sidecar will never get."""
+        if not self.cfg.enabled:
+            return
         await self.warm()
-        if not self.health()["ok"]:
+        if not self._all_keys():
             self._warming = asyncio.get_running_loop().create_task(self._keep_warming())
 
+    def _all_keys(self) -> bool:
+        return all(i.keys.state()["ok"] for i in self.verifier.issuers)
+
     async def _keep_warming(self) -> None:
-        while not all(i.keys.state()["ok"] for i in self.verifier.issuers):
+        while not self._all_keys():
             await asyncio.sleep(self._warm_interval)
             await self.warm()
 
