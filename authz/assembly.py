@@ -17,6 +17,7 @@ from authz.redaction.restore import PlaceholderStore
 from authz.redaction.stage import build_redaction_stage
 from authz.request import BodyStash, Reader
 from authz.routing import RoutingStage
+from authz.sessions.stage import SessionStage
 from authz.store import Store
 
 
@@ -32,7 +33,7 @@ class Shared:
 
 
 def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None) -> Pipeline:
-    """identity → policy → routing → limits → redaction → audit.
+    """identity → sessions → policy → routing → limits → redaction → audit.
 
     Before them all, the request is read once (``Reader``, by ``policy.protocols``); every stage
     works on that reading. Each stage is built from its config section (and the shared store);
@@ -42,6 +43,10 @@ def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None
     shared = shared or Shared()
     stages: list[Stage] = [
         build_identity_stage(config.identity, store=store, keyring=shared.keyring),
+    ]
+    if config.sessions.enabled:  # a session id is honoured only for the principal that opened it
+        stages.append(SessionStage(config.sessions, store))
+    stages += [
         PolicyStage(config.policy, challenge=challenge_for(metadata_url(config.identity))),
         RoutingStage(config.routing),
         LimitsStage(config.limits, store, meter_all=config.audit.enabled),
@@ -50,4 +55,5 @@ def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None
         stages.append(build_redaction_stage(config.redaction, store, placeholders=shared.placeholders))
     if config.audit.enabled:  # last: it records what every other stage decided
         stages.append(build_audit_stage(config.audit, instance=config.instance_id, logs=shared.audit_logs))
-    return Pipeline(stages, reader=Reader(config.policy.protocols), stash=shared.stash)
+    return Pipeline(stages, reader=Reader(config.policy.protocols), stash=shared.stash,
+                    sealed_prefix=config.server.header_namespace)

@@ -27,6 +27,7 @@ from authz.policy.config import PolicyConfig
 from authz.redaction.config import RedactionConfig
 from authz.routing.config import RoutingConfig
 from authz.schema import Model
+from authz.sessions.config import SessionsConfig
 from authz.signin.config import SigninConfig
 from authz.tracing import TracingConfig
 
@@ -38,6 +39,11 @@ def _check_address(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT (port 0-65535), got {value!r}")
     return value
+
+
+# Prefixes a header namespace must not cover: they belong to the proxy, tracing or the client.
+_HEADERS_NOT_OURS = ("x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-envoy-internal",
+                     "x-b3-traceid", "x-api-key", "x-real-ip")
 
 
 class ServerConfig(Model):
@@ -56,6 +62,19 @@ class ServerConfig(Model):
     # uvloop: libuv's event loop (measured ~20% more Checks per second than asyncio's own on the
     # 2-core dev box, the gRPC hop included); asyncio: the standard library's. Takes effect at start.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # The sidecar's header namespace: every request header under it is removed before the stages
+    # set theirs, so no client-sent value under it ever reaches the upstream.
+    header_namespace: str = "x-authz-"
+
+    @field_validator("header_namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        v = v.lower()
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{2,62}-", v) or any(
+                h.startswith(v) for h in _HEADERS_NOT_OURS):
+            raise ValueError("must be a lower-case header name prefix ending in '-' (such as "
+                             "x-authz-) that covers no standard header")
+        return v
 
     @field_validator("grpc_address", "http_address")
     @classmethod
@@ -105,6 +124,7 @@ class Config(Model):
     limits: LimitsConfig = LimitsConfig()
     redaction: RedactionConfig = RedactionConfig()
     audit: AuditConfig = AuditConfig()
+    sessions: SessionsConfig = SessionsConfig()
     tracing: TracingConfig = TracingConfig()
     signin: SigninConfig = SigninConfig()
 

@@ -109,6 +109,7 @@ class Handoff:
     metering: Metering | None = None
     response_rule: str = ""         # the redaction rule that scans the answer
     restore_key: str = ""           # the request's placeholders, kept in the PlaceholderStore
+    session_owner: str = ""         # MCP initialize: who the session id in the answer belongs to
 
     def want_body(self, which: str, mode: str) -> None:
         """Ask for a body; when two stages ask, the mode that sees more wins (buffered, then
@@ -121,7 +122,7 @@ class Handoff:
     @property
     def needed(self) -> bool:
         """Whether Process has anything to do for this request."""
-        return bool(self.request_body or self.response_body)
+        return bool(self.request_body or self.response_body or self.session_owner)
 
     def request_for_conditions(self, request: Request) -> Request:
         """``request`` as Check saw it, for evaluating conditions in Process."""

@@ -69,8 +69,9 @@ class Pipeline:
     """Runs stages in order for each phase. Immutable once built; reload swaps the whole object."""
 
     def __init__(self, stages: Sequence[Stage], *, reader: Reader | None = None,
-                 stash: BodyStash | None = None) -> None:
+                 stash: BodyStash | None = None, sealed_prefix: str = "x-authz-") -> None:
         self.stages = tuple(stages)
+        self.sealed_prefix = sealed_prefix  # request headers under it never reach the upstream
         self.reader = reader or Reader()
         # The runtime passes its own: it outlives a reload (an empty stash is falsy: test for None).
         self.stash = stash if stash is not None else BodyStash()
@@ -93,8 +94,17 @@ class Pipeline:
 
     async def check(self, ctx: Context) -> None:
         """Run ``Check``'s stages; when they rewrote the body, encode it once and keep it for
-        Process to forward. Raises ``Deny``."""
+        Process to forward. Raises ``Deny``.
+
+        Every request header under the sidecar's namespace is removed first, whoever set it;
+        a stage that sets one of them after that wins over the removal."""
+        m = ctx.mutations
+        prefix = self.sealed_prefix
+        if prefix:
+            m.remove_headers.update(n for n in ctx.request.headers if n.startswith(prefix))
         await self.run("on_request", ctx)
+        if m.remove_headers and m.set_headers:
+            m.remove_headers.difference_update(m.set_headers)
         out = ctx.outgoing
         if out is not None and out.changed:
             ctx.handoff.body_key = self.stash.put(ctx.request.body, out.encode())

@@ -259,6 +259,12 @@ class Runtime:
         components["draining"] = {"ok": not self.draining}
         store_required = bool(self.current and self.current.config.store.required_for_readiness)
         ready = cfg_ok and not self.draining and (self.store_health.ok or not store_required)
+        # Stages that depend on something outside (identity: each issuer's keys) report it.
+        for stage in self.current.pipeline.stages if self.current else ():
+            health = getattr(stage, "health", None)
+            if health is not None:
+                state = components[stage.name] = health()
+                ready = ready and (bool(state["ok"]) or not state.get("required", True))
         return ready, components
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -24,7 +24,7 @@ from authz.pipeline import Stage
 
 FACT_KEYS = frozenset(("rule", "route", "tool", "target", "model", "requested_model", "dry_run", "limits",
                        "redaction", "tools_hidden", "tools_list_refused", "model_rewritten", "budgets",
-                       "usage", "outcome", "approval_granted"))
+                       "usage", "outcome", "approval_granted", "mcp_session"))
 # subject and client repeat the principal; api_key is the label of the key used (never the key).
 IDENTITY_KEYS = frozenset(("issuer", "credential", "cache_hit", "subject", "client", "api_key"))
 POLICY_KEYS = frozenset(("allowed", "reason", "rule", "required_scopes", "dry_run", "rewrite_model"))

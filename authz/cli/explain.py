@@ -62,7 +62,7 @@ async def explain(config_path: str, request: Request, principal: Principal) -> d
         await PolicyStage(config.policy, explain=True).on_request(ctx)
         await RoutingStage(config.routing).on_request(ctx)
     except Deny as deny:
-        denial = render_denial(deny, None)
+        denial = render_denial(deny, None, protocol=ctx.view.protocol, action=ctx.view.action)
         out.update(decision="deny", status=deny.status, reason=deny.reason, message=deny.message,
                    response_headers=denial.headers, policy=ctx.facts.get("policy"))
         return out

@@ -180,16 +180,18 @@ class UpstreamHeader:
         await self.app(scope, receive, tagged)
 
 
-def build_app() -> ASGIApp:
-    """The ASGI app: ``/mcp`` (JSON answers) and ``/mcp/sse`` (SSE answers), stateless. Build a
-    new one per server run (the SDK's session manager runs once per instance)."""
+def build_app(*, stateful: bool = False) -> ASGIApp:
+    """The ASGI app: ``/mcp`` (JSON answers) and ``/mcp/sse`` (SSE answers); stateless unless
+    ``stateful`` (then 2025 clients get an ``Mcp-Session-Id`` from initialize and must send it).
+    Build a new one per server run (the SDK's session manager runs once per instance)."""
     # Behind Envoy the Host header is the gateway's. The SDK turns on its DNS-rebinding check
     # (Host must be 127.0.0.1/localhost) by default and would answer 421; the sidecar is the gate here.
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     json_app = build_server().streamable_http_app(
-        streamable_http_path="/mcp", json_response=True, stateless_http=True, transport_security=security)
+        streamable_http_path="/mcp", json_response=True, stateless_http=not stateful, transport_security=security)
     sse_app = build_server().streamable_http_app(
-        streamable_http_path="/mcp/sse", json_response=False, stateless_http=True, transport_security=security)
+        streamable_http_path="/mcp/sse", json_response=False, stateless_http=not stateful,
+        transport_security=security)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -217,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                                 description="The demo MCP server (Streamable HTTP at /mcp).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--stateful", action="store_true",
+                   help="hand 2025 clients a session id (Mcp-Session-Id) at initialize")
     args = p.parse_args(argv)
     configure_logging()
     sock = bind(args.host, args.port)
-    server = _Server(uvicorn.Config(build_app(), log_level="warning", lifespan="on"),
+    server = _Server(uvicorn.Config(build_app(stateful=args.stateful), log_level="warning", lifespan="on"),
                      on_started=lambda: log.info("demo MCP server listening on %s/mcp", url_of(sock)))
 
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the previous handler: make

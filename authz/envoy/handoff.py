@@ -43,10 +43,16 @@ def encode(h: Handoff) -> dict[str, str]:
         doc["a"] = {"protocol": a.protocol, "kind": a.kind, "name": a.name, "model": a.model,
                     "id": json.dumps(a.jsonrpc_id), "stream": a.stream, "notification": a.notification,
                     "max_tokens": a.max_tokens}
+        if a.revision is not None:
+            doc["a"]["rev"] = a.revision
+        if a.retry:
+            doc["a"]["retry"] = True
     if h.headers:
         doc["h"] = h.headers
     if h.filter_tools:
         doc["tools"] = True
+    if h.session_owner:
+        doc["so"] = h.session_owner
     if h.metering is not None:
         m = h.metering
         doc["m"] = {"model": m.model, "stream": m.stream,
@@ -64,7 +70,7 @@ def decode(text: str) -> Handoff:
     h = Handoff(request_body=doc.get("rb", ""), response_body=doc.get("pb", ""), body_key=doc.get("key", ""),
                 source_address=doc.get("src", ""), checked_at=doc.get("at", 0.0), headers=doc.get("h", {}),
                 filter_tools=doc.get("tools", False), response_rule=doc.get("rr", ""),
-                restore_key=doc.get("rk", ""))
+                restore_key=doc.get("rk", ""), session_owner=doc.get("so", ""))
     p = doc.get("p")
     if p is not None:
         h.principal = Principal(subject=p["sub"], issuer=p["iss"], email=p["email"], tenant=p["tenant"],
@@ -74,7 +80,7 @@ def decode(text: str) -> Handoff:
     if a is not None:
         h.action = Action(protocol=a["protocol"], kind=a["kind"], name=a["name"], model=a["model"],
                           jsonrpc_id=json.loads(a["id"]), stream=a["stream"], notification=a["notification"],
-                          max_tokens=a["max_tokens"])
+                          max_tokens=a["max_tokens"], revision=a.get("rev"), retry=a.get("retry", False))
     m = doc.get("m")
     if m is not None:
         h.metering = Metering(reservations=tuple(Reservation(*r) for r in m["r"]), model=m["model"],

@@ -21,7 +21,7 @@ from authz.envoy import process as proc_adapter
 from authz.errors import Answer, BadRequest, Deny, InternalError
 from authz.model import Context, Exchange, Handoff, Mutations, Request
 from authz.pipeline import Pipeline
-from authz.responses import render_denial
+from authz.responses import Denial, render_denial
 from authz.runtime import Runtime
 
 log = logging.getLogger("authz.decision")
@@ -77,7 +77,10 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
             # An Answer (an approval granted) travels the denial path but refuses nothing.
             self._record("answer" if isinstance(deny, Answer) else "deny", deny.reason, deny.status,
                          req, ctx, message=deny.message)
-            denied: bytes = check_adapter.deny_response(render_denial(deny, req)).SerializeToString()
+            view = ctx.view if ctx is not None else None
+            denial = render_denial(deny, req, protocol=view.protocol if view else "",
+                                   action=view.action if view else None)
+            denied: bytes = check_adapter.deny_response(denial).SerializeToString()
             return denied
         finally:
             self._inflight.dec()
@@ -155,8 +158,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                         "event": "process_denied", "reason": deny.reason, "status": deny.status,
                         "request_id": ex.request.id if ex else "", "phase": kind}})
                     metrics.DECISIONS.labels(decision="deny", reason=deny.reason).inc()
-                    yield proc_adapter.immediate_response(
-                        render_denial(deny, ex.request if ex else None))
+                    yield proc_adapter.immediate_response(self._denial(pipeline, deny, ex))
                     return
                 finally:
                     self._seconds.observe(time.perf_counter() - started)
@@ -164,7 +166,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         except Exception:
             outcome = "error"
             proc_log.exception("Process stream failed")
-            yield proc_adapter.immediate_response(render_denial(InternalError(), ex.request if ex else None))
+            yield proc_adapter.immediate_response(self._denial(pipeline, InternalError(), ex))
         finally:
             self._inflight.dec()
             if ex is not None and ex.response_status == 0 and outcome == "completed":
@@ -178,6 +180,15 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                 _completions.add(task)
                 task.add_done_callback(_completions.discard)
                 await asyncio.shield(task)
+
+    @staticmethod
+    def _denial(pipeline: Pipeline, deny: Deny, ex: Exchange | None) -> Denial:
+        """The refusal in the caller's protocol: the path's (by the config's protocol routes),
+        the action Check read when it handed one over."""
+        if ex is None:
+            return render_denial(deny, None)
+        return render_denial(deny, ex.request, protocol=pipeline.reader.protocol_of(ex.request),
+                             action=ex.handoff.action)
 
     def _exchange(self, msg: proc_pb2.ProcessingRequest, kind: str) -> Exchange:
         headers = proc_adapter.headers_dict(msg.request_headers) if kind == "request_headers" else {}

@@ -154,6 +154,9 @@ class IssuerConfig(Model):
     typ: str | None = None  # e.g. "at+jwt" (RFC 9068); case-insensitive, "application/" optional
     required_claims: tuple[str, ...] = ()  # in addition to iss, exp and the subject claim
     leeway_seconds: float = Field(30, ge=0, le=300)
+    # exp - iat (or exp - now without iat) beyond this is refused: a correctly signed token
+    # that never expires is as good as a stolen password.
+    max_token_lifetime_seconds: int = Field(24 * 3600, ge=60, le=366 * 24 * 3600)
     discovery_url: str | None = None
     jwks_uri: str | None = None
     jwks: dict[str, Any] | None = None
@@ -445,6 +448,14 @@ class IdentityConfig(Model):
     max_token_bytes: int = Field(16 * 1024, ge=512, le=1024 * 1024)
     anonymous_paths: tuple[str, ...] = ()  # path prefixes where no credential is needed
     passthrough_authorization_paths: tuple[str, ...] = ()  # keep Authorization upstream
+    # Headers whose whole value is a bearer token, read like "Authorization: Bearer <value>":
+    # e.g. x-api-key for Anthropic's SDK, which sends its key there. When one of them is also
+    # the API-key header, a value shaped like a JWT (three dot-separated parts) is a token and
+    # anything else an API key. Removed before the upstream like Authorization.
+    token_headers: tuple[str, ...] = ()
+    # /readyz fails while no issuer's keys could be fetched (every bearer token would be 503):
+    # false keeps a replica ready for API keys or anonymous paths during an IdP outage.
+    required_for_readiness: bool = True
     headers: HeaderNames = HeaderNames()
     assertion: AssertionConfig = AssertionConfig()
     token_cache: TokenCacheConfig = TokenCacheConfig()
@@ -463,6 +474,14 @@ class IdentityConfig(Model):
     @classmethod
     def _prefixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_path_prefix(p) for p in v)
+
+    @field_validator("token_headers")
+    @classmethod
+    def _token_headers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(_header_name(n) for n in v))
+        if "authorization" in names:
+            raise ValueError("authorization is always read; list other headers")
+        return names
 
     @field_validator("challenge_scopes")
     @classmethod

@@ -24,6 +24,7 @@ Exception tree (``reason`` in brackets; ``error`` is the RFC 6750 code in the ch
             ├── TokenExpired         [token.expired]
             ├── TokenNotYetValid     [token.not_yet_valid]
             ├── TokenIssuedInFuture  [token.issued_in_future]
+            ├── TokenLifetimeTooLong [token.lifetime_too_long]  exp beyond the issuer's bound
             ├── TokenBadAudience     [token.bad_audience]
             ├── TokenMissingClaim    [token.missing_claim]
             └── TokenInvalidClaim    [token.invalid_claim]
@@ -150,6 +151,11 @@ class TokenNotYetValid(TokenInvalid):
 class TokenIssuedInFuture(TokenInvalid):
     reason = "token.issued_in_future"
     default_message = "the access token was issued in the future"
+
+
+class TokenLifetimeTooLong(TokenInvalid):
+    reason = "token.lifetime_too_long"
+    default_message = "the access token lives longer than this issuer's tokens may"
 
 
 class TokenBadAudience(TokenInvalid):

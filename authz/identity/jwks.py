@@ -51,6 +51,10 @@ class KeySource(Protocol):
 
     async def warm(self) -> None: ...
 
+    def state(self) -> dict[str, object]:
+        """For readiness: whether tokens of this issuer can be verified now, and why not."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -77,6 +81,9 @@ class StaticKeySource:
 
     async def warm(self) -> None:
         return None
+
+    def state(self) -> dict[str, object]:
+        return {"ok": True, "keys": len(self.keys), "source": "config"}
 
     async def close(self) -> None:
         return None
@@ -180,6 +187,7 @@ class RemoteKeySource:
         self._last_attempt = float("-inf")  # when the last fetch started
         self._retry_at = float("-inf")  # no fetch before then (set after a failure)
         self._inflight: asyncio.Task[bool] | None = None
+        self._last_error = "not fetched yet"
 
     # --- request path ----------------------------------------------------------------------------
 
@@ -247,17 +255,27 @@ class RemoteKeySource:
             with contextlib.suppress(Exception):
                 await self._refresh()
 
+    def state(self) -> dict[str, object]:
+        keys = self._keys
+        out: dict[str, object] = {"ok": keys is not None, "keys": len(keys) if keys is not None else 0,
+                                  "source": "remote"}
+        if self._last_error:
+            out["last_error"] = self._last_error
+        return out
+
     async def _fetch_and_store(self) -> bool:
         started = self._clock()
         try:
             keys, max_age = await self._fetch()
         except FetchError as exc:
+            self._last_error = f"{exc.result}: {exc}"
             metrics.JWKS_FETCHES.labels(issuer=self.name, result=exc.result).inc()
             self._retry_at = started + self._settings.refetch_interval_seconds
             log.warning("issuer %s: fetching keys failed (%s: %s); %s", self.name, exc.result, exc,
                         "keeping the last good keys" if self._keys is not None else "no keys yet")
             return False
-        except Exception:
+        except Exception as exc:
+            self._last_error = f"invalid: {type(exc).__name__}"
             metrics.JWKS_FETCHES.labels(issuer=self.name, result="invalid").inc()
             self._retry_at = started + self._settings.refetch_interval_seconds
             log.exception("issuer %s: fetching keys failed unexpectedly", self.name)
@@ -267,6 +285,7 @@ class RemoteKeySource:
         ttl = min(max(ttl, s.min_ttl_seconds), s.max_ttl_seconds)
         now = self._clock()
         self._keys = keys
+        self._last_error = ""
         self._expires_at = now + ttl
         self._retry_at = float("-inf")
         metrics.JWKS_FETCHES.labels(issuer=self.name, result="ok").inc()

@@ -19,6 +19,8 @@ with fixed texts; ``ctx.facts["identity"]`` records safe facts for audit, never 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -46,6 +48,7 @@ from authz.identity.errors import (
     CredentialsMissing,
     CredentialsMultiple,
     IdentityError,
+    TokenMalformed,
     TokenTooLarge,
 )
 from authz.identity.jwks import HttpClient, SessionFactory, build_key_source
@@ -96,12 +99,17 @@ class IdentityStage(Stage):
         self._owned_set = frozenset(self._owned)
         self._api_header = cfg.api_keys.header if api_keys is not None else None
         self._api_scheme = cfg.api_keys.scheme.lower() if api_keys is not None else None
+        self._token_headers = tuple(n for n in cfg.token_headers if n != self._api_header)
+        self._api_header_tokens = self._api_header is not None and self._api_header in cfg.token_headers
         self._metadata_url = metadata_url(cfg)
         self._scope = " ".join(cfg.challenge_scopes) or None
         self._max_header = cfg.max_token_bytes + 64
         self._prepared: dict[int, tuple[Principal, tuple[tuple[str, str], ...], str | None]] = {}
         self._prepared_max = max(1024, cfg.token_cache.max_entries)
         self._bind_request = cfg.assertion.binding == "request"
+        self._warming: asyncio.Task[None] | None = None
+        self._warm_interval = max(1.0, min((i.jwks_cache.refetch_interval_seconds for i in cfg.issuers),
+                                           default=5.0))
 
     # --- the hook --------------------------------------------------------------------------------
 
@@ -137,15 +145,23 @@ class IdentityStage(Stage):
     async def _authenticate(self, request: Request, path: str) -> tuple[Principal, dict[str, Any]]:
         authorization = request.header_values("authorization")
         api_values = request.header_values(self._api_header) if self._api_header else ()
-        count = len(authorization) + len(api_values)
+        token_values: tuple[str, ...] = ()
+        for name in self._token_headers:
+            token_values += request.header_values(name)
+        count = len(authorization) + len(api_values) + len(token_values)
         if count == 0:
             if path_matches(path, self.cfg.anonymous_paths):
                 return ANONYMOUS, {"credential": "anonymous"}
             raise CredentialsMissing()
         if count > 1:
             raise CredentialsMultiple()
+        if token_values:
+            return await self._bearer(self._token_value(token_values[0]))
         if api_values:
-            return await self._api_key(api_values[0].strip(" \t"))
+            value = api_values[0].strip(" \t")
+            if self._api_header_tokens and value.count(".") == 2:  # a JWT, not an API key
+                return await self._bearer(self._token_value(value))
+            return await self._api_key(value)
         value = authorization[0]
         if len(value) > self._max_header:
             raise TokenTooLarge()
@@ -162,6 +178,14 @@ class IdentityStage(Stage):
             raise CredentialsMalformed()
         raise CredentialsBadScheme()
 
+    def _token_value(self, value: str) -> str:
+        """A token header's value as the token (a "Bearer " prefix is tolerated)."""
+        if len(value) > self._max_header:
+            raise TokenTooLarge()
+        value = value.strip(" \t")
+        scheme, sep, rest = value.partition(" ")
+        return rest.strip(" ") if sep and scheme.lower() == "bearer" else value
+
     async def _bearer(self, token: str) -> tuple[Principal, dict[str, Any]]:
         if not token:
             raise CredentialsMalformed("the Bearer scheme needs a token")
@@ -172,7 +196,11 @@ class IdentityStage(Stage):
         verified = self.verifier.cached(token)
         if verified is None:
             if not _B64TOKEN.match(token):
-                raise CredentialsMalformed("the bearer token has invalid characters")
+                # RFC 6750 §3.1: a malformed token is invalid_token; whitespace inside the
+                # credential is a malformed request (two tokens, a header split) invalid_request.
+                if any(c.isspace() for c in token):
+                    raise CredentialsMalformed("the bearer credential contains whitespace")
+                raise TokenMalformed("the bearer token has invalid characters")
             verified = await self.verifier.verify_fresh(token)
         p = verified.principal
         facts: dict[str, Any] = {"credential": "jwt", "issuer": verified.issuer_name,
@@ -244,6 +272,8 @@ class IdentityStage(Stage):
         m.remove_header("authorization")
         if self._api_header:
             m.remove_header(self._api_header)
+        for name in self._token_headers:
+            m.remove_header(name)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -252,11 +282,40 @@ class IdentityStage(Stage):
         return self.signer.jwks() if self.signer is not None else {"keys": []}
 
     async def warm(self) -> None:
-        """Fetch every remote issuer's keys now (optional; otherwise the first token does)."""
-        for issuer in self.verifier.issuers:
-            await issuer.keys.warm()
+        """Fetch every remote issuer's keys now, all at once (bounded by each issuer's fetch
+        timeouts; never raises)."""
+        await asyncio.gather(*(issuer.keys.warm() for issuer in self.verifier.issuers))
+
+    async def start(self) -> None:
+        """At start (and for each new config generation): fetch the keys, and keep trying in
+        the background for issuers that did not answer, so readiness does not wait for a
+        token that a not-ready sidecar will never get."""
+        if not self.cfg.enabled:
+            return
+        await self.warm()
+        if not self._all_keys():
+            self._warming = asyncio.get_running_loop().create_task(self._keep_warming())
+
+    def _all_keys(self) -> bool:
+        return all(i.keys.state()["ok"] for i in self.verifier.issuers)
+
+    async def _keep_warming(self) -> None:
+        while not self._all_keys():
+            await asyncio.sleep(self._warm_interval)
+            await self.warm()
+
+    def health(self) -> dict[str, object]:
+        """Readiness: each issuer's key state; ok when tokens of at least one issuer can be
+        verified (or when there is nothing to verify: identity off, or no issuer configured)."""
+        issuers = {i.name: i.keys.state() for i in self.verifier.issuers}
+        ok = not self.cfg.enabled or not issuers or any(s["ok"] for s in issuers.values())
+        return {"ok": ok, "required": self.cfg.required_for_readiness, "issuers": issuers}
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._warming
         await self.verifier.close()
         if self._http is not None:
             await self._http.close()

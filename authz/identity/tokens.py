@@ -36,6 +36,7 @@ from authz.identity.errors import (
     TokenExpired,
     TokenInvalidClaim,
     TokenIssuedInFuture,
+    TokenLifetimeTooLong,
     TokenMalformed,
     TokenMissingClaim,
     TokenNotYetValid,
@@ -74,6 +75,7 @@ class IssuerVerifier:
         if self.verify_audience and not self.audiences:
             raise ValueError(f"issuer {cfg.name}: no audience to verify")
         self.leeway = cfg.leeway_seconds
+        self.max_lifetime = cfg.max_token_lifetime_seconds
         self.typ = normalise_typ(cfg.typ) if cfg.typ else None
         self.required_claims = cfg.required_claims
         self.mapper = ClaimMapper(cfg.claims)
@@ -100,6 +102,8 @@ class IssuerVerifier:
                 raise TokenInvalidClaim("the iat claim is not a number")
             if iat > now + self.leeway:
                 raise TokenIssuedInFuture()
+        if exp - (iat if iat is not None else now) > self.max_lifetime + self.leeway:
+            raise TokenLifetimeTooLong()
         if self.verify_audience:
             self._check_audience(claims.get("aud"))
         for name in self.required_claims:

@@ -65,6 +65,9 @@ class PolicyConfig(Model):
     public_paths: tuple[str, ...] = ("/.well-known/oauth-protected-resource",
                                      "/.well-known/oauth-protected-resource/*")
     filter_tools_list: bool = True
+    # A filtered tools/list is this caller's alone: it carries cacheScope "private" (SEP-2549)
+    # and a ttlMs no longer than this, so no client or shared cache reuses it for long.
+    filtered_list_max_ttl_ms: int = Field(60_000, ge=0, le=86_400_000)
     rules: tuple[Rule, ...] = ()
 
     @field_validator("rules")

@@ -119,6 +119,16 @@ class Policy:
         return decision.allowed and decision.rewrite_model is None
 
 
+    def may_use(self, principal: Principal, request: Request, method: str,
+                now: datetime.datetime | None = None) -> bool:
+        """Would the MCP request ``method`` (e.g. ``tools/list``) be allowed? Used to reflect a
+        caller's own capabilities in ``server/discover`` and ``initialize`` answers."""
+        action = Action(protocol="mcp", kind=method)
+        decision = self._first_match(principal, request, action,
+                                     now or datetime.datetime.now(datetime.UTC), {})
+        return decision.allowed
+
+
 def _principal_inputs(p: Principal) -> dict[str, Any]:
     if p.anonymous:
         return {"anonymous": True}

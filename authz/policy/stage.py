@@ -92,7 +92,7 @@ class PolicyStage(Stage):
             raise self._denial(decision, request, action)
         if decision.rewrite_model:
             self._rewrite_model(ctx, decision.rewrite_model)
-        if action.protocol == "mcp" and action.kind == "tools/list" and self.cfg.filter_tools_list:
+        if action.protocol == "mcp" and action.kind in _PER_CALLER and self.cfg.filter_tools_list:
             h = ctx.handoff
             h.want_body("response", "buffered")
             h.filter_tools = True
@@ -143,12 +143,14 @@ class PolicyStage(Stage):
         now = datetime.datetime.fromtimestamp(h.checked_at, datetime.UTC)
         content_type = ex.response_headers.get("content-type", "").lower()
         sse = "text/event-stream" in content_type
+        kind = h.action.kind if h.action is not None else "tools/list"
         try:
             if sse:
-                new, hidden = _filter_sse(ex.response_body, lambda m: self._filter_message(m, principal, request, now))
+                new, hidden, changed = _filter_sse(
+                    ex.response_body, lambda m: self._filter_message(m, principal, request, now, kind))
             else:
-                new, hidden = _filter_json(ex.response_body,
-                                           lambda m: self._filter_message(m, principal, request, now))
+                new, hidden, changed = _filter_json(
+                    ex.response_body, lambda m: self._filter_message(m, principal, request, now, kind))
         except _Unreadable as exc:
             # A list we cannot read is a list we cannot filter, and a client may read it all the
             # same (lenient JSON, several data lines): it is replaced, never passed on.
@@ -163,20 +165,61 @@ class PolicyStage(Stage):
         if hidden:
             TOOLS_HIDDEN.inc(hidden)
             ex.facts["tools_hidden"] = hidden
+        if changed:
             ex.mutations.replace_body(new)
 
+    def _reflect_capabilities(self, result: Any, principal: Principal, request: Request,
+                              now: datetime.datetime, kind: str) -> bool:
+        """A ``server/discover`` or ``initialize`` answer lists only the capabilities this
+        caller may use (``tools`` when it may list tools, ...); a discover answer is then this
+        caller's alone (private, bounded ttlMs). Whether anything changed."""
+        if not isinstance(result, dict) or not isinstance(result.get("capabilities"), dict):
+            return False
+        caps = result["capabilities"]
+        gone = [c for c, method in _CAPABILITY_METHODS.items()
+                if c in caps and not self.policy.may_use(principal, request, method, now)]
+        for c in gone:
+            del caps[c]
+        private = kind == "server/discover" and _mark_private(result, self.cfg.filtered_list_max_ttl_ms)
+        return bool(gone) or private
+
     def _filter_message(self, msg: Any, principal: Principal, request: Request,
-                        now: datetime.datetime) -> int:
+                        now: datetime.datetime, kind: str = "tools/list") -> tuple[int, bool]:
+        """(tools hidden, whether the message changed)."""
         result = msg.get("result") if isinstance(msg, dict) else None
+        if kind != "tools/list":
+            return 0, self._reflect_capabilities(result, principal, request, now, kind)
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
-            return 0
+            return 0, False
         kept = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
                 and self.policy.may_call_tool(principal, request, t["name"], now)]
         hidden = len(tools) - len(kept)
-        if hidden and isinstance(result, dict):
+        assert isinstance(result, dict)
+        if hidden:
             result["tools"] = kept
-        return hidden
+        return hidden, _mark_private(result, self.cfg.filtered_list_max_ttl_ms) or hidden > 0
+
+
+def _mark_private(result: dict[str, Any], max_ttl_ms: int) -> bool:
+    """Say that a list decided per caller is this caller's alone: ``cacheScope: "private"`` and
+    a bounded ``ttlMs`` (SEP-2549; some clients take a missing scope for public). Whether it
+    changed anything."""
+    changed = False
+    if result.get("cacheScope") != "private":
+        result["cacheScope"] = "private"
+        changed = True
+    ttl = result.get("ttlMs")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= max_ttl_ms:
+        result["ttlMs"] = max_ttl_ms
+        changed = True
+    return changed
+
+
+# MCP requests answered per caller in Process (the answer is rewritten for who asked).
+_PER_CALLER = ("tools/list", "server/discover", "initialize")
+# A capability a server lists, and the request a caller needs to be allowed to use it.
+_CAPABILITY_METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list"}
 
 
 class _Unreadable(ValueError):
@@ -203,12 +246,15 @@ def _unfilterable(jsonrpc_id: Any, sse: bool) -> bytes:
     return b"event: message\ndata: " + error + b"\n\n" if sse else error
 
 
-def _filter_json(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
+Filter = Callable[[Any], tuple[int, bool]]  # a message -> (tools hidden, whether it changed)
+
+
+def _filter_json(body: bytes, filt: Filter) -> tuple[bytes, int, bool]:
     msg = _load_message(body)
-    hidden = filt(msg)
-    if not hidden:
-        return body, 0
-    return dumps_utf8(msg), hidden
+    hidden, changed = filt(msg)
+    if not changed:
+        return body, 0, False
+    return dumps_utf8(msg), hidden, True
 
 
 # SSE ends a line with CRLF, LF or CR (a CR not followed by LF); an event ends at an empty line.
@@ -217,14 +263,14 @@ _SSE_EVENT_END = re.compile(f"({_SSE_EOL}{_SSE_EOL})")
 _SSE_LINE_END = re.compile(f"({_SSE_EOL})")
 
 
-def _filter_sse(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
+def _filter_sse(body: bytes, filt: Filter) -> tuple[bytes, int, bool]:
     """Filter each SSE event's message; keep every other byte as it was (line endings, bytes
     that are not UTF-8). Events split at any blank line the SSE grammar allows (split at
     ``\n\n`` only, a stream with CRLF line endings was one "event", left unfiltered), and an
     event's ``data:`` lines join with newlines, as a client joins them, into one message."""
     text = body.decode("utf-8", "surrogateescape")
     parts = _SSE_EVENT_END.split(text)  # events at even indices, their separators between
-    total = 0
+    total, any_changed = 0, False
     for e in range(0, len(parts), 2):
         lines = _SSE_LINE_END.split(parts[e])  # lines at even indices, their endings between
         data_idx = [i for i in range(0, len(lines), 2) if lines[i].startswith("data:")]
@@ -234,15 +280,16 @@ def _filter_sse(body: bytes, filt: Callable[[Any], int]) -> tuple[bytes, int]:
         if not data.strip():
             continue  # an empty message (a keep-alive): nothing a client acts on
         msg = _load_message(data)
-        hidden = filt(msg)
-        if hidden:
+        hidden, changed = filt(msg)
+        if changed:
             total += hidden
+            any_changed = True
             first = data_idx[0]
             lines[first] = "data: " + dumps_utf8(msg).decode()
             for i in reversed(data_idx[1:]):  # the message is one line now
                 del lines[i - 1:i + 1]
             parts[e] = "".join(lines)
-    return "".join(parts).encode("utf-8", "surrogateescape"), total
+    return "".join(parts).encode("utf-8", "surrogateescape"), total, any_changed
 
 
 def _field_value(raw: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from authz.errors import BadRequest
 from authz.request.http import Request
+from authz.request.revision import revision_of
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -23,6 +24,8 @@ class Action:
     stream: bool = False
     notification: bool = False
     max_tokens: int | None = None  # llm: the output the client asked for at most
+    revision: str | None = None   # mcp: the protocol revision the message claims, when it says
+    retry: bool = False           # mcp 2026-07-28: a multi round-trip retry (inputResponses/requestState)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"protocol": self.protocol, "kind": self.kind}
@@ -86,23 +89,10 @@ def mcp_action(request: Request, msg: Any) -> Action:
         if not isinstance(name, str) or not name:
             raise jsonrpc_error(f"{mcp_method} needs params.uri", "mcp.invalid_params", jsonrpc_id,
                                 -32602)
-    _check_mirrored_headers(request, mcp_method, name, jsonrpc_id)
+    revision = revision_of(request, mcp_method, params, name, jsonrpc_id)
+    retry = "inputResponses" in params or "requestState" in params
     return Action(protocol="mcp", kind=mcp_method, name=name, jsonrpc_id=jsonrpc_id,
-                  notification="id" not in msg)
-
-
-def _check_mirrored_headers(request: Request, method: str, name: str | None, jsonrpc_id: Any) -> None:
-    # Newer MCP revisions mirror the body in Mcp-Method / Mcp-Name headers so proxies can route
-    # without parsing. A proxy that trusts the header while the server trusts the body is a
-    # bypass, so they must agree.
-    header_method = request.header("mcp-method")
-    if header_method is not None and header_method != method:
-        raise jsonrpc_error("Mcp-Method header does not match the JSON-RPC body", "mcp.header_mismatch",
-                            jsonrpc_id)
-    header_name = request.header("mcp-name")
-    if header_name is not None and header_name != (name or ""):
-        raise jsonrpc_error("Mcp-Name header does not match the JSON-RPC body", "mcp.header_mismatch",
-                            jsonrpc_id)
+                  notification="id" not in msg, revision=revision, retry=retry)
 
 
 def llm_api(request: Request) -> str:

@@ -117,7 +117,12 @@ def raw_request(port: int, method: str, path: str, headers: list[tuple[str, str]
     lines = [f"{method} {path} HTTP/1.1", f"host: 127.0.0.1:{port}", "connection: close",
              f"content-length: {len(body)}"] + [f"{k}: {v}" for k, v in headers]
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+        text = "\r\n".join(lines)
+        try:
+            head = text.encode("latin-1")
+        except UnicodeEncodeError:  # beyond latin-1 (a zero-width space): the UTF-8 bytes
+            head = text.encode("utf-8")
+        sock.sendall(head + b"\r\n\r\n" + body)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk

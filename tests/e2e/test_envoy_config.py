@@ -52,7 +52,9 @@ def hcm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def http_filter(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(f["typed_config"] for f in hcm(cfg)["http_filters"] if f["name"] == name)
+    """A filter's own config (inside the matcher that wraps ext_proc, when it is wrapped)."""
+    typed = next(f["typed_config"] for f in hcm(cfg)["http_filters"] if f["name"] == name)
+    return typed.get("extension_config", {}).get("typed_config", typed)
 
 
 @pytest.fixture(scope="module")

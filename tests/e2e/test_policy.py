@@ -91,8 +91,8 @@ def test_models_and_routes_follow_the_role(stack):
     alice = stack.token("alice", roles=["analyst"])
 
     r = chat(stack, oscar, "gpt-medical")
-    assert r.status_code == 403 and r.json()["error"] == "policy.role_required"
-    assert "only doctors" in r.json()["message"]
+    assert r.status_code == 403 and r.json()["error"]["code"] == "policy.role_required"
+    assert "only doctors" in r.json()["error"]["message"]
 
     r = chat(stack, dana, "gpt-medical")
     assert r.status_code == 200 and r.headers["x-upstream"] == "medical"

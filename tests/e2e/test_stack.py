@@ -62,7 +62,7 @@ def test_the_sidecars_other_endpoints_are_not_reachable_through_envoy(stack):
 
 
 def test_sidecar_down_means_503_not_200():
-    with Stack(upstreams=True, issuer=False) as s, httpx.Client(base_url=s.url, timeout=10) as http:
+    with Stack(upstreams=True) as s, httpx.Client(base_url=s.url, timeout=10) as http:  # issuer up: ready
         assert http.get("/v1/models").status_code == 401  # the sidecar answers
         s.stop_authz()
         for path in ("/v1/models", "/mcp", "/anything"):
@@ -78,7 +78,8 @@ def test_process_unreachable_means_503_even_after_check_allowed():
     def process_to_nowhere(cfg):
         filters = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         ext_proc = next(f for f in filters["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
-        ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = "nowhere"
+        ext_proc["typed_config"]["extension_config"]["typed_config"]["grpc_service"]["envoy_grpc"][
+            "cluster_name"] = "nowhere"
         authz = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == "authz")
         nowhere = json.loads(json.dumps(authz).replace('"authz"', '"nowhere"'))
         nowhere["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][

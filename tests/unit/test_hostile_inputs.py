@@ -132,7 +132,9 @@ def immediate(responses: list[proc_pb2.ProcessingResponse]) -> tuple[int, str] |
     last = responses[-1]
     if not last.HasField("immediate_response"):
         return None
-    return last.immediate_response.status.code, json.loads(last.immediate_response.body)["error"]
+    reason = next(h.header.raw_value.decode() for h in last.immediate_response.headers.set_headers
+                  if h.header.key == "x-authz-reason")
+    return last.immediate_response.status.code, reason
 
 
 async def allowed_metadata(rt: Runtime, path: str, payload: dict) -> struct_pb2.Struct:
@@ -321,7 +323,7 @@ async def test_an_approval_id_cannot_name_a_grant(rt):
     ssn = chat("").replace(b'"hi"', b'"my ssn is 536-22-1234"')
     status, reason, resp = await check(rt, check_request("/v1/chat/completions", ssn))
     assert (status, reason) == (403, "redaction.approval_required")
-    approval_id = json.loads(resp.denied_response.body)["approval_id"]
+    approval_id = json.loads(resp.denied_response.body)["error"]["approval_id"]
     vera = {"authorization": f"Bearer {VERA}"}
     grant = f"/authz/approvals/{approval_id}/grant"
     assert (await check(rt, check_request(grant, b"", vera)))[:2] == (200, "approvals.granted")

@@ -95,3 +95,31 @@ def test_request_helpers():
     assert r.path_only == "/p" and r.query == "q=1"
     assert r.header_values("Authorization") == ("a", "b")
     assert r.header_values("missing") == ()
+
+
+class SetsRoute(Stage):
+    name = "route"
+
+    async def on_request(self, ctx: Context) -> None:
+        ctx.mutations.set_headers["x-authz-route"] = "general"  # written directly, as stages may
+
+
+async def test_every_header_under_the_namespace_is_removed_and_a_stage_s_own_value_wins():
+    req = make_request(headers={"x-authz-route": "medical", "x-authz-anything": "1", "x-authz-": "2",
+                                "x-authzz": "kept", "x-other": "kept"})
+    ctx = Context(request=req)
+    await Pipeline([SetsRoute()]).check(ctx)
+    assert ctx.mutations.remove_headers == {"x-authz-anything", "x-authz-"}
+    assert ctx.mutations.set_headers == {"x-authz-route": "general"}
+    other = Context(request=req)
+    await Pipeline([], sealed_prefix="x-corp-").check(other)
+    assert other.mutations.remove_headers == set()
+
+
+def test_the_namespace_cannot_cover_standard_headers():
+    from authz.config import ServerConfig
+
+    assert ServerConfig(header_namespace="X-Corp-").header_namespace == "x-corp-"
+    for bad in ("x-", "x-request-", "x-forwarded-", "authz", "x-api-"):
+        with pytest.raises(ValueError):
+            ServerConfig(header_namespace=bad)

@@ -149,3 +149,19 @@ async def test_a_rotated_assertion_key_file_is_picked_up_without_touching_the_co
         assert {old.kid, new.kid} <= published  # the old key stays published while its assertions live
     finally:
         await rt.close()
+
+
+async def test_readiness_reports_identity_and_needs_some_issuer_keys(tmp_path):
+    from authz.dev.stack import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nobody answers: the only issuer is down at start
+    path = tmp_path / "authz.yaml"
+    path.write_text(f"identity:\n  resource: https://mcp.example.com/mcp\n  issuers:\n"
+                    f"    - {{name: idp, issuer: '{dead}', allow_http: true,\n"
+                    f"       jwks_cache: {{timeout_seconds: 0.5}}}}\n")
+    rt = Runtime(path)
+    await rt.start()
+    ready, components = rt.readiness()
+    assert not ready and components["identity"]["ok"] is False
+    assert components["identity"]["issuers"]["idp"]["last_error"].startswith("network_error")
+    await rt.close()

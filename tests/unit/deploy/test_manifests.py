@@ -720,6 +720,7 @@ def test_istio_ext_proc_filter_is_the_reference_one_and_valid(tmp_path):
     reference = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
     hcm = reference["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     ext_proc = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
+    ext_proc = ext_proc["typed_config"]["extension_config"]  # inside the 431 matcher (envoy.yaml)
     cluster = typed["grpc_service"]["envoy_grpc"]["cluster_name"]
     expected = copy.deepcopy(ext_proc["typed_config"])
     expected["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster

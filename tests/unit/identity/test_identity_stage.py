@@ -231,3 +231,38 @@ async def test_close_releases_the_http_session(idp, build):
     assert session is not None and not session.closed
     await stage.close()
     assert session.closed
+
+
+async def test_a_jwt_in_x_api_key_is_a_bearer_token_where_config_says_so(idp, build):
+    # Anthropic's SDK sends its key in x-api-key: with token_headers it may be the user's token.
+    stage = build(identity_config(idp, token_headers=["x-api-key"]))
+    ctx = await run(stage, make_request({"x-api-key": idp.mint()}))
+    assert (ctx.principal.subject, ctx.principal.credential) == ("alice", "jwt")
+    assert "x-api-key" in ctx.mutations.remove_headers
+    ctx = await run(stage, make_request({"x-api-key": API_KEY}))  # still an API key otherwise
+    assert ctx.principal.credential == "api_key"
+    with pytest.raises(Unauthenticated) as info:  # a token in both places is two credentials
+        await run(stage, make_request({"x-api-key": idp.mint(), **bearer(idp.mint())}))
+    assert info.value.reason == "credentials.multiple"
+    off = build(identity_config(idp))  # not configured: a JWT there is an (unknown) API key
+    with pytest.raises(Unauthenticated) as info:
+        await run(off, make_request({"x-api-key": idp.mint()}))
+    assert info.value.reason in ("api_key.invalid", "credentials.malformed")
+
+
+async def test_token_lifetime_is_bounded_per_issuer(idp, build):
+    import time
+    now = time.time()
+    stage = build(identity_config(idp))
+    for claims in ({"iat": None, "exp": now + 25 * 3600}, {"iat": now - 3600, "exp": now + 24 * 3600}):
+        with pytest.raises(Unauthenticated) as info:
+            await run(stage, make_request(bearer(idp.mint(**claims))))
+        assert info.value.reason == "token.lifetime_too_long"
+        assert 'error="invalid_token"' in info.value.headers["www-authenticate"]
+    ctx = await run(stage, make_request(bearer(idp.mint(iat=None, exp=now + 23 * 3600))))
+    assert ctx.principal.subject == "alice"
+    cfg = identity_config(idp).model_dump()
+    cfg["issuers"][0]["max_token_lifetime_seconds"] = 7 * 24 * 3600
+    longer = build(IdentityConfig.model_validate(cfg))
+    ctx = await run(longer, make_request(bearer(idp.mint(exp=now + 6 * 24 * 3600))))
+    assert ctx.principal.subject == "alice"
