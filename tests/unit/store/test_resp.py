@@ -4,6 +4,7 @@ redis-servers started here (never the machine's own)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import hashlib
 import os
 import signal
@@ -306,8 +307,11 @@ class FakeServer:
             self.accepted += 1
             self.writers.append(writer)
             try:
-                while await reader.read(65536):
-                    if self.reply is not None:
+                while data := await reader.read(65536):
+                    if data.endswith(b"*1\r\n$4\r\nTIME\r\n"):  # the client's set-up: its clock
+                        now = str(int(time.time())).encode()
+                        writer.write(b"*2\r\n$%d\r\n%s\r\n$1\r\n0\r\n" % (len(now), now))
+                    elif self.reply is not None:
                         writer.write(self.reply)
             finally:
                 writer.close()
