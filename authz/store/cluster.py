@@ -84,7 +84,8 @@ class SlotRouter:
 
     async def _refresh(self) -> None:
         try:
-            candidates = [(self.seed.host, self.seed.port), *[a for a in self.nodes if a != (self.seed.host, self.seed.port)]]
+            seed = (self.seed.host, self.seed.port)
+            candidates = [seed, *[a for a in self.nodes if a != seed]]
             errors = []
             for address in candidates:
                 try:

@@ -4,11 +4,11 @@ redis-servers started here (never the machine's own)."""
 from __future__ import annotations
 
 import asyncio
-import time
 import hashlib
 import os
 import signal
 import ssl
+import time
 from pathlib import Path
 
 import pytest
