@@ -77,6 +77,7 @@ class Estimate(Model):
     bytes_per_token: float = Field(3.0, ge=0.1, le=100)  # prompt estimate from the body size (generous)
     default_max_tokens: int = Field(4096, ge=1, le=10_000_000)  # when the request sets no max_tokens
     max_output_tokens: int = Field(32768, ge=1, le=10_000_000)  # cap on what a request may ask to reserve
+    tokens_per_image: int = Field(4160, ge=1, le=1_000_000)  # an image generated (gpt-image, 1024x1024 high)
 
 
 class LimitsConfig(Model):
