@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -40,55 +38,6 @@ def config_with(tmp: Path, redis_url: str, limits: dict, *, cluster: bool = Fals
     return path
 
 
-def cluster_port() -> int:
-    """A cluster node's bus listens on port + 10000, so both must be free and port <= 55535."""
-    import random
-    import socket
-
-    for _ in range(200):
-        port = random.randint(20000, 55000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory):
-    """Three masters on free ports, created with redis-cli --cluster create."""
-    if shutil.which("redis-cli") is None:
-        pytest.fail("redis-cli not found: install redis-tools (apt-get install redis-tools)")
-    base = tmp_path_factory.mktemp("cluster")
-    procs, ports = [], []
-    try:
-        for i in range(3):
-            port = cluster_port()
-            _, proc = start_redis(base / str(i), port=port,
-                                  extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                         "--cluster-node-timeout", "2000"])
-            procs.append(proc)
-            ports.append(port)
-        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            info = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"], capture_output=True,
-                                  text=True).stdout
-            if "cluster_state:ok" in info:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the test cluster did not converge: {info}")
-        yield f"redis://127.0.0.1:{ports[0]}/0", ports
-    finally:
-        for p in procs:
-            p.stop()
-
-
 def running(stack: Stack) -> Running:
     return Running(stack)
 
@@ -116,7 +65,7 @@ def key_value(redis_url: str, cluster: bool, key: str) -> bytes | None:
 @pytest.mark.parametrize("mode", ["standalone", "cluster"])
 def test_64_concurrent_clients_get_exactly_what_gcra_permits(mode, request, tmp_path):
     cluster = mode == "cluster"
-    url = request.getfixturevalue("redis_cluster")[0] if cluster else request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("redis_cluster").url if cluster else request.getfixturevalue("redis_url")
     limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": f"{RATE}/min", "burst": BURST}]}
     cfg = config_with(tmp_path, url, limits, cluster=cluster)
     prefix = yaml.safe_load(cfg.read_text())["store"]["key_prefix"]
