@@ -10,6 +10,8 @@ stream shaped like the real APIs, with deterministic ``usage`` so metering can b
 - output tokens = ceil(chars / 4) of a fixed reply, cut to ``max_tokens`` (or
   ``max_completion_tokens`` / ``max_output_tokens``) when that is smaller.
 
+A request header ``x-demo-delay-ms`` makes a stream pause that long between events.
+
 Every response says which upstream answered (``x-upstream`` header; ``"upstream"`` in JSON bodies)
 and JSON bodies echo what arrived (``"echo": {"headers": {...}, "body": ...}``), so tests can see
 which identity headers reached the model and that the user's token did not.
@@ -152,12 +154,16 @@ async def _tag(request: web.Request, response: web.StreamResponse) -> None:
 async def _sse(request: web.Request, events: list[Event]) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
     await resp.prepare(request)
+    try:  # x-demo-delay-ms: a pause between events, as a slow model (tests cut streams short)
+        delay = min(max(int(request.headers.get("x-demo-delay-ms", "0")), 0), 5000) / 1000
+    except ValueError:
+        delay = 0
     try:
         for event, data in events:
             payload = data if isinstance(data, str) else json.dumps(data)
             prefix = f"event: {event}\n" if event else ""
             await resp.write(f"{prefix}data: {payload}\n\n".encode())
-            await asyncio.sleep(0)  # each event its own chunk, as a real model streams them
+            await asyncio.sleep(delay)  # each event its own chunk, as a real model streams them
         await resp.write_eof()
     except ConnectionResetError:
         pass  # the client went away mid-stream; nothing left to tell it

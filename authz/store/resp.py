@@ -14,7 +14,8 @@ every command over it:
   grow along the queue and a single timer, re-armed for the oldest pending deadline, expires
   them: no timer, ``asyncio.timeout()`` or ``wait_for`` per call. A command that times out
   keeps its place in the queue; its reply, when it arrives, is read and dropped, so later
-  replies still reach their own callers;
+  replies still reach their own callers. While the oldest command has waited twice the timeout
+  without a reply, new commands fail at once instead of queueing behind it;
 * when the connection breaks, every pending command fails with ``RespConnectionError`` and
   the next command reconnects (with a short backoff after failed attempts, so a Redis that is
   down costs a refused connect every few hundred milliseconds, not one per request). If the
@@ -271,8 +272,15 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
         loop = self._loop
+        now = loop.time()
+        if self._expired and now - self._deadlines[0] >= self._timeout:
+            # The oldest command has waited twice the timeout with no reply: Redis is not
+            # answering (paused, overloaded, gone). A new command would queue behind it (replies
+            # come in order), so fail it now rather than after a whole timeout, and send nothing.
+            waited = now - self._deadlines[0] + self._timeout
+            raise TimeoutError(f"redis has not answered for {waited * 1000:.0f} ms")
         fut = loop.create_future()
-        deadline = loop.time() + (self._timeout if timeout is None else timeout)
+        deadline = now + (self._timeout if timeout is None else timeout)
         waiters = self._waiters
         if waiters:
             # Commands in flight: more are likely to follow in this loop iteration (a burst of
@@ -368,6 +376,7 @@ class RespClient:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection | None] | None = None
         self._retry_at = 0.0              # loop time before which no new connect is attempted
+        self._connect_started = 0.0
         self._last_error = ""
         self._failing = False             # logged the outage already
         self._closed = False
@@ -466,13 +475,19 @@ class RespClient:
         if self._closed:
             raise RespConnectionError("redis client is closed")
         task = self._connecting
+        loop = asyncio.get_running_loop()
         if task is None:
-            loop = asyncio.get_running_loop()
             wait = self._retry_at - loop.time()
             if wait > 0:
                 raise RespConnectionError(
                     f"redis {self.endpoint} unavailable ({self._last_error}); next attempt in {wait * 1000:.0f} ms")
             task = self._connecting = loop.create_task(self._connect())
+            self._connect_started = loop.time()
+        elif loop.time() - self._connect_started >= self.timeout:
+            # A connect that has already outlasted one call's timeout (a Redis that accepts but
+            # does not answer): fail now rather than make every call wait a whole timeout for it.
+            raise TimeoutError(f"still connecting to redis {self.endpoint} after "
+                               f"{(loop.time() - self._connect_started) * 1000:.0f} ms")
         try:
             conn = await asyncio.wait_for(asyncio.shield(task), self.timeout)
         except TimeoutError:

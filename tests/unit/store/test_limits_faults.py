@@ -42,6 +42,12 @@ async def store(redis_url, request):
 async def test_a_call_redis_runs_after_its_deadline_changes_nothing(store, redis_url):
     rate = RateOp("rl:{user=a}:x", interval_us=HOURLY, burst=5)
     budget = ReserveOp("bg:{user=a}:b:day", limit=1000, amount=100, ttl_seconds=60)
+    undone = []
+
+    async def undo(rates, reserves):  # the script itself must refuse: nothing to undo afterwards
+        undone.append((rates, reserves))
+    store.undo_limits = undo
+    await store.apply_limits([RateOp("warm", HOURLY, 5)], [])  # Redis has the script cached
     thread = busy(redis_url, 0.4)
     await asyncio.sleep(0.05)
     with pytest.raises(StoreUnavailable):
@@ -50,6 +56,7 @@ async def test_a_call_redis_runs_after_its_deadline_changes_nothing(store, redis
     await asyncio.sleep(0.05)  # Redis has run the backlog
     assert await store.get(rate.key) is None
     assert await store.get(budget.key) is None
+    assert undone == []
     # And the next call is served as usual.
     result = await store.apply_limits([rate], [budget])
     assert result.allowed and result.budgets[0].used == 100 and result.rates[0].remaining == 4
