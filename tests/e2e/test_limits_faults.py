@@ -47,7 +47,11 @@ def client_for(url: str, cluster: bool) -> redis.Redis | redis.RedisCluster:
 def snapshot(url: str, cluster: bool, prefix: str) -> dict[str, str]:
     client = client_for(url, cluster)
     try:
-        keys = client.keys(f"{prefix}*")
+        if cluster:
+            keys = [k for node in client.get_primaries() for k in client.keys(f"{prefix}*", target_nodes=node)]
+        else:
+            keys = client.keys(f"{prefix}*")
+        keys = [k for k in keys if k.startswith((f"{prefix}rl:".encode(), f"{prefix}bg:".encode()))]
         return {k.decode(): client.get(k).decode() for k in keys}
     finally:
         client.close()
@@ -148,7 +152,7 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
 # -- refused later, nothing charged ---------------------------------------------------------------
 
 def test_requests_refused_after_limits_leave_every_counter_as_it_was(redis_url, tmp_path):
-    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/min", "burst": 50}],
+    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/hour", "burst": 50}],
               "budgets": [{"id": "daily-tokens", "key": ["user"], "limit": 100_000},
                           {"id": "tenant-tokens", "key": ["tenant"], "limit": 100_000}]}
 
@@ -213,8 +217,9 @@ def test_a_stream_the_client_aborts_is_charged_what_was_streamed(redis_url, tmp_
 @pytest.mark.parametrize("timeout_ms", [50, 200])
 def test_cluster_limits_all_or_nothing_and_a_dead_master_costs_only_its_slots(redis_cluster, tmp_path,
                                                                              timeout_ms):
-    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/min", "burst": 100}],
-              "budgets": [{"id": "tenant-tokens", "key": ["tenant"], "limit": 2_000}]}
+    # 100/hour: a bucket's TAT stays well ahead of the clock, so "as it was" is an exact comparison.
+    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/hour", "burst": 100}],
+              "budgets": [{"id": "tenant-tokens", "key": ["tenant"], "limit": 1_000}]}
     cfg, prefix = write_config(tmp_path, redis_cluster.url, limits, cluster=True, timeout_ms=timeout_ms)
     with Stack(authz_config=cfg) as stack:
         s = Running(stack)
@@ -231,14 +236,18 @@ def test_cluster_limits_all_or_nothing_and_a_dead_master_costs_only_its_slots(re
         tenant_node = node_of(f"bg:{{tenant={tenant}}}:tenant-tokens:x")
         user = users[0]
         token = s.token(user, roles=["accounting"], tenant=tenant)
-        big = {"model": "gpt-general", "max_tokens": 1500, "messages": [{"role": "user", "content": "hi"}]}
-        assert s.http.post("/v1/chat/completions", headers=s.auth(token), json=big).status_code == 200
-        assert wait_for(lambda: len(snapshot(redis_cluster.url, True, prefix)) == 2)
+        small = {"model": "gpt-general", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        big = {**small, "max_tokens": 5000}  # more than the tenant's budget: refused by it alone
+        assert s.http.post("/v1/chat/completions", headers=s.auth(token), json=small).status_code == 200
+        assert wait_for(lambda: len(snapshot(redis_cluster.url, True, prefix)) == 2), \
+            snapshot(redis_cluster.url, True, prefix)
+        time.sleep(0.5)  # settled
         before = snapshot(redis_cluster.url, True, prefix)
         refused = s.http.post("/v1/chat/completions", headers=s.auth(token), json=big)
         assert refused.status_code == 429 and refused.headers["x-authz-reason"] == "budget.exceeded"
         assert wait_for(lambda: same_counters(before, snapshot(redis_cluster.url, True, prefix))), \
-            "the refusal by the tenant's budget kept the user's rate-limit charge"
+            ("the refusal by the tenant's budget kept the user's rate-limit charge", before,
+             snapshot(redis_cluster.url, True, prefix), stack.procs["authz"].output()[-3000:])
 
         # One master dies: users whose slots live elsewhere are served, within the timeout, no 500.
         victim = next(n for n in range(3) if n != tenant_node and n != 0)
