@@ -195,13 +195,10 @@ class RedisStore(Store):
                 self._spawn(self.undo_limits(rates, reserves))
 
         raw = await client.eval_before(_LIMITS, n, 2 + 3 * n, self._limits_body(rates, reserves), late)
-        received = time.time()
+        client.observe_time(int(raw[1]), time.time() * 1_000_000)  # the reply carries Redis's clock
         if raw[0] == b"2":
-            client.observe_time(int(raw[1]), received * 1_000_000)
             raise TimeoutError("redis ran the limits call after its deadline (nothing was applied)")
-        result = _batch_result(raw, len(rates), len(reserves))
-        client.observe_time(int(raw[1]), received * 1_000_000)
-        return result
+        return _batch_result(raw, len(rates), len(reserves))
 
     async def _cluster_limits(self, rates: Sequence[alg.RateOp], reserves: Sequence[alg.ReserveOp]
                               ) -> alg.BatchResult:

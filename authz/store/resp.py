@@ -415,26 +415,24 @@ class RespClient:
         (µs) after which the script must change nothing. It is the moment this call gives up
         (``timeout`` from now, whatever connecting takes) less ``reply_margin``, in Redis's clock.
         A reply that arrives after the call gave up goes to ``on_late``."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.timeout
+        left = self.timeout
         conn = self._conn
         if conn is None:
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + left
             conn = await self._connection()
-        left = give_up - loop.time()
-        if left <= self.reply_margin:
-            raise TimeoutError(f"no time left for redis within {self.timeout * 1000:g} ms")
+            left = give_up - loop.time()
+            if left <= self.reply_margin:
+                raise TimeoutError(f"no time left for redis within {self.timeout * 1000:g} ms")
         d = b"%d" % int((time.time() + left - self.reply_margin) * 1_000_000 + self.clock_offset_us)
-        tail = body + b"$%d\r\n%s\r\n" % (len(d), d)
+        tail = b"%s$%d\r\n%s\r\n" % (body, len(d), d)
         head = script._heads.get((nkeys, nargs + 1)) or script.heads(nkeys, nargs + 1)
         reply = await conn.send(head[0] + tail, left, on_late)
         if reply.__class__ is ReplyError:
             if not str(reply).startswith("NOSCRIPT"):
                 raise RespError(str(reply))
-            left = give_up - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"no reply from redis within {self.timeout * 1000:g} ms")
-            conn = self._conn or await self._connection()
-            reply = await conn.send(head[1] + tail, left, on_late)
+            # Sent again as EVAL (which caches the script), with the same deadline.
+            reply = await self.request(head[1] + tail)
             if reply.__class__ is ReplyError:
                 raise RespError(str(reply))
         return reply
