@@ -135,13 +135,12 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
                 assert any(st == 200 and not has for _, _, st, has in samples)  # served unchecked
             assert 500 not in statuses
             assert len(during) > 20
-            p99 = during[math.ceil(len(during) * 0.99) - 1]
+            during[math.ceil(len(during) * 0.99) - 1]
             before = sorted(secs for started, secs, _, _ in samples if started + secs < window["stop"])
 
             def pct(values: list[float], q: float) -> float:
                 return values[min(len(values) - 1, math.ceil(len(values) * q) - 1)]
-            print("latency ms before/during the pause: p50 %.1f/%.1f p99 %.1f/%.1f" % (
-                1000 * pct(before, 0.5), 1000 * pct(during, 0.5), 1000 * pct(before, 0.99), 1000 * pct(during, 0.99)))
+            print(f"latency ms before/during the pause: p50 {1000 * pct(before, 0.5):.1f}/{1000 * pct(during, 0.5):.1f} p99 {1000 * pct(before, 0.99):.1f}/{1000 * pct(during, 0.99):.1f}")
             # The pause adds at most the store's timeout + 20 ms to what an answer costs on this
             # machine anyway (a shared 2-core box: Envoy, the sidecar and this client compete).
             assert pct(during, 0.99) <= pct(before, 0.99) + (timeout_ms + 20) / 1000
@@ -275,3 +274,40 @@ def test_cluster_limits_all_or_nothing_and_a_dead_master_costs_only_its_slots(re
         t = s.token(users[victim], roles=["accounting"])
         assert wait_for(lambda: s.http.get("/v1/models", headers=s.auth(t)).status_code == 200, timeout=15)
     redis_cluster.wait_ok()
+
+
+# -- the overshoot bound --------------------------------------------------------------------------
+
+def test_concurrent_embeddings_never_overshoot_when_estimates_cover_usage(redis_url, tmp_path):
+    """Token ids count one token each in the estimate (bytes / 3 of "1,1,1" is below the usage), so
+    the reservation covers what the upstream reports, and 20 concurrent requests spend at most the
+    budget: the overshoot is bounded by the usage that exceeded its estimate, here none."""
+    limit = 2_000
+    limits = {"budgets": [{"id": "daily-tokens", "key": ["user"], "limit": limit}]}
+    cfg, prefix = write_config(tmp_path, redis_url, limits)
+    with Stack(authz_config=cfg) as stack:
+        s = Running(stack)
+        token = s.token("erin", roles=["accounting"])
+        body = {"model": "gpt-general", "input": [1] * 300}  # 300 tokens in ~900 bytes
+
+        async def one(http: httpx.AsyncClient) -> int:
+            r = await http.post("/v1/embeddings", json=body, headers=s.auth(token))
+            if r.status_code == 429:
+                return 0
+            assert r.status_code == 200, r.text
+            return r.json()["usage"]["total_tokens"]
+
+        async def run() -> list[int]:
+            async with httpx.AsyncClient(base_url=stack.url, timeout=20) as http:
+                return await asyncio.gather(*(one(http) for _ in range(20)))
+
+        used = asyncio.run(run())
+        served = [u for u in used if u]
+        assert served and len(served) < 20, used
+        key = f"{prefix}bg:{{user=erin}}:daily-tokens:{time.strftime('%Y-%m-%d', time.gmtime())}"
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert wait_for(lambda: int(client.get(key) or 0) == sum(served)), (client.get(key), served)
+            assert int(client.get(key)) <= limit, (int(client.get(key)), served)
+        finally:
+            client.close()
