@@ -299,7 +299,10 @@ class RedisStore(Store):
             return ""
         router = self._router
         if not router.masters():
-            await router.for_slot(0)  # the first slot map
+            try:
+                await router.for_slot(0)  # the first slot map
+            except _FAILURES as exc:
+                raise self._failed("ping", exc) from exc
         masters = router.masters()
         results = await asyncio.gather(*(router.node(a).request(b"*1\r\n$4\r\nPING\r\n") for a in masters),
                                        return_exceptions=True)

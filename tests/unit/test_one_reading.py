@@ -83,7 +83,8 @@ def test_the_handoff_keeps_every_type(jsonrpc_id):
                 source_address="10.0.0.1", checked_at=1700000000.25,
                 action=Action(protocol="mcp", kind="tools/list", jsonrpc_id=jsonrpc_id, max_tokens=9),
                 headers={"x-team": "blue"}, filter_tools=True,
-                metering=Metering(reservations=(Reservation("d", "bg:k", 12, "tokens"),), model="m", stream=True))
+                metering=Metering(reservations=(Reservation("d", "bg:k", 12, "tokens"),), model="m", stream=True,
+                                  prompt_tokens=7))
     back = handoff.decode(handoff.encode(h)[handoff.FIELD])
     assert back == h
     assert type(back.action.jsonrpc_id) is type(jsonrpc_id)
