@@ -2,14 +2,16 @@
 Process.
 
 Check: every rate limit and budget that applies to the request is checked and consumed in one
-store call (one Redis round trip); a refusal is a 429 with ``Retry-After`` and the IETF
+store call (one Redis round trip per slot); a refusal is a 429 with ``Retry-After`` and the IETF
 ``RateLimit`` / ``RateLimit-Policy`` fields. A budget reserves an estimate (prompt size plus the
-most the request may generate), so concurrent requests cannot overshoot by more than one
-request's worth.
+most the request may generate), so concurrent requests overshoot a budget by no more than what
+the requests in flight used beyond their estimates. What was taken is registered on the context
+(``ctx.on_refusal``): if the request does not go upstream after all, ``Pipeline.release`` gives
+it back.
 
 Process: the response streams by (never buffered for this), its ``usage`` is read, and the
-reservation is settled to what was really used: also when the upstream failed (released) or the
-client went away mid-stream (kept: the tokens were probably generated).
+reservation is settled to what was really used: released when the upstream failed, the prompt
+and the text streamed when the client went away mid-stream, kept when an answer reported nothing.
 """
 
 from __future__ import annotations

@@ -432,7 +432,8 @@ class RespClient:
             if not str(reply).startswith("NOSCRIPT"):
                 raise RespError(str(reply))
             # Sent again as EVAL (which caches the script), with the same deadline.
-            reply = await self.request(head[1] + tail)
+            conn = self._conn or await self._connection()
+            reply = await conn.send(head[1] + tail, None, on_late)
             if reply.__class__ is ReplyError:
                 raise RespError(str(reply))
         return reply
