@@ -8,7 +8,7 @@ import threading
 import pytest
 import redis
 
-from authz.store import MemoryStore, RedisStore, StoreUnavailable
+from authz.store import RedisStore, StoreUnavailable
 from authz.store.limits import RateOp, ReserveOp
 
 HOURLY = 3600 * 1_000_000
@@ -81,29 +81,3 @@ async def test_a_reply_that_comes_back_after_the_caller_gave_up_is_undone(store,
             break
     assert int(await store.get(budget.key)) == 100
     assert float(await store.get(rate.key)) == pytest.approx(float(before[0]), abs=1)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def any_store(request):
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    s = RedisStore(request.getfixturevalue("redis_url"), timeout=2.0, prefix=f"undo{id(request)}:")
-    yield s
-    await s.close()
-
-
-async def test_undo_gives_back_exactly_what_was_taken(any_store):
-    store = any_store
-    rate = RateOp("rl:{user=c}:x", interval_us=HOURLY, burst=3)
-    budget = ReserveOp("bg:{user=c}:b:day", limit=1000, amount=300, ttl_seconds=60)
-    assert (await store.apply_limits([rate], [budget])).allowed
-    second = await store.apply_limits([rate], [budget])
-    assert second.allowed and second.budgets[0].used == 600 and second.rates[0].remaining == 1
-    await store.undo_limits([rate], [budget])
-    third = await store.apply_limits([rate], [budget])
-    assert third.budgets[0].used == 600 and third.rates[0].remaining == 1  # as if the second never was
-    await store.undo_limits([rate], [budget])
-    await store.undo_limits([rate], [budget])
-    assert await store.get(rate.key) is None  # the bucket is full again: its key is gone
-    assert int(await store.get(budget.key)) == 0
