@@ -42,7 +42,10 @@ _OPS = ("get", "set", "incr", "delete", "ttl", "limits", "undo", "time", "ping",
 _LIMITS = Script(LIMITS_LUA)
 _UNDO = Script(UNDO_LUA)
 _INCR = Script(INCR_LUA)
-_FAILURES = (RespError, OSError, TimeoutError)
+# Any failure of a call is "store unavailable", whatever raised it: a reply we could not read is
+# no reason for a 500. (CancelledError is not an Exception: a cancelled caller stays cancelled.)
+_FAILURES = (Exception,)
+_EXPECTED = (RespError, OSError, TimeoutError)
 
 
 class RedisStore(Store):
@@ -58,7 +61,6 @@ class RedisStore(Store):
         self._seconds = {op: metrics.STORE_SECONDS.labels(backend="redis", op=op) for op in _OPS}
         self._errors = {op: metrics.STORE_ERRORS.labels(backend="redis", op=op) for op in _OPS}
         self._limits_seconds = self._seconds["limits"]
-        self._limits_errors = self._errors["limits"]
         self._tasks: set[asyncio.Task[None]] = set()  # undos running in the background
         self._resp: RespClient | None = None
         self._router: SlotRouter | None = None
@@ -107,6 +109,8 @@ class RedisStore(Store):
 
     def _failed(self, op: str, exc: BaseException) -> StoreUnavailable:
         self._errors[op].inc()
+        if not isinstance(exc, _EXPECTED):
+            log.error("redis %s failed unexpectedly", op, exc_info=exc)
         if self._router is not None:
             self._router.failed(exc)
         return StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}")
@@ -177,8 +181,7 @@ class RedisStore(Store):
             try:
                 return await self._limits_call(resp, rates, reserves)
             except _FAILURES as exc:
-                self._limits_errors.inc()
-                raise StoreUnavailable(f"redis limits failed: {type(exc).__name__}: {exc}") from exc
+                raise self._failed("limits", exc) from exc
             finally:
                 self._limits_seconds.observe(time.perf_counter() - started)
         return await self._cluster_limits(rates, reserves)
@@ -227,10 +230,9 @@ class RedisStore(Store):
                     self._spawn(self.undo_limits(r, b))
         if failures:
             for exc in failures:
-                if not isinstance(exc, _FAILURES):
+                if not isinstance(exc, _FAILURES):  # a cancelled call: the caller was cancelled
                     raise exc
-                self._limits_errors.inc()
-                router.failed(exc)
+                self._failed("limits", exc)
             exc = failures[0]
             raise StoreUnavailable(f"redis limits failed on {len(failures)} of {len(groups)} slots: "
                                    f"{type(exc).__name__}: {exc}") from exc
