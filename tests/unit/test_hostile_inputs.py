@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def reference_config(audit_dir: Path):
 
 
 def token(**claims: Any) -> str:
+    # Minted at import: valid for the whole suite (the e2e tests run first and take minutes).
+    claims.setdefault("exp", int(time.time()) + 6 * 3600)
     return IDP.mint(header={"typ": "at+jwt"}, **claims)
 
 
