@@ -142,8 +142,8 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
                 return values[min(len(values) - 1, math.ceil(len(values) * q) - 1)]
             p50 = (pct(before, 0.5), pct(during, 0.5))
             p99 = (pct(before, 0.99), pct(during, 0.99))
-            print("latency ms before/during the pause: p50 %.1f/%.1f p99 %.1f/%.1f"
-                  % (1000 * p50[0], 1000 * p50[1], 1000 * p99[0], 1000 * p99[1]))
+            ms = [f"{1000 * v:.1f}" for v in (*p50, *p99)]
+            print(f"latency ms before/during the pause: p50 {ms[0]}/{ms[1]} p99 {ms[2]}/{ms[3]}")
             # The pause adds at most the store's timeout + 20 ms to what an answer costs on this
             # machine anyway (a shared 2-core box: Envoy, the sidecar and this client compete).
             bound = (timeout_ms + 20) / 1000
