@@ -189,6 +189,42 @@ def test_requests_refused_after_limits_leave_every_counter_as_it_was(redis_url, 
             (before, snapshot(redis_url, False, prefix))
 
 
+def test_a_check_envoy_stopped_waiting_for_charges_nothing(redis_url, tmp_path):
+    """Redis answers after Envoy's ext_authz timeout (0.5 s) but within the store's: Envoy answers
+    503 and never forwards the request; whatever the late Check took is given back."""
+    import threading
+
+    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/hour", "burst": 50}],
+              "budgets": [{"id": "daily-tokens", "key": ["user"], "limit": 100_000}]}
+    cfg, prefix = write_config(tmp_path, redis_url, limits, timeout_ms=2000)
+    with Stack(authz_config=cfg) as stack:
+        s = Running(stack)
+        token = s.token("frank", roles=["accounting"])
+        chat = {"model": "gpt-general", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+        assert s.http.post("/v1/chat/completions", headers=s.auth(token), json=chat).status_code == 200
+        assert wait_for(lambda: len(snapshot(redis_url, False, prefix)) == 2)
+        time.sleep(0.3)  # settled
+        before = snapshot(redis_url, False, prefix)
+
+        def busy() -> None:  # Redis runs a script for 0.9 s: the limits call waits behind it
+            client = redis.Redis.from_url(redis_url)
+            try:
+                client.eval("local t0 = redis.call('TIME'); while true do local t = redis.call('TIME'); "
+                            "if (t[1] - t0[1]) * 1e6 + t[2] - t0[2] > 900000 then return 1 end end", 0)
+            finally:
+                client.close()
+        thread = threading.Thread(target=busy)
+        thread.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        r = s.http.post("/v1/chat/completions", headers=s.auth(token), json=chat)
+        waited = time.monotonic() - started
+        thread.join()
+        assert r.status_code == 503 and waited < 0.85, (r.status_code, waited, r.text)  # Envoy's answer
+        assert wait_for(lambda: same_counters(before, snapshot(redis_url, False, prefix))), \
+            (before, snapshot(redis_url, False, prefix))
+
+
 # -- a stream cut short -------------------------------------------------------------------------
 
 def test_a_stream_the_client_aborts_is_charged_what_was_streamed(redis_url, tmp_path):
