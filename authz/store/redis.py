@@ -176,28 +176,34 @@ class RedisStore(Store):
     async def apply_limits(self, rates: Sequence[alg.RateOp], reserves: Sequence[alg.ReserveOp]
                            ) -> alg.BatchResult:
         resp = self._resp
-        if resp is not None:  # the request path: one EVALSHA, kept lean
+        if resp is not None:  # the request path: one EVALSHA, kept lean (no coroutine of its own)
             started = time.perf_counter()
             try:
-                return await self._limits_call(resp, rates, reserves)
+                return self._limits_result(resp, await self._limits_send(resp, rates, reserves), rates, reserves)
             except _FAILURES as exc:
                 raise self._failed("limits", exc) from exc
             finally:
                 self._limits_seconds.observe(time.perf_counter() - started)
         return await self._cluster_limits(rates, reserves)
 
-    async def _limits_call(self, client: RespClient, rates: Sequence[alg.RateOp],
-                           reserves: Sequence[alg.ReserveOp]) -> alg.BatchResult:
-        """One script call (one slot). Raises ``TimeoutError`` also when Redis ran it past its
-        deadline (it then changed nothing)."""
+    def _limits_send(self, client: RespClient, rates: Sequence[alg.RateOp],
+                     reserves: Sequence[alg.ReserveOp]) -> Awaitable[Any]:
+        """The script call of one slot, with its deadline; a reply that comes after the caller
+        gave up and says it applied is undone."""
         n = len(rates) + len(reserves)
 
-        def late(reply: Any) -> None:  # the caller gave up; if Redis applied it anyway, undo it
+        def late(reply: Any) -> None:
             if reply.__class__ is list and reply and reply[0] == b"1":
                 log.warning("redis answered a limits call after its deadline and had applied it: undoing")
                 self._spawn(self.undo_limits(rates, reserves))
 
-        raw = await client.eval_before(_LIMITS, n, 2 + 3 * n, self._limits_body(rates, reserves), late)
+        return client.eval_before(_LIMITS, n, 2 + 3 * n, self._limits_body(rates, reserves), late)
+
+    @staticmethod
+    def _limits_result(client: RespClient, raw: Any, rates: Sequence[alg.RateOp],
+                       reserves: Sequence[alg.ReserveOp]) -> alg.BatchResult:
+        """The reply as a ``BatchResult``; ``TimeoutError`` when Redis ran the call past its
+        deadline (it then changed nothing)."""
         client.observe_time(int(raw[1]), time.time() * 1_000_000)  # the reply carries Redis's clock
         if raw[0] == b"2":
             raise TimeoutError("redis ran the limits call after its deadline (nothing was applied)")
@@ -217,7 +223,8 @@ class RedisStore(Store):
         groups = [(slot, [rates[i] for i in ri], [reserves[j] for j in bj]) for slot, (ri, bj) in slots.items()]
 
         async def one(slot: int, r: list[alg.RateOp], b: list[alg.ReserveOp]) -> alg.BatchResult:
-            return await self._limits_call(await router.for_slot(slot), r, b)
+            client = await router.for_slot(slot)
+            return self._limits_result(client, await self._limits_send(client, r, b), r, b)
 
         started = time.perf_counter()
         results = await asyncio.gather(*(one(*g) for g in groups), return_exceptions=True)
