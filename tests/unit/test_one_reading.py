@@ -195,3 +195,28 @@ async def test_the_tools_list_refusal_written_in_process_carries_the_id_as_sent(
     ])
     written = responses[-1].response_body.response.body_mutation.body
     assert written.startswith(b'{"jsonrpc":"2.0","id":' + raw_id.encode() + b","), written
+
+
+# --- unknown LLM APIs are refused unless a route lets them through unmetered ----------------------
+
+@pytest.mark.parametrize(("path", "method", "problem"), [
+    ("/v1/images/variations", "POST", "llm.unknown_api"),
+    ("/v1/audio/transcriptions", "POST", "llm.unknown_api"),
+    ("/v1/files", "POST", None),            # listed in unmetered_paths
+    ("/v1/batches/b1/cancel", "POST", None),
+    ("/v1/files/f1", "DELETE", None),       # not a POST: nothing to meter
+    ("/v1/images/generations", "POST", None),
+    ("/v1/audio/speech", "POST", None),
+])
+def test_unknown_llm_apis_are_refused_unless_listed(path, method, problem):
+    from authz.request import Reader
+    from authz.request.config import ProtocolRoute
+    from authz.request.http import Request
+
+    reader = Reader([ProtocolRoute(paths=("/v1/*",), protocol="llm",
+                                   unmetered_paths=("/v1/files*", "/v1/batches*"))])
+    view = reader.read(Request(id="r", method=method, scheme="http", host="h", path=path, headers={},
+                               body=b'{"model": "gpt-x", "input": "hi", "prompt": "a cat"}'))
+    assert (view.problem.reason if view.problem else None) == problem
+    if problem is None and method == "POST" and path.startswith(("/v1/images", "/v1/audio")):
+        assert view.action.model == "gpt-x" and view.action.kind in ("images.generations", "audio.speech")
