@@ -7,7 +7,7 @@ and turn the mutations recorded here back into protos. Everything in between is 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from authz.request import Action, Outgoing, Reader, Request, RequestView
@@ -78,6 +78,7 @@ class Metering:
     reservations: tuple[Reservation, ...]
     model: str
     stream: bool = False
+    prompt_tokens: int = 0  # the prompt's estimate: charged with the output streamed when a stream is cut
 
 
 # "partial": Envoy's BUFFERED_PARTIAL: the whole body when it fits Envoy's buffer (headers held
@@ -152,6 +153,9 @@ class Context:
     handoff: Handoff = dataclasses.field(default_factory=Handoff)
     outgoing: Outgoing | None = None
     model_override: str | None = None  # the model policy rewrote the request to
+    # What to give back when the request does not go upstream after all (a later stage refused
+    # it, or Envoy stopped waiting for the answer): see ``Pipeline.release``.
+    on_refusal: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.view is None:

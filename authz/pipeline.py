@@ -163,6 +163,19 @@ class Pipeline:
             except Exception:
                 log.exception("stage %s failed in on_decision", name)
 
+    @staticmethod
+    async def release(ctx: Context) -> None:
+        """The one rule for what a request that does not go upstream costs: nothing. Called when
+        ``Check`` ends in anything but an allow Envoy receives in time (a stage after limits
+        refused, an approval hold or grant, audit refusing, the answer coming after Envoy's
+        timeout, the RPC cancelled): what stages took for the request is given back."""
+        undo, ctx.on_refusal = ctx.on_refusal, []
+        for give_back in undo:
+            try:
+                await give_back()
+            except Exception:
+                log.exception("could not give back what request %s took", ctx.request.id)
+
     async def start(self) -> None:
         """Start what stages run in the background (the audit writer). Called once the
         pipeline is about to serve, inside the event loop."""

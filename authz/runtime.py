@@ -236,10 +236,12 @@ class Runtime:
             store = self.current.store if self.current else None
             if store is not None:
                 try:
-                    await store.ping()
+                    partial = await store.check_health()  # a Cluster master down: its slots only
                     if not self.store_health.ok:
                         log.info("store %s is reachable again", store.backend)
-                    self.store_health = ComponentHealth(ok=True)
+                    if partial and partial != self.store_health.detail:
+                        log.error("store %s: %s", store.backend, partial)
+                    self.store_health = ComponentHealth(ok=True, detail=partial)
                 except StoreUnavailable as exc:
                     if self.store_health.ok:
                         log.error("store %s is unreachable: %s", store.backend, exc)

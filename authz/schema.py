@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Model(BaseModel):
-    """Unknown keys are errors; loaded objects are immutable."""
+    """Unknown keys are errors; loaded objects are immutable; ``.inf`` and ``.nan`` are refused
+    wherever a number is expected (they would pass every ``gt``/``le`` bound check)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

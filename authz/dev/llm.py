@@ -16,6 +16,8 @@ two, and the first ``[PLACEHOLDER_N]`` of the request, or ``Acme Corp``, over tw
 ``demo:secret`` adds an AWS key over two deltas; ``demo:malformed`` answers with an event (or a
 body) that is not JSON; ``demo:huge`` with a 2 MB answer (one event, in a stream).
 
+A request header ``x-demo-delay-ms`` makes a stream pause that long between events.
+
 Every response says which upstream answered (``x-upstream`` header; ``"upstream"`` in JSON bodies)
 and JSON bodies echo what arrived (``"echo": {"headers": {...}, "body": ...}``), so tests can see
 which identity headers reached the model and that the user's token did not.
@@ -208,12 +210,16 @@ async def _sse(request: web.Request, events: list[Event]) -> web.StreamResponse:
     await resp.prepare(request)
     if MALFORMED in request:
         events = [*events[:2], (None, "{this is not json"), *events[2:]]
+    try:  # x-demo-delay-ms: a pause between events, as a slow model (tests cut streams short)
+        delay = min(max(int(request.headers.get("x-demo-delay-ms", "0")), 0), 5000) / 1000
+    except ValueError:
+        delay = 0
     try:
         for event, data in events:
             payload = data if isinstance(data, str) else json.dumps(data)
             prefix = f"event: {event}\n" if event else ""
             await resp.write(f"{prefix}data: {payload}\n\n".encode())
-            await asyncio.sleep(0)  # each event its own chunk, as a real model streams them
+            await asyncio.sleep(delay)  # each event its own chunk, as a real model streams them
         await resp.write_eof()
     except ConnectionResetError:
         pass  # the client went away mid-stream; nothing left to tell it

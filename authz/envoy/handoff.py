@@ -55,7 +55,7 @@ def encode(h: Handoff) -> dict[str, str]:
         doc["so"] = h.session_owner
     if h.metering is not None:
         m = h.metering
-        doc["m"] = {"model": m.model, "stream": m.stream,
+        doc["m"] = {"model": m.model, "stream": m.stream, "pt": m.prompt_tokens,
                     "r": [[r.id, r.key, r.amount, r.unit] for r in m.reservations]}
     if h.response_rule:
         doc["rr"] = h.response_rule
@@ -84,5 +84,5 @@ def decode(text: str) -> Handoff:
     m = doc.get("m")
     if m is not None:
         h.metering = Metering(reservations=tuple(Reservation(*r) for r in m["r"]), model=m["model"],
-                              stream=m["stream"])
+                              stream=m["stream"], prompt_tokens=m.get("pt", 0))
     return h

@@ -50,25 +50,29 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         ctx: Context | None = None
         deny: Deny | None = None
         try:
-            req = check_adapter.request_from_check(request, body_limit=self.runtime.config.server.max_request_bytes)
-        except Exception:  # a proto we cannot read is the client's problem, not a crash
-            log.warning("unreadable CheckRequest", exc_info=True)
-            deny = BadRequest("the request could not be read", reason="request.unreadable")
-        if req is not None:
-            ctx = pipeline.context(req)
-            if tracing.TRACER is None:
-                deny = await self._decide(pipeline, ctx)
-            else:
-                with tracing.request_span("authz.check", req.headers, {"authz.request_id": req.id}) as span:
+            try:
+                req = check_adapter.request_from_check(request, body_limit=self.runtime.config.server.max_request_bytes)
+            except Exception:  # a proto we cannot read is the client's problem, not a crash
+                log.warning("unreadable CheckRequest", exc_info=True)
+                deny = BadRequest("the request could not be read", reason="request.unreadable")
+            if req is not None:
+                ctx = pipeline.context(req)
+                if tracing.TRACER is None:
                     deny = await self._decide(pipeline, ctx)
-                    span.set_attribute("authz.decision", "allow" if deny is None else "deny")
-                    span.set_attribute("authz.reason", "ok" if deny is None else deny.reason)
-            if pipeline.has("on_decision"):
-                try:
-                    await pipeline.decided(ctx, deny)
-                except Deny as exc:  # only when a stage refuses an allowed request (audit fail-closed)
-                    deny = exc
-        try:
+                else:
+                    with tracing.request_span("authz.check", req.headers, {"authz.request_id": req.id}) as span:
+                        deny = await self._decide(pipeline, ctx)
+                        span.set_attribute("authz.decision", "allow" if deny is None else "deny")
+                        span.set_attribute("authz.reason", "ok" if deny is None else deny.reason)
+                if pipeline.has("on_decision"):
+                    try:
+                        await pipeline.decided(ctx, deny)
+                    except Deny as exc:  # only when a stage refuses an allowed request (audit fail-closed)
+                        deny = exc
+                # The one place that decides a request goes nowhere: refused, answered by the
+                # sidecar itself, or allowed after Envoy stopped waiting (it then never forwards).
+                if ctx.on_refusal and (deny is not None or _too_late(context)):
+                    _release(pipeline, ctx)
             if deny is None and ctx is not None:
                 self._record("allow", "ok", 200, req, ctx)
                 extra = {"x-authz-check": "allow"} if self.runtime.config.server.debug_headers else None
@@ -82,6 +86,10 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
                                    action=view.action if view else None)
             denied: bytes = check_adapter.deny_response(denial).SerializeToString()
             return denied
+        except asyncio.CancelledError:  # Envoy gave up on this Check (its timeout, a reset)
+            if ctx is not None and ctx.on_refusal:
+                _release(pipeline, ctx)
+            raise
         finally:
             self._inflight.dec()
             self._seconds.observe(perf_counter() - started)
@@ -121,6 +129,23 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         if message:
             fields["message"] = message
         self._lines.emit(f"{decision} {reason}", fields)
+
+
+def _too_late(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether Envoy's deadline for this Check has passed: an allow now is never forwarded."""
+    try:
+        remaining = context.time_remaining()
+    except Exception:  # a context without deadlines (tests): never too late
+        return False
+    return remaining is not None and remaining <= 0
+
+
+def _release(pipeline: Pipeline, ctx: Context) -> None:
+    """Give back what the request took, in its own task: the answer does not wait for it, and a
+    cancelled RPC does not cancel it."""
+    task = asyncio.get_running_loop().create_task(pipeline.release(ctx))
+    _completions.add(task)
+    task.add_done_callback(_completions.discard)
 
 
 class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated, untyped

@@ -24,6 +24,8 @@ def parse_rate(text: str) -> tuple[int, int]:
     count, mult, unit = int(m.group(1)), int(m.group(2) or 1), PERIODS[m.group(3)]
     if count <= 0 or mult <= 0:
         raise ValueError("a rate needs a positive count and window")
+    if count > 1_000_000_000 or mult * unit > 366 * 86400:
+        raise ValueError("a rate allows at most 1000000000 requests per window of at most 366 days")
     return count, mult * unit
 
 
@@ -57,24 +59,25 @@ class Budget(Selector):
     key: tuple[Dimension, ...] = ("user",)
     period: Literal["day", "month"] = "day"
     unit: Literal["tokens", "cost"] = "tokens"
-    limit: float = Field(gt=0)      # tokens, or currency units (see prices)
+    limit: float = Field(gt=0, le=1e12)  # tokens, or currency units (see prices)
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
 
 
 class Price(Model):
     """Currency units per one million tokens."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(None, ge=0)  # default: the input price
+    input: float = Field(ge=0, le=1e6)
+    output: float = Field(ge=0, le=1e6)
+    cached_input: float | None = Field(None, ge=0, le=1e6)  # default: the input price
 
 
 class Estimate(Model):
     """How much to reserve before the response says what was used."""
 
-    bytes_per_token: float = Field(3.0, gt=0)    # prompt estimate from the body size (generous)
-    default_max_tokens: int = Field(4096, ge=1)  # when the request sets no max_tokens
-    max_output_tokens: int = Field(32768, ge=1)  # cap on what a request may ask to reserve
+    bytes_per_token: float = Field(3.0, ge=0.1, le=100)  # prompt estimate from the body size (generous)
+    default_max_tokens: int = Field(4096, ge=1, le=10_000_000)  # when the request sets no max_tokens
+    max_output_tokens: int = Field(32768, ge=1, le=10_000_000)  # cap on what a request may ask to reserve
+    tokens_per_image: int = Field(4160, ge=1, le=1_000_000)  # an image generated (gpt-image, 1024x1024 high)
 
 
 class LimitsConfig(Model):
@@ -83,7 +86,7 @@ class LimitsConfig(Model):
     prices: dict[str, Price] = {}               # model name (wildcards allowed) → price
     estimate: Estimate = Estimate()
     headers_on_allowed: bool = True             # RateLimit / RateLimit-Policy on every answer
-    reservation_ttl_seconds: int = Field(3600, ge=10)
+    reservation_ttl_seconds: int = Field(3600, ge=10, le=400 * 86400)
 
     @model_validator(mode="after")
     def _consistent(self) -> LimitsConfig:

@@ -72,11 +72,42 @@ def merge_usage(usage: Usage, u: dict[str, Any]) -> None:
     usage.seen = True
 
 
+_TEXT_KEYS = ("content", "text", "delta", "partial_json", "arguments", "refusal")
+_HOLDERS = ("choices", "delta", "tool_calls", "function", "content_block", "item", "part")
+
+
+def _text_bytes(obj: Any, depth: int = 0) -> int:
+    """Bytes of generated text in one streamed event: OpenAI ``choices[].delta.content`` (and
+    tool-call arguments), ``choices[].text``, the Responses API's ``delta``, Anthropic's
+    ``delta.text`` / ``partial_json``."""
+    if depth > 5:
+        return 0
+    if isinstance(obj, list):
+        return sum(_text_bytes(v, depth + 1) for v in obj)
+    if not isinstance(obj, dict):
+        return 0
+    n = 0
+    for key in _TEXT_KEYS:
+        v = obj.get(key)
+        if isinstance(v, str):
+            n += len(v.encode())
+        elif isinstance(v, dict | list):
+            n += _text_bytes(v, depth + 1)
+    for key in _HOLDERS:
+        v = obj.get(key)
+        if key not in _TEXT_KEYS and isinstance(v, dict | list):
+            n += _text_bytes(v, depth + 1)
+    return n
+
+
 class UsageMeter:
-    """Feed it the response as it streams by; it keeps at most one partial SSE event."""
+    """Feed it the response as it streams by; it keeps at most one partial SSE event.
+    ``streamed_bytes`` counts the generated text that went by (for a stream cut short, which
+    never reports its usage)."""
 
     def __init__(self) -> None:
         self.usage = Usage()
+        self.streamed_bytes = 0
         self._pending = b""
         self._skipping = False
 
@@ -104,6 +135,12 @@ class UsageMeter:
     def _event(self, event: bytes) -> None:
         payload = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
                              if line.startswith(b"data:"))
-        if not payload or payload == b"[DONE]" or b"usage" not in payload:
+        if not payload or payload == b"[DONE]":
             return
-        self.feed_json(payload)
+        try:
+            obj = json.loads(payload)
+        except (ValueError, RecursionError):
+            return
+        self.streamed_bytes += _text_bytes(obj)
+        for u in _usage_objects(obj):
+            merge_usage(self.usage, u)

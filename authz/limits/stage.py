@@ -2,14 +2,16 @@
 Process.
 
 Check: every rate limit and budget that applies to the request is checked and consumed in one
-store call (one Redis round trip); a refusal is a 429 with ``Retry-After`` and the IETF
+store call (one Redis round trip per slot); a refusal is a 429 with ``Retry-After`` and the IETF
 ``RateLimit`` / ``RateLimit-Policy`` fields. A budget reserves an estimate (prompt size plus the
-most the request may generate), so concurrent requests cannot overshoot by more than one
-request's worth.
+most the request may generate), so concurrent requests overshoot a budget by no more than what
+the requests in flight used beyond their estimates. What was taken is registered on the context
+(``ctx.on_refusal``): if the request does not go upstream after all, ``Pipeline.release`` gives
+it back.
 
 Process: the response streams by (never buffered for this), its ``usage`` is read, and the
-reservation is settled to what was really used: also when the upstream failed (released) or the
-client went away mid-stream (kept: the tokens were probably generated).
+reservation is settled to what was really used: released when the upstream failed, the prompt
+and the text streamed when the client went away mid-stream, kept when an answer reported nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ STORE_FAILURES = Counter("authz_limits_store_failures_total",
                          ["action"])
 
 MICRO = 1_000_000  # costs are kept as integer micro-units of currency
-METERED_APIS = frozenset({"chat.completions", "completions", "responses", "embeddings", "messages"})
+METERED_APIS = frozenset({"chat.completions", "completions", "responses", "embeddings", "messages",
+                          "images.generations", "audio.speech"})
+
+
+def _input_tokens(value: Any, bytes_per_token: float) -> int:
+    """Tokens in an embeddings ``input``: a string, token ids, or lists of either."""
+    if isinstance(value, str):
+        return math.ceil(len(value.encode()) / bytes_per_token)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 1
+    if isinstance(value, list):
+        return sum(_input_tokens(v, bytes_per_token) for v in value)
+    return 0
 
 
 def _safe(value: str) -> str:
@@ -175,17 +189,39 @@ class LimitsStage(Stage):
         self._decide(ctx, now, rates, reserves, result)
 
     def _estimate(self, ctx: Context, budget: Budget, model: str) -> int:
-        est = self.cfg.estimate
-        prompt = math.ceil(len(ctx.request.body) / est.bytes_per_token)
-        output = 0
-        if ctx.action.kind != "embeddings":
-            output = min(ctx.action.max_tokens or est.default_max_tokens, est.max_output_tokens)
+        prompt = self._prompt_tokens(ctx)
+        output = self._output_tokens(ctx)
         if budget.unit == "tokens":
             return prompt + output
         price = self.price_for(model)
         if price is None:
             return 0
         return math.ceil(prompt * price.input + output * price.output)
+
+    def _prompt_tokens(self, ctx: Context) -> int:
+        """The prompt's size in tokens, generously: its bytes / ``bytes_per_token``; for
+        embeddings, each token id sent as a number counts one token (a list of small ids has
+        fewer bytes than tokens)."""
+        est = self.cfg.estimate
+        by_size = math.ceil(len(ctx.request.body) / est.bytes_per_token)
+        doc = ctx.view.body.document
+        if ctx.action.kind == "embeddings" and isinstance(doc, dict):
+            return max(by_size, _input_tokens(doc.get("input"), est.bytes_per_token))
+        return by_size
+
+    def _output_tokens(self, ctx: Context) -> int:
+        """The most the request may generate: ``max_tokens`` (or the default) for text, nothing
+        for embeddings, ``tokens_per_image`` per image asked for."""
+        est = self.cfg.estimate
+        kind = ctx.action.kind
+        if kind == "embeddings":
+            return 0
+        if kind == "images.generations":
+            doc = ctx.view.body.document
+            n = doc.get("n") if isinstance(doc, dict) else None
+            count = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 100 else 1
+            return count * est.tokens_per_image
+        return min(ctx.action.max_tokens or est.default_max_tokens, est.max_output_tokens)
 
     def price_for(self, model: str) -> Price | None:
         for glob, price in self._prices:
@@ -228,6 +264,9 @@ class LimitsStage(Stage):
                 ctx.mutations.response_headers.update(headers)
             if reserves:
                 self._prepare_metering(ctx, reserves)
+            # Taken now; given back if the request does not go upstream after all.
+            rate_ops, reserve_ops = [op for _, op in rates], [op for _, op in reserves]
+            ctx.on_refusal.append(lambda: self.store.undo_limits(rate_ops, reserve_ops))
             return
         refused_rates = [(limit, r) for (limit, _), r in zip(rates, result.rates, strict=True)
                          if not r.allowed]
@@ -254,7 +293,7 @@ class LimitsStage(Stage):
         action = ctx.action
         ctx.handoff.metering = Metering(
             reservations=tuple(Reservation(b.id, op.key, op.amount, b.unit) for b, op in reserves),
-            model=ctx.model or "", stream=action.stream)
+            model=ctx.model or "", stream=action.stream, prompt_tokens=self._prompt_tokens(ctx))
         ctx.want_body("response", "streamed")
         if action.stream and action.kind in ("chat.completions", "completions"):
             # OpenAI only reports usage in a stream when asked; ask, or spend goes unmetered.
@@ -298,6 +337,12 @@ class LimitsStage(Stage):
             if usage.seen:
                 actual = self._cost(r.unit, budget.model, usage)
                 why = "metered"
+            elif budget.stream and 200 <= status < 300 and not ex.response_end and meter is not None:
+                # Cut short (the client went away): no usage will come. Charge the prompt and
+                # the output that was streamed, not the whole reservation.
+                streamed = Usage(input_tokens=budget.prompt_tokens, seen=True,
+                                 output_tokens=math.ceil(meter.streamed_bytes / self.cfg.estimate.bytes_per_token))
+                actual, why = min(reserved, self._cost(r.unit, budget.model, streamed)), "streamed"
             elif status == 0 or status >= 400:
                 actual, why = 0, "released"   # nothing was generated (or billed) for an error
             else:

@@ -83,7 +83,7 @@ class McpMatch(Model):
 
 class LlmMatch(Model):
     apis: tuple[Literal["chat.completions", "completions", "responses", "embeddings",
-                        "messages", "models", "other"], ...] = ()
+                        "messages", "images.generations", "audio.speech", "models", "other"], ...] = ()
     models: tuple[str, ...] = ()       # requested model (wildcards allowed)
 
 

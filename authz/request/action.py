@@ -42,6 +42,8 @@ LLM_APIS = {
     "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
     "/v1/messages": "messages",
+    "/v1/images/generations": "images.generations",
+    "/v1/audio/speech": "audio.speech",
 }
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")

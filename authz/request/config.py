@@ -15,6 +15,9 @@ class ProtocolRoute(Model):
     paths: tuple[str, ...]
     protocol: Literal["mcp", "llm"]
     hosts: tuple[str, ...] = ()
+    # llm: paths (wildcards allowed) of other APIs let through unmetered and without a model
+    # check, e.g. ["/v1/files*", "/v1/batches*"]; a POST to any other unknown path is refused.
+    unmetered_paths: tuple[str, ...] = ()
 
 
 DEFAULT_PROTOCOLS = tuple(ProtocolRoute(paths=r.paths, protocol=r.protocol)  # type: ignore[arg-type]

@@ -7,8 +7,10 @@ switches a parser off:
 - **mcp**: a POST body must be labelled JSON (``application/json`` or ``*/*+json``, one label),
   as the MCP transport requires; any other label, none, or two are refused with 415
   ``mcp.unsupported_media_type``. The body is then read as strict JSON.
-- **llm** (the five model APIs): the body is read as strict JSON whatever its label, as model
-  APIs do. Other ``/v1`` paths (files, batches, ...) are read as plain bodies.
+- **llm** (the model APIs of ``LLM_APIS``): the body is read as strict JSON whatever its label,
+  as model APIs do. A POST to any other path of an llm route is refused (``llm.unknown_api``:
+  nothing would check its model or meter it) unless the route lists it in ``unmetered_paths``;
+  those, and ``/v1/models``, are read as plain bodies.
 - **plain http**: JSON when the body is JSON (whatever its label), else the form or multipart
   its label names, else text.
 
@@ -49,6 +51,8 @@ class Route(Protocol):
     def hosts(self) -> tuple[str, ...]: ...
     @property
     def protocol(self) -> str: ...
+    @property
+    def unmetered_paths(self) -> tuple[str, ...]: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class DefaultRoute:
     paths: tuple[str, ...]
     protocol: str
     hosts: tuple[str, ...] = ()
+    unmetered_paths: tuple[str, ...] = ()
 
 
 # What ``policy.protocols`` says when the config says nothing.
@@ -77,24 +82,27 @@ class Reader:
     """Reads requests by the protocol routes of the config (compiled once)."""
 
     def __init__(self, protocols: Sequence[Route] = DEFAULT_ROUTES) -> None:
-        self._protocols = tuple((Glob(p.paths), Glob(p.hosts, ignore_case=True), p.protocol)
-                                for p in protocols)
+        self._protocols = tuple((Glob(p.paths), Glob(p.hosts, ignore_case=True), p.protocol,
+                                 Glob(p.unmetered_paths)) for p in protocols)
 
-    def protocol_of(self, request: Request) -> str:
+    def _route(self, request: Request) -> tuple[str, Glob | None]:
         path = request.path_only
         host = host_without_port(request.host).lower()
-        for paths, hosts, protocol in self._protocols:
+        for paths, hosts, protocol, unmetered in self._protocols:
             if paths(path) and (not hosts or hosts(host)):
-                return protocol
-        return "http"
+                return protocol, unmetered
+        return "http", None
+
+    def protocol_of(self, request: Request) -> str:
+        return self._route(request)[0]
 
     def read(self, request: Request) -> RequestView:
-        protocol = self.protocol_of(request)
+        protocol, unmetered = self._route(request)
         try:
             if protocol == "mcp":
                 return _read_mcp(request)
             if protocol == "llm":
-                return _read_llm(request)
+                return _read_llm(request, unmetered)
             return RequestView(request, "http", http_action(request), _plain_body(request))
         except Deny as problem:
             return RequestView(request, protocol, http_action(request),
@@ -152,8 +160,12 @@ def _read_mcp(request: Request) -> RequestView:
     return RequestView(request, "mcp", mcp_action(request, body.document), body)
 
 
-def _read_llm(request: Request) -> RequestView:
+def _read_llm(request: Request, unmetered: Glob | None = None) -> RequestView:
     api = llm_api(request)
+    if (api == "other" and request.method.upper() == "POST"
+            and not (unmetered is not None and unmetered(request.path_only))):
+        raise BadRequest(f"{request.path_only} is not an LLM API this gateway knows: its model "
+                         "could not be checked nor its usage metered", reason="llm.unknown_api")
     if request.method.upper() != "POST" or api in ("models", "other"):
         return RequestView(request, "llm", Action(protocol="llm", kind=api), _plain_body(request))
     if request.body_truncated:

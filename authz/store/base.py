@@ -44,12 +44,22 @@ class Store(abc.ABC):
         round trip. See ``authz.store.limits`` for the semantics."""
 
     @abc.abstractmethod
+    async def undo_limits(self, rates: Sequence[RateOp], reserves: Sequence[ReserveOp]) -> None:
+        """Give back what one allowed ``apply_limits`` call with these operations took."""
+
+    @abc.abstractmethod
     async def time_us(self) -> int:
         """The clock limits are measured with (Redis: the server's ``TIME``)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
+
+    async def check_health(self) -> str:
+        """For readiness: raise ``StoreUnavailable`` when nothing can be reached; else a note on
+        what cannot (a Redis Cluster master whose slots fail), empty when all is well."""
+        await self.ping()
+        return ""
 
     # Hashes (API keys kept in the store). Not abstract, so a store without them still builds.
 

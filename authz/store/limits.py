@@ -9,7 +9,9 @@ windows to straddle, and the whole check-and-update is one atomic step.
 Budgets are counters per period: ``reserve`` adds an estimate if it fits under the limit,
 ``settle`` later adds (actual - estimate), which is negative when less was used.
 
-A batch is all-or-nothing: if any limit refuses, nothing is consumed anywhere.
+A batch is all-or-nothing: if any limit refuses, nothing is consumed anywhere. What a batch
+took can be given back exactly (``undo``): a request that is refused later, or answered without
+the store's decision, is charged nothing.
 """
 
 from __future__ import annotations
@@ -76,3 +78,11 @@ def evaluate_budget(used: int, op: ReserveOp) -> BudgetResult:
 def rate_ttl_ms(new_tat: float, now_us: int) -> int:
     """A bucket's key may vanish once it is full again: idle users cost nothing."""
     return max(1, math.ceil((new_tat - now_us) / 1000)) + 1
+
+
+def undo_rate(tat: float | None, now_us: int, op: RateOp) -> float | None:
+    """The TAT once ``op``'s request is taken back (None: the bucket is full, drop the key)."""
+    if tat is None:
+        return None
+    new_tat = tat - op.interval_us * op.cost
+    return new_tat if new_tat > now_us else None

@@ -2,13 +2,18 @@
 request atomically, in one round trip, with the Redis server's clock (``TIME``)."""
 
 # KEYS: rate keys, then budget keys.
-# ARGV: n_rates, n_budgets, then per rate: interval_us, burst, cost; per budget: limit, amount, ttl_s.
+# ARGV: n_rates, n_budgets, then per rate: interval_us, burst, cost; per budget: limit, amount, ttl_s;
+#       last, the deadline: the Redis TIME (µs) after which the call must change nothing, because
+#       the sidecar has given up waiting for it (0: none).
 # Returns {allowed, now_us, then per rate: allowed, remaining, reset_us, retry_us;
 #          per budget: allowed, used, remaining} as strings (Lua numbers are doubles; Redis would
-#          truncate non-integers in replies).
+#          truncate non-integers in replies); allowed is 2 and nothing else follows when the
+#          deadline had passed (a call Redis ran late, after a pause or a backlog: never applied).
 LIMITS_LUA = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deadline = tonumber(ARGV[#ARGV])
+if deadline > 0 and now > deadline then return {'2', string.format('%d', now)} end
 local nr = tonumber(ARGV[1])
 local nb = tonumber(ARGV[2])
 local all = true
@@ -69,4 +74,30 @@ end
 table.insert(out, 1, string.format('%d', now))
 table.insert(out, 1, all and '1' or '0')
 return out
+"""
+
+# Undo what one successful LIMITS_LUA call took: each rate key's TAT moves back by interval * cost
+# (a bucket that is full again is deleted), each budget gives its amount back. KEYS as in
+# LIMITS_LUA; ARGV: n_rates, n_budgets, then per rate: interval_us * cost; per budget: amount.
+UNDO_LUA = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nr = tonumber(ARGV[1])
+local nb = tonumber(ARGV[2])
+for i = 1, nr do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat ~= nil then
+    local new_tat = tat - tonumber(ARGV[2 + i])
+    if new_tat <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+    end
+  end
+end
+for j = 1, nb do
+  local key = KEYS[nr + j]
+  if redis.call('EXISTS', key) == 1 then redis.call('DECRBY', key, ARGV[2 + nr + j]) end
+end
+return 1
 """

@@ -116,6 +116,22 @@ class MemoryStore(Store):
                 self._data[k] = ((int(self._scalar(entry[0], rop.key)) if entry else 0) + rop.amount, expiry)
         return alg.BatchResult(allowed, tuple(rate_results), tuple(budget_results))
 
+    async def undo_limits(self, rates: Sequence[alg.RateOp], reserves: Sequence[alg.ReserveOp]) -> None:
+        now_us = int(self._wall() * 1_000_000)
+        for op in rates:
+            k = self._prefix + op.key
+            entry = self._live(k)
+            tat = alg.undo_rate(float(self._scalar(entry[0], op.key)) if entry else None, now_us, op)
+            if tat is None:
+                self._data.pop(k, None)
+            else:
+                self._data[k] = (repr(tat).encode(), self._clock() + alg.rate_ttl_ms(tat, now_us) / 1000)
+        for rop in reserves:
+            k = self._prefix + rop.key
+            entry = self._live(k)
+            if entry is not None:
+                self._data[k] = (int(self._scalar(entry[0], rop.key)) - rop.amount, entry[1])
+
     async def hgetall(self, key: str) -> dict[str, bytes]:
         entry = self._live(self._prefix + key)
         if entry is None:

@@ -14,15 +14,21 @@ every command over it:
   grow along the queue and a single timer, re-armed for the oldest pending deadline, expires
   them: no timer, ``asyncio.timeout()`` or ``wait_for`` per call. A command that times out
   keeps its place in the queue; its reply, when it arrives, is read and dropped, so later
-  replies still reach their own callers;
+  replies still reach their own callers. While the oldest command has waited twice the timeout
+  without a reply, new commands fail at once instead of queueing behind it;
 * when the connection breaks, every pending command fails with ``RespConnectionError`` and
   the next command reconnects (with a short backoff after failed attempts, so a Redis that is
   down costs a refused connect every few hundred milliseconds, not one per request). If the
   oldest command has waited ``stall_timeout`` past its deadline with no reply at all, the
   connection is treated as dead (a peer that vanished without a reset) and dropped;
 * scripts run with EVALSHA; on NOSCRIPT (a restarted or flushed Redis) the same call is sent
-  once more as EVAL, which also caches the script again (that second round trip has a
-  timeout of its own).
+  once more as EVAL, which also caches the script again (bounded by what is left of the
+  call's timeout);
+* a call that must not take effect once its caller has given up (the limits script) carries a
+  deadline in Redis's own clock (``eval_before``): the client learns the offset between its
+  clock and Redis's ``TIME`` when it connects and from every reply that reports it, and sets the
+  deadline a margin before it gives up, so the reply has time to come back. A reply that still
+  arrives after the caller gave up is handed to the call's ``on_late`` (to undo what it did).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -196,6 +203,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
         self._out: list[bytes] = []       # commands to write at the next loop iteration
+        self._late: dict[asyncio.Future[Any], Callable[[Any], None]] = {}  # replies wanted even late
         self.error: Exception | None = None   # set once the connection is lost
         self.opened_at = loop.time()
 
@@ -224,8 +232,14 @@ class _Connection(asyncio.Protocol):
                 deadlines.popleft()
                 if self._expired:
                     self._expired -= 1
-                if not fut.done():  # else its caller timed out or was cancelled: drop the reply
+                if not fut.done():
                     fut.set_result(reply)
+                    if self._late:
+                        self._late.pop(fut, None)
+                elif self._late:  # its caller timed out or was cancelled: drop it, or hand it on
+                    late = self._late.pop(fut, None)
+                    if late is not None:
+                        self._client._run_late(late, reply)
         except hiredis.ProtocolError as exc:
             self._fail(RespConnectionError(f"redis protocol error: {exc}"))
 
@@ -241,6 +255,7 @@ class _Connection(asyncio.Protocol):
             self._timer, self._timer_at = None, _INF
         waiters, self._waiters = self._waiters, collections.deque()
         self._deadlines.clear()
+        self._late.clear()  # whether those ran is unknown; their deadlines stop them running later
         self._expired = 0
         for fut in waiters:
             if not fut.done():
@@ -249,14 +264,23 @@ class _Connection(asyncio.Protocol):
 
     # commands
 
-    def send(self, payload: bytes, timeout: float | None = None) -> asyncio.Future[Any]:
+    def send(self, payload: bytes, timeout: float | None = None,
+             on_late: Callable[[Any], None] | None = None) -> asyncio.Future[Any]:
         """Write one encoded command; the future gets its reply (a ``ReplyError`` for ``-ERR``),
-        ``TimeoutError`` after ``timeout`` (the client's when None), or ``RespConnectionError``."""
+        ``TimeoutError`` after ``timeout`` (the client's when None), or ``RespConnectionError``.
+        A reply that comes after the future is done (timed out, cancelled) goes to ``on_late``."""
         if self.error is not None:
             raise self.error
         loop = self._loop
+        now = loop.time()
+        if self._expired and now - self._deadlines[0] >= self._timeout:
+            # The oldest command has waited twice the timeout with no reply: Redis is not
+            # answering (paused, overloaded, gone). A new command would queue behind it (replies
+            # come in order), so fail it now rather than after a whole timeout, and send nothing.
+            waited = now - self._deadlines[0] + self._timeout
+            raise TimeoutError(f"redis has not answered for {waited * 1000:.0f} ms")
         fut = loop.create_future()
-        deadline = loop.time() + (self._timeout if timeout is None else timeout)
+        deadline = now + (self._timeout if timeout is None else timeout)
         waiters = self._waiters
         if waiters:
             # Commands in flight: more are likely to follow in this loop iteration (a burst of
@@ -270,6 +294,8 @@ class _Connection(asyncio.Protocol):
             self._transport.write(payload)  # type: ignore[union-attr]
         waiters.append(fut)
         self._deadlines.append(deadline)
+        if on_late is not None:
+            self._late[fut] = on_late
         if deadline < self._timer_at:
             self._arm(deadline)
         return fut
@@ -338,9 +364,10 @@ class RespClient:
     ``RespError`` (an error reply), ``RespConnectionError`` (an ``OSError``) or ``TimeoutError``.
     """
 
-    def __init__(self, url: str, *, timeout: float = 0.05, connect_timeout: float = 0.5,
-                 stall_timeout: float | None = None, backoff: tuple[float, float] = (0.05, 0.5)) -> None:
-        self.endpoint = parse_url(url)
+    def __init__(self, url: str = "", *, endpoint: Endpoint | None = None, timeout: float = 0.05,
+                 connect_timeout: float = 0.5, stall_timeout: float | None = None,
+                 backoff: tuple[float, float] = (0.05, 0.5)) -> None:
+        self.endpoint = endpoint or parse_url(url)
         self.timeout = max(timeout, 0.001)
         self.connect_timeout = max(connect_timeout, 0.001)
         self.stall_timeout = max(1.0, 4 * self.timeout) if stall_timeout is None else stall_timeout
@@ -349,9 +376,12 @@ class RespClient:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection | None] | None = None
         self._retry_at = 0.0              # loop time before which no new connect is attempted
+        self._connect_started = 0.0
         self._last_error = ""
         self._failing = False             # logged the outage already
         self._closed = False
+        self.clock_offset_us = 0.0        # Redis TIME minus time.time(), as µs (see observe_time)
+        self.reply_margin = min(0.005, self.timeout / 5)  # deadline this long before giving up
 
     # hot path
 
@@ -379,6 +409,49 @@ class RespClient:
             reply = await self.request(head[1] + body)
         return reply
 
+    async def eval_before(self, script: Script, nkeys: int, nargs: int, body: bytes,
+                          on_late: Callable[[Any], None] | None = None) -> Any:
+        """Run ``script`` with one more argument after ``body``: its deadline, the Redis ``TIME``
+        (µs) after which the script must change nothing. It is the moment this call gives up
+        (``timeout`` from now, whatever connecting takes) less ``reply_margin``, in Redis's clock.
+        A reply that arrives after the call gave up goes to ``on_late``."""
+        left = self.timeout
+        conn = self._conn
+        if conn is None:
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + left
+            conn = await self._connection()
+            left = give_up - loop.time()
+            if left <= self.reply_margin:
+                raise TimeoutError(f"no time left for redis within {self.timeout * 1000:g} ms")
+        d = b"%d" % int((time.time() + left - self.reply_margin) * 1_000_000 + self.clock_offset_us)
+        tail = b"%s$%d\r\n%s\r\n" % (body, len(d), d)
+        head = script._heads.get((nkeys, nargs + 1)) or script.heads(nkeys, nargs + 1)
+        reply = await conn.send(head[0] + tail, left, on_late)
+        if reply.__class__ is ReplyError:
+            if not str(reply).startswith("NOSCRIPT"):
+                raise RespError(str(reply))
+            # Sent again as EVAL (which caches the script), with the same deadline.
+            conn = self._conn or await self._connection()
+            reply = await conn.send(head[1] + tail, None, on_late)
+            if reply.__class__ is ReplyError:
+                raise RespError(str(reply))
+        return reply
+
+    def observe_time(self, redis_us: float, local_us: float) -> None:
+        """A reply carried Redis's clock ``redis_us``, received at ``local_us`` (``time.time()``).
+        The offset kept is the largest seen (the reply's way back only makes it look smaller),
+        unless Redis's clock stepped back or the connection is new (then it restarts there)."""
+        seen = redis_us - local_us
+        if seen > self.clock_offset_us or seen < self.clock_offset_us - 100_000:
+            self.clock_offset_us = seen
+
+    def _run_late(self, late: Callable[[Any], None], reply: Any) -> None:
+        try:
+            late(reply)
+        except Exception:  # a late handler must never break the connection's reply matching
+            log.exception("handling a late redis reply failed")
+
     async def pipeline(self, payloads: Iterable[bytes]) -> list[asyncio.Future[Any]]:
         """Send encoded commands back to back without waiting between them: one future per
         reply, in order. An error reply is the future's value (a ``ReplyError``), not raised,
@@ -401,13 +474,19 @@ class RespClient:
         if self._closed:
             raise RespConnectionError("redis client is closed")
         task = self._connecting
+        loop = asyncio.get_running_loop()
         if task is None:
-            loop = asyncio.get_running_loop()
             wait = self._retry_at - loop.time()
             if wait > 0:
                 raise RespConnectionError(
                     f"redis {self.endpoint} unavailable ({self._last_error}); next attempt in {wait * 1000:.0f} ms")
             task = self._connecting = loop.create_task(self._connect())
+            self._connect_started = loop.time()
+        elif loop.time() - self._connect_started >= self.timeout:
+            # A connect that has already outlasted one call's timeout (a Redis that accepts but
+            # does not answer): fail now rather than make every call wait a whole timeout for it.
+            raise TimeoutError(f"still connecting to redis {self.endpoint} after "
+                               f"{(loop.time() - self._connect_started) * 1000:.0f} ms")
         try:
             conn = await asyncio.wait_for(asyncio.shield(task), self.timeout)
         except TimeoutError:
@@ -465,6 +544,7 @@ class RespClient:
                              else encode_command("AUTH", ep.password))
             if ep.db:
                 setup.append(encode_command("SELECT", ep.db))
+            setup.append(b"*1\r\n$4\r\nTIME\r\n")  # the clock the deadlines are stated in
             futures: list[asyncio.Future[Any]] = []
             try:
                 futures += [conn.send(p, self.connect_timeout) for p in setup]  # pipelined
@@ -472,6 +552,8 @@ class RespClient:
                     reply = await fut
                     if reply.__class__ is ReplyError:
                         raise RespError(str(reply))
+                seconds, micros = reply
+                self.clock_offset_us = int(seconds) * 1_000_000 + int(micros) - time.time() * 1_000_000
             except BaseException:
                 for fut in futures:
                     fut.cancel()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -40,55 +38,6 @@ def config_with(tmp: Path, redis_url: str, limits: dict, *, cluster: bool = Fals
     return path
 
 
-def cluster_port() -> int:
-    """A cluster node's bus listens on port + 10000, so both must be free and port <= 55535."""
-    import random
-    import socket
-
-    for _ in range(200):
-        port = random.randint(20000, 55000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory):
-    """Three masters on free ports, created with redis-cli --cluster create."""
-    if shutil.which("redis-cli") is None:
-        pytest.fail("redis-cli not found: install redis-tools (apt-get install redis-tools)")
-    base = tmp_path_factory.mktemp("cluster")
-    procs, ports = [], []
-    try:
-        for i in range(3):
-            port = cluster_port()
-            _, proc = start_redis(base / str(i), port=port,
-                                  extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                         "--cluster-node-timeout", "2000"])
-            procs.append(proc)
-            ports.append(port)
-        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            info = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"], capture_output=True,
-                                  text=True).stdout
-            if "cluster_state:ok" in info:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the test cluster did not converge: {info}")
-        yield f"redis://127.0.0.1:{ports[0]}/0", ports
-    finally:
-        for p in procs:
-            p.stop()
-
-
 def running(stack: Stack) -> Running:
     return Running(stack)
 
@@ -113,14 +62,19 @@ def key_value(redis_url: str, cluster: bool, key: str) -> bytes | None:
         client.close()
 
 
-@pytest.mark.parametrize("mode", ["standalone", "cluster"])
-def test_64_concurrent_clients_get_exactly_what_gcra_permits(mode, request, tmp_path):
+def rate_limited(mode: str, request, tmp_path: Path) -> tuple[bool, str, Path, str]:
+    """(cluster?, Redis URL, config with one per-user rate limit, the user oscar's key)."""
     cluster = mode == "cluster"
-    url = request.getfixturevalue("redis_cluster")[0] if cluster else request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("redis_cluster").url if cluster else request.getfixturevalue("redis_url")
     limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": f"{RATE}/min", "burst": BURST}]}
     cfg = config_with(tmp_path, url, limits, cluster=cluster)
     prefix = yaml.safe_load(cfg.read_text())["store"]["key_prefix"]
-    key = f"{prefix}rl:{{user=oscar}}:per-user"
+    return cluster, url, cfg, f"{prefix}rl:{{user=oscar}}:per-user"
+
+
+@pytest.mark.parametrize("mode", ["standalone", "cluster"])
+def test_64_concurrent_clients_get_exactly_what_gcra_permits(mode, request, tmp_path):
+    cluster, url, cfg, key = rate_limited(mode, request, tmp_path)
     with Stack(authz_config=cfg) as stack:
         s = running(stack)
         token = s.token("oscar", roles=["accounting"])
@@ -250,3 +204,29 @@ def test_redis_outage_fails_closed_or_open_per_limit_and_recovers(tmp_path):
                 proc2.stop()
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("mode", ["standalone", "cluster"])
+def test_two_replicas_sharing_redis_are_exact_together(mode, request, tmp_path):
+    """Two sidecars (each with its own Envoy) share one Redis or one Cluster: 64 clients across
+    them get exactly what GCRA permits for the user, as one sidecar would."""
+    cluster, url, cfg, key = rate_limited(mode, request, tmp_path)
+    with Stack(authz_config=cfg) as one, Stack(authz_config=cfg) as two:
+        a, b = running(one), running(two)
+        ta, tb = a.token("oscar", roles=["accounting"]), b.token("oscar", roles=["accounting"])
+        assert a.http.get("/v1/models", headers=a.auth(ta)).status_code == 200
+        t0 = float(key_value(url, cluster, key)) - INTERVAL * 1e6
+        wall_start = time.monotonic()
+
+        async def both() -> list[httpx.Response]:
+            first, second = await asyncio.gather(hammer(one.url, ta, 3.0, clients=32),
+                                                 hammer(two.url, tb, 3.0, clients=32))
+            return first + second
+
+        responses = asyncio.run(both())
+        wall = time.monotonic() - wall_start
+        tat = float(key_value(url, cluster, key))
+        allowed = 1 + sum(r.status_code == 200 for r in responses)
+        assert {r.status_code for r in responses} <= {200, 429}
+        assert allowed == round((tat - t0) / (INTERVAL * 1e6)), (allowed, tat, t0)
+        assert BURST <= allowed <= BURST + wall / INTERVAL + 1

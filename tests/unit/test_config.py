@@ -82,3 +82,20 @@ def test_a_check_across_sections_is_reported_at_the_key_it_names():
     found = problems("identity:\n  api_keys:\n    store: redis\n")
     assert found == {"identity.api_keys.store": "is redis but store.redis_url is empty: set store.redis_url "
                                                 "(or use store: config)"}
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("limits: {budgets: [{id: d, limit: .inf}]}", "limits.budgets[0].limit"),
+    ("limits: {budgets: [{id: d, limit: .nan}]}", "limits.budgets[0].limit"),
+    ("limits: {budgets: [{id: d, limit: 1e300}]}", "limits.budgets[0].limit"),
+    ("limits: {budgets: [{id: d, unit: cost, limit: 5}], prices: {'g*': {input: .inf, output: 1}}}",
+     "limits.prices.g*.input"),
+    ("limits: {estimate: {bytes_per_token: 1e-300}}", "limits.estimate.bytes_per_token"),
+    ("limits: {rate_limits: [{id: r, rate: 99999999999/s}]}", "limits.rate_limits[0].rate"),
+    ("limits: {rate_limits: [{id: r, rate: 1/99999d}]}", "limits.rate_limits[0].rate"),
+    ("store: {health_interval_seconds: .inf}", "store.health_interval_seconds"),
+])
+def test_non_finite_or_absurd_numbers_are_refused_with_their_key(text, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert key in str(err.value), str(err.value)

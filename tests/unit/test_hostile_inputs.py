@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def reference_config(audit_dir: Path):
 
 
 def token(**claims: Any) -> str:
+    # Minted at import: valid for the whole suite (the e2e tests run first and take minutes).
+    claims.setdefault("exp", int(time.time()) + 6 * 3600)
     return IDP.mint(header={"typ": "at+jwt"}, **claims)
 
 
@@ -225,14 +228,14 @@ LLM_BODIES = [
     # /v1/models and unknown /v1 paths are allowed without parsing: only redaction reads them
     ("redaction-depth-100", "/v1/models", deep(100), JSON, 400, "redaction.too_deep"),
     ("redaction-depth-990", "/v1/models", b'{"a":' * 990 + b"1" + b"}" * 990, JSON, 400, "redaction.too_deep"),
-    ("redaction-depth-5000", "/v1/anything", deep(5000), JSON, 400, "redaction.too_deep"),
-    ("redaction-depth-5000-no-type", "/v1/anything", deep(5000), "", 400, "redaction.too_deep"),
+    ("redaction-depth-5000", "/v1/files", deep(5000), JSON, 400, "redaction.too_deep"),
+    ("redaction-depth-5000-no-type", "/v1/files", deep(5000), "", 400, "redaction.too_deep"),
     # The label never switches the JSON reading off: JSON sent as text is still JSON too deep to scan.
-    ("redaction-depth-5000-as-text", "/v1/anything", deep(5000), "text/plain", 400, "redaction.too_deep"),
+    ("redaction-depth-5000-as-text", "/v1/files", deep(5000), "text/plain", 400, "redaction.too_deep"),
     ("redaction-depth-63", "/v1/models", deep(63), JSON, 200, "ok"),
-    ("form-bad-escapes", "/v1/anything", b"a=%ZZ&b=%C3%28&c=x@y.com&%", "application/x-www-form-urlencoded", 200, "ok"),
-    ("text-not-utf8", "/v1/anything", b"\xff\xfe mail x@y.com \xed\xa0\x80", "text/plain; charset=utf-16", 200, "ok"),
-    ("blank-no-type", "/v1/anything", b"  ", "", 200, "ok"),
+    ("form-bad-escapes", "/v1/files", b"a=%ZZ&b=%C3%28&c=x@y.com&%", "application/x-www-form-urlencoded", 200, "ok"),
+    ("text-not-utf8", "/v1/files", b"\xff\xfe mail x@y.com \xed\xa0\x80", "text/plain; charset=utf-16", 200, "ok"),
+    ("blank-no-type", "/v1/files", b"  ", "", 200, "ok"),
     ("too-large-to-scan", "/v1/models", b"x" * (1024 * 1024 + 1), "text/plain", 413, "body.too_large"),
 ]
 

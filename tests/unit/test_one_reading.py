@@ -83,7 +83,8 @@ def test_the_handoff_keeps_every_type(jsonrpc_id):
                 source_address="10.0.0.1", checked_at=1700000000.25,
                 action=Action(protocol="mcp", kind="tools/list", jsonrpc_id=jsonrpc_id, max_tokens=9),
                 headers={"x-team": "blue"}, filter_tools=True,
-                metering=Metering(reservations=(Reservation("d", "bg:k", 12, "tokens"),), model="m", stream=True))
+                metering=Metering(reservations=(Reservation("d", "bg:k", 12, "tokens"),), model="m", stream=True,
+                                  prompt_tokens=7))
     back = handoff.decode(handoff.encode(h)[handoff.FIELD])
     assert back == h
     assert type(back.action.jsonrpc_id) is type(jsonrpc_id)
@@ -194,3 +195,28 @@ async def test_the_tools_list_refusal_written_in_process_carries_the_id_as_sent(
     ])
     written = responses[-1].response_body.response.body_mutation.body
     assert written.startswith(b'{"jsonrpc":"2.0","id":' + raw_id.encode() + b","), written
+
+
+# --- unknown LLM APIs are refused unless a route lets them through unmetered ----------------------
+
+@pytest.mark.parametrize(("path", "method", "problem"), [
+    ("/v1/images/variations", "POST", "llm.unknown_api"),
+    ("/v1/audio/transcriptions", "POST", "llm.unknown_api"),
+    ("/v1/files", "POST", None),            # listed in unmetered_paths
+    ("/v1/batches/b1/cancel", "POST", None),
+    ("/v1/files/f1", "DELETE", None),       # not a POST: nothing to meter
+    ("/v1/images/generations", "POST", None),
+    ("/v1/audio/speech", "POST", None),
+])
+def test_unknown_llm_apis_are_refused_unless_listed(path, method, problem):
+    from authz.request import Reader
+    from authz.request.config import ProtocolRoute
+    from authz.request.http import Request
+
+    reader = Reader([ProtocolRoute(paths=("/v1/*",), protocol="llm",
+                                   unmetered_paths=("/v1/files*", "/v1/batches*"))])
+    view = reader.read(Request(id="r", method=method, scheme="http", host="h", path=path, headers={},
+                               body=b'{"model": "gpt-x", "input": "hi", "prompt": "a cat"}'))
+    assert (view.problem.reason if view.problem else None) == problem
+    if problem is None and method == "POST" and path.startswith(("/v1/images", "/v1/audio")):
+        assert view.action.model == "gpt-x" and view.action.kind in ("images.generations", "audio.speech")

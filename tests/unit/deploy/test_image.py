@@ -266,7 +266,9 @@ def test_tracing_starts_in_the_image_environment(image_venv, tmp_path):
         while True:
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
+                # Live, not ready: the issuer's keys cannot be fetched here (sso.invalid), and a
+                # sidecar that can verify no issuer's tokens is not ready (identity readiness).
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1) as r:
                     if r.status == 200:
                         break
             except OSError:

@@ -179,3 +179,63 @@ async def test_limits_show_reports_usage_from_redis(tmp_path, redis_url, capsys)
     assert await asyncio.to_thread(main, ["show", "-c", str(cfg), "--user", "oscar", "--tenant", "acme"]) == 0
     out = capsys.readouterr().out
     assert "per-user" in out and "daily-tokens" in out and "used" in out
+
+
+def llm_ctx(path: str, body: dict, principal=OSCAR) -> Context:
+    raw = json.dumps(body).encode()
+    return Context(request=Request(id="r", method="POST", scheme="http", host="h", path=path, headers={},
+                                   body=raw), principal=principal)
+
+
+@pytest.mark.parametrize(("path", "body", "expected"), [
+    # token ids count one token each, even where their bytes / 4 is fewer
+    ("/v1/embeddings", {"model": "gpt-e", "input": [1] * 300}, 300),
+    ("/v1/embeddings", {"model": "gpt-e", "input": [[1] * 100, [2] * 50, "abcdefgh" * 10]}, 170),
+    ("/v1/images/generations", {"model": "gpt-image", "prompt": "a cat", "n": 2}, None),
+])
+async def test_estimates_for_embeddings_and_images(path, body, expected):
+    s = stage(text="limits:\n  budgets:\n    - {id: d, limit: 100000}\n"
+                   "  estimate: {bytes_per_token: 4, tokens_per_image: 1000}\n")
+    ctx = llm_ctx(path, body)
+    await s.on_request(ctx)
+    amount = ctx.handoff.metering.reservations[0].amount
+    by_size = -(-len(ctx.request.body) // 4)
+    if expected is None:  # an image: its prompt and tokens_per_image per image
+        assert amount == by_size + 2 * 1000
+    else:
+        assert amount == max(by_size, expected)
+        assert expected > by_size or "abcdefgh" in ctx.request.body.decode()
+
+
+async def test_a_stream_cut_short_is_charged_its_prompt_and_what_was_streamed():
+    store = MemoryStore()
+    s = stage(store, text="limits:\n  budgets:\n    - {id: d, limit: 100000}\n"
+                          "  estimate: {bytes_per_token: 4}\n")
+    ctx = chat_ctx({"model": "gpt-x", "max_tokens": 4000, "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}]})
+    await s.on_request(ctx)
+    reservation = ctx.handoff.metering.reservations[0]
+    prompt = ctx.handoff.metering.prompt_tokens
+    assert reservation.amount == prompt + 4000
+    ex = Exchange(request=ctx.request, handoff=ctx.handoff, response_status=200,
+                  response_headers={"content-type": "text/event-stream"})
+    ex.response_chunk = b'data: {"choices":[{"delta":{"content":"Twelve bytes"}}]}\n\n'
+    await s.on_response_body(ex)  # then the client goes away: no end_of_stream, no usage
+    await s.on_complete(ex)
+    assert ex.facts["budgets"]["d"]["settled"] == "streamed"
+    assert int(await store.get(reservation.key)) == prompt + 3
+
+
+async def test_an_undo_after_a_refusal_leaves_every_counter_as_it_was():
+    store = MemoryStore()
+    s = stage(store)
+    first = chat_ctx({"model": "gpt-x", "max_tokens": 10})
+    await s.on_request(first)
+    keys = [r.key for r in first.handoff.metering.reservations] + ["rl:{user=oscar}:per-user"]
+    before = [await store.get(k) for k in keys]
+    second = chat_ctx({"model": "gpt-x", "max_tokens": 10})
+    await s.on_request(second)
+    assert len(second.on_refusal) == 1
+    for give_back in second.on_refusal:
+        await give_back()
+    assert [await store.get(k) for k in keys] == before

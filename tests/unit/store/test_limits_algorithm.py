@@ -89,3 +89,18 @@ async def test_memory_refill_follows_the_rate():
     clock.t += 60
     # a full minute idle refills only up to the burst, not 100
     assert [(await s.apply_limits([op], [])).allowed for _ in range(3)] == [True, True, False]
+
+
+async def test_undo_gives_back_exactly_what_was_taken(store):
+    rate = RateOp("rl:{user=c}:x", interval_us=HOURLY, burst=3)
+    budget = ReserveOp("bg:{user=c}:b:day", limit=1000, amount=300, ttl_seconds=60)
+    assert (await store.apply_limits([rate], [budget])).allowed
+    second = await store.apply_limits([rate], [budget])
+    assert second.allowed and second.budgets[0].used == 600 and second.rates[0].remaining == 1
+    await store.undo_limits([rate], [budget])
+    third = await store.apply_limits([rate], [budget])
+    assert third.budgets[0].used == 600 and third.rates[0].remaining == 1  # as if the second never was
+    await store.undo_limits([rate], [budget])
+    await store.undo_limits([rate], [budget])
+    assert await store.get(rate.key) is None  # the bucket is full again: its key is gone
+    assert int(await store.get(budget.key)) == 0

@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -306,8 +307,11 @@ class FakeServer:
             self.accepted += 1
             self.writers.append(writer)
             try:
-                while await reader.read(65536):
-                    if self.reply is not None:
+                while data := await reader.read(65536):
+                    if data.endswith(b"*1\r\n$4\r\nTIME\r\n"):  # the client's set-up: its clock
+                        now = str(int(time.time())).encode()
+                        writer.write(b"*2\r\n$%d\r\n%s\r\n$1\r\n0\r\n" % (len(now), now))
+                    elif self.reply is not None:
                         writer.write(self.reply)
             finally:
                 writer.close()

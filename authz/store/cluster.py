@@ -1,0 +1,124 @@
+"""Redis Cluster routing for the pipelined client: which master serves a key's slot.
+
+One ``RespClient`` per master, each with its own connection, timeout and reconnect backoff, so a
+master that hangs or dies costs only the calls for its slots (each bounded by the timeout) and
+never the others. The slot map comes from ``CLUSTER SLOTS`` (asked of any node that answers) when
+the first call needs it, and again after a node answered ``MOVED``/``ASK`` (a failover or
+resharding) or could not be reached; refreshes are shared and at most one per ``refresh_every``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from redis.crc import key_slot
+
+from authz.store.resp import Endpoint, RespClient, RespConnectionError, RespError, parse_url
+
+log = logging.getLogger("authz.store")
+
+SLOTS = 16384
+_REDIRECTS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+
+
+class SlotRouter:
+    def __init__(self, url: str, *, timeout: float, connect_timeout: float,
+                 refresh_every: float = 0.5) -> None:
+        self.seed = parse_url(url)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.refresh_every = refresh_every
+        self.nodes: dict[tuple[str, int], RespClient] = {}
+        self._slots: list[tuple[str, int] | None] = [None] * SLOTS
+        self._mapped = False
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = -1e9
+        self._closed = False
+
+    def node(self, address: tuple[str, int]) -> RespClient:
+        client = self.nodes.get(address)
+        if client is None:
+            ep = dataclasses.replace(self.seed, host=address[0], port=address[1], db=0)
+            client = self.nodes[address] = RespClient(endpoint=ep, timeout=self.timeout,
+                                                      connect_timeout=self.connect_timeout)
+        return client
+
+    @staticmethod
+    def slot(key: str) -> int:
+        return int(key_slot(key.encode()))
+
+    async def for_slot(self, slot: int) -> RespClient:
+        """The client of the master serving ``slot`` (waits, within the timeout, for a first map)."""
+        if not self._mapped:
+            self.refresh()
+            task = self._refreshing
+            if task is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), self.timeout)
+                except TimeoutError:
+                    raise TimeoutError("no Redis Cluster slot map yet") from None
+        address = self._slots[slot]
+        if address is None:
+            self.refresh()
+            raise RespConnectionError(f"no Redis Cluster master known for slot {slot}")
+        return self.node(address)
+
+    def failed(self, exc: BaseException) -> None:
+        """A call failed: a redirect or an unreachable node may mean the map changed."""
+        if isinstance(exc, RespError) and not str(exc).startswith(_REDIRECTS):
+            return
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Fetch the slot map in the background, unless a fetch is running or ran just now."""
+        if self._closed or self._refreshing is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._mapped and loop.time() - self._refreshed_at < self.refresh_every:
+            return
+        self._refreshed_at = loop.time()
+        self._refreshing = loop.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            seed = (self.seed.host, self.seed.port)
+            candidates = [seed, *[a for a in self.nodes if a != seed]]
+            errors = []
+            for address in candidates:
+                try:
+                    reply = await self.node(address).execute("CLUSTER", "SLOTS")
+                except (RespError, OSError, TimeoutError) as exc:
+                    errors.append(f"{address[0]}:{address[1]}: {exc}")
+                    continue
+                self._apply(reply, address[0])
+                return
+            log.warning("cannot read the Redis Cluster slot map: %s", "; ".join(errors))
+        finally:
+            self._refreshing = None
+
+    def _apply(self, reply: Any, fallback_host: str) -> None:
+        slots: list[tuple[str, int] | None] = [None] * SLOTS
+        for entry in reply:
+            start, end, master = int(entry[0]), int(entry[1]), entry[2]
+            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+            address = (host or fallback_host, int(master[1]))
+            for s in range(start, end + 1):
+                slots[s] = address
+        self._slots = slots
+        self._mapped = True
+
+    def masters(self) -> list[tuple[str, int]]:
+        return sorted({a for a in self._slots if a is not None})
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        for client in list(self.nodes.values()):
+            await client.close()
+
+
+__all__ = ["Endpoint", "SlotRouter"]
