@@ -232,7 +232,7 @@ class Scanner:
                 if good > 0:
                     out.append((kind, start, good))
                     resume = good
-                lo = max(resume, start + 1)
+                lo = max(resume, start)
             else:
                 lo = resume
             resume = self._retry(s, lo, end, out, resume)

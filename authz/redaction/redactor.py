@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from authz.redaction.detectors import Finding, Scanner, normalize
+from authz.redaction.detectors import Finding, Scanner
 
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
 
@@ -33,13 +33,13 @@ class Redactor:
         if action == "allow":
             return None
         if action == "placeholder":
-            key = (f.type, f.value.casefold())
+            key = (f.type, " ".join((f.norm or f.value).casefold().split()))
             if key not in self.placeholders:
                 self.counters[f.type] += 1
                 self.placeholders[key] = f"[{f.type.upper()}_{self.counters[f.type]}]"
             return self.placeholders[key]
         if action == "hash":
-            digest = hmac.new(self.hmac_key, f.value.encode(), hashlib.sha256).hexdigest()[:16]
+            digest = hmac.new(self.hmac_key, " ".join((f.norm or f.value).split()).encode(), hashlib.sha256).hexdigest()[:16]
             return f"[{f.type.upper()}:{digest}]"
         # mask
         if f.type in MASK_LAST4:
@@ -53,43 +53,62 @@ class Redactor:
     def text(self, value: str) -> str:
         return self.texts([value])[0]
 
-    def texts(self, values: list[str]) -> list[str]:
-        """Redact many strings with one scan: they are joined with a separator no detector can
-        match across, scanned once, and the findings mapped back (the regex engine's per-call
-        cost, not the bytes, dominated scanning JSON documents of many small strings)."""
-        norms = [normalize(v) for v in values]
-        joined = SEPARATOR.join(norms)
-        findings = self.scanner.scan(joined)
+    def texts(self, values: list[str], *, joined: bool = False) -> list[str]:
+        """Redact many strings with one scan. Each string changes only inside the spans of its
+        findings: everything else goes back exactly as it came (the shadow detection ran on is
+        never forwarded). ``joined``: the strings are adjacent pieces of one text (the values of
+        a document, the parts of a message) and a value split across two of them is found, the
+        replacement put in the first piece and the rest of the value taken out of the others;
+        otherwise no finding spans two strings."""
+        if not values:
+            return values
+        sep = SOFT if joined else SEPARATOR
+        text = sep.join(values)
+        findings = self.scanner.scan(text)
         if not findings:
             return values
         starts, pos = [], 0
-        for n in norms:
+        for v in values:
             starts.append(pos)
-            pos += len(n) + len(SEPARATOR)
-        out: list[list[str]] = [[] for _ in norms]
+            pos += len(v) + len(sep)
+        out: list[list[str]] = [[] for _ in values]
         cursor = list(starts)
         for f in findings:
-            i = bisect.bisect_right(starts, f.start) - 1
-            if f.end > starts[i] + len(norms[i]):
-                continue  # cannot happen with the shipped detectors; never rewrite across strings
+            first = bisect.bisect_right(starts, f.start) - 1
+            last = bisect.bisect_right(starts, f.end - 1) - 1
+            if last != first and not joined:
+                continue  # cannot happen: no detector matches across the hard separator
             self.found[f.type] += 1
             new = self.replacement(f)
             if new is None:
                 continue
-            out[i].append(joined[cursor[i]:f.start])
-            out[i].append(new)
-            cursor[i] = f.end
+            for i in range(first, last + 1):
+                lo = max(f.start, starts[i])
+                hi = min(f.end, starts[i] + len(values[i]))
+                if hi <= lo:
+                    continue
+                out[i].append(text[cursor[i]:lo])
+                out[i].append(new if i == first else "")
+                cursor[i] = hi
             self.changed = True
-        # A string with nothing to replace goes back exactly as it came (not in its folded form).
-        return [values[i] if not parts else "".join(parts) + joined[cursor[i]:starts[i] + len(norms[i])]
+        # A string with nothing to replace goes back as the very same object.
+        return [values[i] if not parts else "".join(parts) + text[cursor[i]:starts[i] + len(values[i])]
                 for i, parts in enumerate(out)]
 
     def json_value(self, doc: Any) -> Any:
+        """``doc`` with findings replaced in string values (adjacent values read as one text),
+        object keys and numbers (read as their digits; a number with a finding becomes the
+        string that replaces it)."""
         strings: list[str] = []
-        _collect(doc, strings)
-        if not strings:
+        keys: dict[str, str] = {}
+        numbers: list[str] = []
+        _collect(doc, strings, keys, numbers)
+        new_strings = self.texts(strings, joined=True) if strings else strings
+        new_keys = dict(zip(keys, self.texts(list(keys)), strict=True)) if keys else keys
+        new_numbers = self.texts(numbers) if numbers else numbers
+        if new_strings is strings and all(k == v for k, v in new_keys.items()) and new_numbers is numbers:
             return doc
-        return _rebuild(doc, iter(self.texts(strings)))
+        return _rebuild(doc, iter(new_strings), new_keys, iter(new_numbers))
 
     def rewrite(self, kind: str, document: Any) -> Any:
         """``document`` (an ``Outgoing`` document of a body of ``kind``) with findings replaced."""
@@ -97,10 +116,11 @@ class Redactor:
             return self.json_value(document)
         if kind == "form":
             pairs: tuple[tuple[str, str], ...] = document
-            new = self.texts([n for n, _ in pairs] + [v for _, v in pairs])
-            return tuple(zip(new[:len(pairs)], new[len(pairs):], strict=True))
+            names = self.texts([n for n, _ in pairs])
+            values = self.texts([v for _, v in pairs], joined=True)
+            return tuple(zip(names, values, strict=True))
         if kind == "multipart":
-            return tuple(self.texts(list(document)))
+            return tuple(self.texts(list(document), joined=True))
         if kind == "text":
             return self.text(document)
         raise ValueError(f"a {kind} body cannot be scanned")
@@ -109,27 +129,42 @@ class Redactor:
         return dict(sorted(self.found.items()))
 
 
-SEPARATOR = "\n\x00\n"
+SEPARATOR = "\n\x00\n"  # no detector matches across it
+SOFT = "\n"               # a line break: values split across pieces are found across it
 
 
-def _collect(value: Any, out: list[str]) -> None:
+def _collect(value: Any, strings: list[str], keys: dict[str, str], numbers: list[str]) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings.append(item)
+        elif isinstance(item, dict):
+            for k in item:
+                keys.setdefault(k, k)
+            stack.extend(reversed(item.values()))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            numbers.append(repr(item))
+
+
+def _rebuild(value: Any, strings: Any, keys: dict[str, str], numbers: Any) -> Any:
     if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, list):
-        for v in value:
-            _collect(v, out)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _collect(v, out)
-
-
-def _rebuild(value: Any, new: Any) -> Any:
-    if isinstance(value, str):
-        return next(new)
+        return next(strings)
     if isinstance(value, list):
-        return [_rebuild(v, new) for v in value]
+        return [_rebuild(v, strings, keys, numbers) for v in value]
     if isinstance(value, dict):
-        return {k: _rebuild(v, new) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            new_key = keys.get(k, k)
+            while new_key in out:  # two keys masked alike: keep both
+                new_key += "_"
+            out[new_key] = _rebuild(v, strings, keys, numbers)
+        return out
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        new = next(numbers)
+        return value if new == repr(value) else new
     return value
 
 
