@@ -60,7 +60,8 @@ def term_pattern(term: str, variants: Sequence[Sequence[str]] = LEGAL_FORMS) -> 
 
 def dictionary_pattern(terms: Iterable[str], variants: Sequence[Sequence[str]] = LEGAL_FORMS) -> str:
     unique = sorted({t.strip() for t in terms if t.strip()}, key=len, reverse=True)
-    formed, bare = [], []
+    formed: list[str] = []
+    bare: list[str] = []
     for term in unique:
         pattern, has_form = term_pattern(term, variants)
         if pattern:

@@ -39,7 +39,8 @@ class Redactor:
                 self.placeholders[key] = f"[{f.type.upper()}_{self.counters[f.type]}]"
             return self.placeholders[key]
         if action == "hash":
-            digest = hmac.new(self.hmac_key, " ".join((f.norm or f.value).split()).encode(), hashlib.sha256).hexdigest()[:16]
+            value = " ".join((f.norm or f.value).split())
+            digest = hmac.new(self.hmac_key, value.encode(), hashlib.sha256).hexdigest()[:16]
             return f"[{f.type.upper()}:{digest}]"
         # mask
         if f.type in MASK_LAST4:
@@ -106,7 +107,8 @@ class Redactor:
         new_strings = self.texts(strings, joined=True) if strings else strings
         new_keys = dict(zip(keys, self.texts(list(keys)), strict=True)) if keys else keys
         new_numbers = self.texts(numbers) if numbers else numbers
-        if new_strings is strings and all(k == v for k, v in new_keys.items()) and new_numbers is numbers:
+        same_keys = all(k == v for k, v in new_keys.items())
+        if new_strings is strings and same_keys and new_numbers is numbers:
             return doc
         return _rebuild(doc, iter(new_strings), new_keys, iter(new_numbers))
 
@@ -157,7 +159,7 @@ def _rebuild(value: Any, strings: Any, keys: dict[str, str], numbers: Any) -> An
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            new_key = keys.get(k, k)
+            new_key: str = keys.get(k) or k
             while new_key in out:  # two keys masked alike: keep both
                 new_key += "_"
             out[new_key] = _rebuild(v, strings, keys, numbers)

@@ -12,6 +12,8 @@ original it came from, and only that span is rewritten: the shadow is never forw
 Folding is per code point and cached; ASCII text (the common case) is its own shadow.
 """
 
+# ruff: noqa: RUF001, RUF002  (the look-alike letters are the point)
+
 from __future__ import annotations
 
 import bisect

@@ -33,6 +33,7 @@ from authz.pipeline import Stage
 from authz.redaction.config import RedactionConfig, RedactionRule
 from authz.redaction.detectors import Scanner
 from authz.redaction.redactor import Redactor, categories_of
+from authz.redaction.request_parts import scan_request_parts
 from authz.store import Store, StoreUnavailable
 
 FINDINGS = Counter("authz_redaction_findings_total", "Sensitive values found, by entity type.", ["type"])
@@ -60,7 +61,8 @@ class RedactionStage(Stage):
         self.store = store
         self.categories = cfg.categories()
         self.scanner = Scanner(cfg.detectors, {d.name: d.all_terms() for d in cfg.dictionaries},
-                               {p.name: p.regex for p in cfg.patterns})
+                               {p.name: p.regex for p in cfg.patterns}, decoding=cfg.decoding.decoding(),
+                               variants={d.name: d.variants for d in cfg.dictionaries if d.variants is not None})
         self.rules = tuple((r, CompiledMatch(r.match), CompiledConditions(r.when)) for r in cfg.rules)
         self.by_id = {r.id: r for r in cfg.rules}
         self.hmac_key = cfg.hmac_key.encode()
@@ -96,23 +98,31 @@ class RedactionStage(Stage):
             await self._approvals_endpoint(ctx, path[len(self.cfg.approvals_path) + 1:])
         rule = self._rule_for(ctx)
         body = ctx.view.body
-        if rule is None or body.kind == "none":
+        if rule is None:
             return
-        if ctx.request.body_truncated or len(body.raw) > self.cfg.max_body_bytes:
-            ACTIONS.labels(action="too_large").inc()
-            raise PayloadTooLarge(f"the body is larger than the {self.cfg.max_body_bytes} bytes the sidecar "
-                                  "scans; it is not forwarded unscanned", reason="body.too_large")
-        if body.kind == "encoded":
-            ACTIONS.labels(action="unscannable").inc()
-            raise UnsupportedMediaType("a body with a Content-Encoding cannot be scanned; send it unencoded",
-                                       reason="body.encoded")
-        if body.kind == "unreadable":
-            ACTIONS.labels(action="unscannable").inc()
-            raise _unreadable(body.problem)
         started = time.perf_counter()
         red = self.redactor(rule)
-        out = ctx.rewrite()
-        new = red.rewrite(out.body.kind, out.document)
+        header_values = scan_request_parts(red, ctx.request, self.cfg.headers, query=self.cfg.query)
+        parts_changed, red.changed = red.changed, False
+        if body.kind == "none" and not red.found:
+            return
+        out, new = None, None
+        if body.kind != "none":
+            if ctx.request.body_truncated or len(body.raw) > self.cfg.max_body_bytes:
+                ACTIONS.labels(action="too_large").inc()
+                raise PayloadTooLarge(f"the body is larger than the {self.cfg.max_body_bytes} bytes the sidecar "
+                                      "scans; it is not forwarded unscanned", reason="body.too_large")
+            if body.kind == "encoded":
+                ACTIONS.labels(action="unscannable").inc()
+                raise UnsupportedMediaType("a body with a Content-Encoding cannot be scanned; send it unencoded",
+                                           reason="body.encoded")
+            if body.kind == "unreadable":
+                ACTIONS.labels(action="unscannable").inc()
+                raise _unreadable(body.problem)
+            out = ctx.rewrite()
+            new = red.rewrite(out.body.kind, out.document)
+        body_changed = red.changed
+        red.changed = parts_changed or body_changed
         SCAN_SECONDS.observe(time.perf_counter() - started)
         if not red.found:
             ACTIONS.labels(action="clean").inc()
@@ -135,7 +145,9 @@ class RedactionStage(Stage):
             if held:
                 await self._require_approval(ctx, rule, held)
         m.set_header(self.cfg.sensitivity_header, ",".join(categories))
-        if red.changed:
+        for name, value in header_values.items():
+            m.set_header(name, value)
+        if out is not None and body_changed:
             out.replace(new)
             ACTIONS.labels(action="redacted").inc()
         else:

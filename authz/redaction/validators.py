@@ -2,6 +2,8 @@
 the country's length for IBANs, the SSA's invalid ranges for SSNs, address parsing for IPs, a
 JSON header naming an ``alg`` for JWTs), each on the shadow text of a candidate."""
 
+# ruff: noqa: RUF001  (typographic quotes are stripped from passwords)
+
 from __future__ import annotations
 
 import base64

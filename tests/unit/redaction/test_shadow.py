@@ -5,6 +5,8 @@ marks, ligatures, full-width letters, bidi marks) with findings inserted, the fo
 equals the input outside the finding spans, character for character (and so byte for byte).
 """
 
+# ruff: noqa: RUF001  (the look-alike letters are the point)
+
 from __future__ import annotations
 
 import re
