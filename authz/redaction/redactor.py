@@ -97,20 +97,22 @@ class Redactor:
                 for i, parts in enumerate(out)]
 
     def json_value(self, doc: Any) -> Any:
-        """``doc`` with findings replaced in string values (adjacent values read as one text),
-        object keys and numbers (read as their digits; a number with a finding becomes the
-        string that replaces it)."""
-        strings: list[str] = []
+        """``doc`` with findings replaced in string values (the prose of a document read as one
+        text, so a value split across content parts or messages is found), object keys and
+        numbers (read as their digits; a number with a finding becomes the string replacing it)."""
+        prose: list[str] = []
+        fields: list[str] = []
         keys: dict[str, str] = {}
         numbers: list[str] = []
-        _collect(doc, strings, keys, numbers)
-        new_strings = self.texts(strings, joined=True) if strings else strings
+        _collect(doc, prose, fields, keys, numbers)
+        new_prose = self.texts(prose, joined=True)
+        new_fields = self.texts(fields)
         new_keys = dict(zip(keys, self.texts(list(keys)), strict=True)) if keys else keys
-        new_numbers = self.texts(numbers) if numbers else numbers
+        new_numbers = self.texts(numbers)
         same_keys = all(k == v for k, v in new_keys.items())
-        if new_strings is strings and same_keys and new_numbers is numbers:
+        if new_prose is prose and new_fields is fields and same_keys and new_numbers is numbers:
             return doc
-        return _rebuild(doc, iter(new_strings), new_keys, iter(new_numbers))
+        return _rebuild(doc, None, iter(new_prose), iter(new_fields), new_keys, iter(new_numbers))
 
     def rewrite(self, kind: str, document: Any) -> Any:
         """``document`` (an ``Outgoing`` document of a body of ``kind``) with findings replaced."""
@@ -135,34 +137,43 @@ SEPARATOR = "\n\x00\n"  # no detector matches across it
 SOFT = "\n"               # a line break: values split across pieces are found across it
 
 
-def _collect(value: Any, strings: list[str], keys: dict[str, str], numbers: list[str]) -> None:
-    stack = [value]
+# Strings under these keys name the structure of a message (its type, role, model, ids), not
+# what it says: they are scanned on their own, so they do not stand between two pieces of prose.
+STRUCTURAL = frozenset({
+    "type", "role", "model", "id", "name", "jsonrpc", "method", "object", "tool_call_id", "tool_use_id",
+    "call_id", "stop_reason", "finish_reason", "media_type", "mime_type", "mimeType", "detail", "format",
+    "encoding_format", "service_tier", "reasoning_effort", "tool_choice", "status", "uri",
+})
+
+
+def _collect(value: Any, prose: list[str], fields: list[str], keys: dict[str, str], numbers: list[str]) -> None:
+    stack: list[tuple[Any, str | None]] = [(value, None)]
     while stack:
-        item = stack.pop()
+        item, key = stack.pop()
         if isinstance(item, str):
-            strings.append(item)
+            (fields if key in STRUCTURAL else prose).append(item)
         elif isinstance(item, dict):
             for k in item:
                 keys.setdefault(k, k)
-            stack.extend(reversed(item.values()))
+            stack.extend((v, k) for k, v in reversed(item.items()))
         elif isinstance(item, list):
-            stack.extend(reversed(item))
+            stack.extend((v, key) for v in reversed(item))
         elif isinstance(item, int | float) and not isinstance(item, bool):
             numbers.append(repr(item))
 
 
-def _rebuild(value: Any, strings: Any, keys: dict[str, str], numbers: Any) -> Any:
+def _rebuild(value: Any, key: str | None, prose: Any, fields: Any, keys: dict[str, str], numbers: Any) -> Any:
     if isinstance(value, str):
-        return next(strings)
+        return next(fields if key in STRUCTURAL else prose)
     if isinstance(value, list):
-        return [_rebuild(v, strings, keys, numbers) for v in value]
+        return [_rebuild(v, key, prose, fields, keys, numbers) for v in value]
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
             new_key: str = keys.get(k) or k
             while new_key in out:  # two keys masked alike: keep both
                 new_key += "_"
-            out[new_key] = _rebuild(v, strings, keys, numbers)
+            out[new_key] = _rebuild(v, k, prose, fields, keys, numbers)
         return out
     if isinstance(value, int | float) and not isinstance(value, bool):
         new = next(numbers)
