@@ -79,6 +79,8 @@ class _FoldTable(dict[int, str]):
 
 FOLD = _FoldTable({cp: chr(cp) for cp in range(128)})
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
 # HTML character references and percent-escapes (decoded only where asked: a decoding layer).
 _ENCODED = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)|(?:%[0-9A-Fa-f]{2})+")
 
@@ -111,41 +113,45 @@ class Shadow:
         if text.isascii() and not (decode and ("&" in text or "%" in text)):
             self.value = text
             return
-        # Code points that do not fold to exactly one character (and, when decoding, escapes)
-        # are the irregular pieces; everything between them maps one to one.
-        irregular = [ch for ch in set(text) if len(FOLD[ord(ch)]) != 1]
-        marks: list[tuple[int, int, str]] = []
-        if irregular:
-            klass = "[" + "".join(re.escape(c) for c in irregular) + "]"
-            marks += [(m.start(), m.end(), FOLD[ord(m.group())]) for m in re.finditer(klass, text)]
+        # ASCII stays as it is; runs of other characters fold, one to one (no piece needed) or,
+        # for a character folding to nothing or to several, as a piece of its own.
+        marks: list[tuple[int, int, str, bool]] = []  # start, end, shadow text, one to one
+        for m in _NON_ASCII.finditer(text):
+            run, base = m.group(), m.start()
+            folded = run.translate(FOLD)
+            if len(folded) == len(run) and all(len(FOLD[ord(c)]) == 1 for c in set(run)):
+                marks.append((base, m.end(), folded, True))
+                continue
+            for i, ch in enumerate(run):
+                f = FOLD[ord(ch)]
+                marks.append((base + i, base + i + 1, f, len(f) == 1))
         if decode:
             for m in _ENCODED.finditer(text):
                 decoded = _decode_escape(m.group())
                 if decoded:
-                    marks.append((m.start(), m.end(), decoded.translate(FOLD)))
+                    marks.append((m.start(), m.end(), decoded.translate(FOLD), False))
             marks.sort()
-        if not marks:
-            self.value = text.translate(FOLD)
-            return
         out: list[str] = []
         pos = shadow_pos = 0
-        for start, end, folded in marks:
+        for start, end, folded, regular in marks:
             if start < pos:
                 continue  # a character inside an escape already decoded
             if start > pos:
-                self._piece(shadow_pos, pos, True)
-                chunk = text[pos:start].translate(FOLD)
-                out.append(chunk)
-                shadow_pos += len(chunk)
-            self._piece(shadow_pos, start, False)
+                out.append(text[pos:start])
+                shadow_pos += start - pos
+            if not regular:
+                self._piece(shadow_pos, start, False)
+                self._piece(shadow_pos + len(folded), end, True)
             out.append(folded)
             shadow_pos += len(folded)
             pos = end
-        if pos < len(text):
-            self._piece(shadow_pos, pos, True)
-            out.append(text[pos:].translate(FOLD))
+        out.append(text[pos:])
         self.value = "".join(out)
-        self._piece(len(self.value), len(text), False)  # the end
+        if self.starts:
+            self.starts.insert(0, 0)
+            self.origins.insert(0, 0)
+            self.regular.insert(0, True)
+            self._piece(len(self.value), len(text), False)  # the end
 
     def _piece(self, shadow_start: int, origin: int, regular: bool) -> None:
         self.starts.append(shadow_start)

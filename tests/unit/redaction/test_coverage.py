@@ -2,6 +2,8 @@
 content parts and messages, the query string and configured headers; the evasion cases of issue 15
 at the detector level."""
 
+# ruff: noqa: RUF001, RUF003  (look-alike letters and Unicode dashes are the point)
+
 from __future__ import annotations
 
 import base64
