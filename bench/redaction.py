@@ -171,7 +171,8 @@ def password() -> tuple[str, str]:
     form = rng.choice(['password="{}"', "password={}", "my password is {}", "pwd: {}", "passphrase = '{}'",
                        "PASSWORD: {}"])
     quoted = '"' in form or "'" in form
-    value = rng.choice([alnum(12), "Tr0ub4dor&3", alnum(8) + "!"] + (["correct horse battery staple"] if quoted else []))
+    spaced = ["correct horse battery staple"] if quoted else []
+    value = rng.choice([alnum(12), "Tr0ub4dor&3", alnum(8) + "!", *spaced])
     shown = f'"{value}"' if '"' in form else f"'{value}'" if "'" in form else value
     return form.format(value), shown
 
