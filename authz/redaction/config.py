@@ -84,7 +84,7 @@ class DecodingConfig(Model):
     percent-escapes, and base64 blocks of ``base64_min_length`` characters or more (0: off).
     Findings inside count for the entity types or categories in ``types``."""
 
-    types: tuple[str, ...] = ("secret",)
+    types: tuple[str, ...] = ("secret", "pii")
     escapes: bool = True
     base64_min_length: int = Field(24, ge=0, le=4096)
 

@@ -303,7 +303,7 @@ class Scanner:
         budget = self.decoding.max_decoded
         for m in BASE64_BLOCK.finditer(shadow.value):
             block = m.group()
-            if len(block) < self.decoding.base64_min or budget <= 0:
+            if len(block) < self.decoding.base64_min or budget <= 0 or len(block) > budget * 4 // 3 + 4:
                 continue
             text = _b64text(block)
             if text is None:

@@ -42,13 +42,14 @@ class Redactor:
             value = " ".join((f.norm or f.value).split())
             digest = hmac.new(self.hmac_key, value.encode(), hashlib.sha256).hexdigest()[:16]
             return f"[{f.type.upper()}:{digest}]"
-        # mask
+        # mask: on the text as written, or on its decoded shadow when it was written encoded
+        value = f.norm if f.norm and ("&" in f.value or "%" in f.value) else f.value
         if f.type in MASK_LAST4:
-            digits = [i for i, c in enumerate(f.value) if c.isalnum()]
+            digits = [i for i, c in enumerate(value) if c.isalnum()]
             keep = set(digits[-4:])
-            return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(f.value))
-        if f.type == "email":
-            return "***@" + f.value.rsplit("@", 1)[1]
+            return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(value))
+        if f.type == "email" and "@" in value:
+            return "***@" + value.rsplit("@", 1)[1]
         return f"[REDACTED:{f.type}]"
 
     def text(self, value: str) -> str:
