@@ -2,7 +2,7 @@
 table. Each row is a chat prompt; the upstream (the demo LLM, which echoes what it received)
 must never see the listed fragments of the value, and nothing else in the prompt may change."""
 
-# ruff: noqa: RUF001, RUF003  (look-alike letters, Unicode dashes and digits are the point)
+# ruff: noqa: RUF001  (look-alike letters, Unicode dashes and digits are the point)
 
 from __future__ import annotations
 
