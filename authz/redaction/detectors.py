@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import re2
 
@@ -93,6 +95,14 @@ PATTERNS: dict[str, str] = {name: "|".join(f"{ctx}(?:{value})" for ctx, value in
 # Types whose candidates may be cut at a separator and tried again (a neighbour swallowed).
 SHORTENABLE = frozenset({"card", "iban", "ssn", "phone", "ipv6", "ipv4"})
 
+try:  # the engine's own match call (see Scanner._matches)
+    from re2 import _re2 as _native
+
+    _UNANCHORED = _native.RE2.Anchor.UNANCHORED
+    _BYTES_TO_CHARS = _native.BytesToCharLen
+except (ImportError, AttributeError):  # pragma: no cover - another build of re2
+    _UNANCHORED = _BYTES_TO_CHARS = None
+
 # Context detectors, and the specific ones that name a value they found better.
 RELABEL = frozenset({"password", "token"})
 SPECIFIC = frozenset({"private_key", "jwt", "anthropic_key", "openai_key", "aws_key", "github_token",
@@ -149,8 +159,10 @@ class Scanner:
     def __init__(self, detectors: Iterable[str], dictionaries: Mapping[str, Iterable[str]] | None = None,
                  custom: Mapping[str, str] | None = None, *, decoding: Decoding | None = Decoding(),
                  variants: Mapping[str, Sequence[Sequence[str]]] | None = None) -> None:
-        # One alternation, one pass over the text: structured detectors first (at the same
-        # position they win), then custom patterns, then dictionaries.
+        # One alternation, one pass over the text, for the structured detectors and custom
+        # patterns; one more per dictionary (merged in order; at the same position the
+        # structured detectors win). Apart, because a match's cost grows with the groups of the
+        # program it comes from, and a dictionary of thousands of names is a large program.
         wanted = set(detectors)
         alternatives: list[tuple[str, str, str]] = []  # group, type, regex
         for name, alts in DETECTORS.items():
@@ -159,16 +171,22 @@ class Scanner:
                     alternatives.append((f"{name}__{i}", name, f"{ctx}(?P<{name}__{i}>{value})"))
         for name, pattern in (custom or {}).items():
             alternatives.append((f"{name}__0", name, f"(?P<{name}__0>{pattern})"))
+        structured = len(alternatives)
         for name, terms in (dictionaries or {}).items():
             pattern = dictionary_pattern(terms, (variants or {}).get(name, LEGAL_FORMS))
             if pattern:
                 alternatives.append((f"{name}__0", name, f"(?P<{name}__0>{pattern})"))
         self.types = {group: kind for group, kind, _ in alternatives}
-        self._combined = re2.compile("|".join(rx for _, _, rx in alternatives), _options()) if alternatives else None
+        self._combined = (re2.compile("|".join(rx for _, _, rx in alternatives[:structured]), _options())
+                          if structured else None)
+        self._dictionaries = [(kind, re2.compile(rx, _options())) for _, kind, rx in alternatives[structured:]]
         self._kinds: dict[int, str] = {}
         if self._combined is not None:
             self._kinds = {i: self.types[g] for g, i in self._combined.groupindex.items()}
-        self._singles = [(kind, re2.compile(rx, _options())) for _, kind, rx in alternatives]
+        self._group_order = sorted(self._kinds)
+        self._dictionary_kinds = frozenset(kind for kind, _ in self._dictionaries)
+        contexts = {f"{name}__{i}" for name, alts in DETECTORS.items() for i, (ctx, _) in enumerate(alts) if ctx}
+        self._singles = [(kind, re2.compile(rx, _options()), group in contexts) for group, kind, rx in alternatives]
         # The specific secret detectors, for a value a context detector (a password or token
         # after its keyword) found: "key AKIA..." is an AWS key, not just a token.
         specific = [rx for _, kind, rx in alternatives if kind in SPECIFIC]
@@ -182,7 +200,7 @@ class Scanner:
 
     def scan(self, text: str) -> list[Finding]:
         """Findings in ``text``, in order, never overlapping, with spans of ``text`` itself."""
-        if self._combined is None or not text:
+        if (self._combined is None and not self._dictionaries) or not text:
             return []
         shadow = Shadow(text)
         spans = self._find(shadow.value)
@@ -211,17 +229,26 @@ class Scanner:
         a, b = shadow.span(start, end)
         return Finding(kind, a, b, shadow.text[a:b], shadow.value[start:end])
 
+    def _matches(self, s: str) -> Iterator[tuple[str, int, int]]:
+        """(type, start, end) of each match of the combined scan and of each dictionary, in order
+        of start (at one start the structured detectors first), in character offsets."""
+        data = s.encode("utf-8", "surrogatepass")
+        streams: list[Iterator[tuple[str, int, int]]] = []
+        if self._combined is not None:
+            streams.append(_native_matches(self._combined, self._kinds, self._group_order, s, data))
+        for kind, rx in self._dictionaries:
+            streams.append(_native_matches(rx, {1: kind}, [1], s, data))
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=lambda m: m[1])
+
     def _find(self, s: str) -> list[tuple[str, int, int]]:
-        assert self._combined is not None
         out: list[tuple[str, int, int]] = []
         resume = 0
-        for m in self._combined.finditer(s):
-            group = m.lastindex
-            start, end = m.span(group)
+        for kind, start, end in self._matches(s):
             if end <= resume:
                 continue
             if start >= resume:
-                kind = self._kinds[group]
                 good = self._accept(kind, s, start, end)
                 if good == end:
                     if kind in RELABEL:
@@ -233,6 +260,8 @@ class Scanner:
                     out.append((kind, start, good))
                     resume = good
                 lo = max(resume, start)
+            elif kind in self._dictionary_kinds:
+                continue  # a name inside a finding (or a failed candidate the retry took over)
             else:
                 lo = resume
             resume = self._retry(s, lo, end, out, resume)
@@ -271,26 +300,31 @@ class Scanner:
             w1 = min(len(s), hi + RETRY_WINDOW)
             window = s[w0:w1]
             best: tuple[int, int, str] | None = None
-            for kind, rx in self._singles:
+            # Most retries have nothing left to find: one search of each program says so.
+            programs = [rx for rx in (self._combined, *(d for _, d in self._dictionaries)) if rx is not None]
+            quick = [m for m in (_search(rx, window, lo - w0) for rx in programs) if m is not None]
+            if all(m[1] >= hi - w0 for m in quick):
+                return resume
+            for kind, rx, has_context in self._singles:
                 p = lo - w0
-                q = max(0, p - CONTEXT)
+                q = max(0, p - CONTEXT) if has_context else p
                 limit = (best[0] - w0) if best else hi - w0
                 while budget > 0:
                     budget -= 1
-                    m = rx.search(window, q)
+                    m = _search(rx, window, q)
                     if m is None:
                         break
-                    gs, ge = m.span(1)
+                    _, gs, ge, ms = m
                     if gs >= limit:
                         break
                     if gs < p or (ge == len(window) and w1 < len(s)):
-                        q = m.start() + 1
+                        q = ms + 1
                         continue
                     good = self._accept(kind, window, gs, ge)
                     if good > 0:
                         best = (gs + w0, good + w0, kind)
                         break
-                    q = m.start() + 1
+                    q = ms + 1
             if best is None:
                 return resume
             out.append((best[2], best[0], best[1]))
@@ -318,6 +352,57 @@ class Scanner:
         """``scan`` without decoding layers (what a decoded block is scanned with)."""
         shadow = Shadow(text)
         return [self._finding(shadow, kind, s, e) for kind, s, e in self._find(shadow.value)]
+
+
+def _native_matches(rx: Any, kinds: Mapping[int, str], groups: Sequence[int], s: str,
+                    data: bytes) -> Iterator[tuple[str, int, int]]:
+    """(type, start, end) of each match of ``rx`` in ``s`` (``data`` its UTF-8), the type that
+    of the first of ``groups`` that took part.
+
+    The engine's own call, not the wrapper's ``finditer``: the wrapper converts every group's
+    span of every match in Python, which cost more than the scan itself."""
+    native = getattr(rx, "_regexp", None)
+    if native is None or _UNANCHORED is None:  # another re2 wrapper: the public API
+        for m in rx.finditer(s):
+            group = next((g for g in groups if m.start(g) >= 0), 0)
+            yield kinds.get(group, ""), m.start(group), m.end(group)
+        return
+    ascii_only = len(data) == len(s)
+    n = len(data)
+    pos = last_byte = last_char = 0
+    while pos <= n:
+        spans = native.Match(_UNANCHORED, data, pos, n)
+        whole = spans[0]
+        if whole[0] < 0:
+            return
+        group = next((g for g in groups if spans[g][0] >= 0), 0)
+        start, end = spans[group]
+        if not ascii_only:
+            last_char += _BYTES_TO_CHARS(data, last_byte, start)
+            last_byte = start
+            start, end = last_char, last_char + _BYTES_TO_CHARS(data, start, end)
+        yield kinds.get(group, ""), start, end
+        pos = whole[1] if whole[1] > whole[0] else whole[1] + 1
+        while not ascii_only and pos < n and (data[pos] & 0xC0) == 0x80:
+            pos += 1
+
+
+def _search(rx: Any, text: str, pos: int) -> tuple[int, int, int, int] | None:
+    """The first match of ``rx`` in ``text`` at or after ``pos``: (group, group start, group end,
+    match start), the group being the first named one that took part."""
+    native = getattr(rx, "_regexp", None)
+    if native is None or _UNANCHORED is None or not text.isascii():
+        m = rx.search(text, pos)
+        if m is None:
+            return None
+        group = m.lastindex or 0
+        return group, m.start(group), m.end(group), m.start()
+    spans = native.Match(_UNANCHORED, text.encode("ascii"), pos, len(text))
+    if spans[0][0] < 0:
+        return None
+    named = sorted(rx.groupindex.values())
+    group = next((g for g in named if spans[g][0] >= 0), 0)
+    return group, spans[group][0], spans[group][1], spans[0][0]
 
 
 def _cuts(kind: str, s: str, start: int, end: int) -> list[int]:
