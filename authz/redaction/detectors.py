@@ -24,7 +24,8 @@ from authz.redaction.dictionary import LEGAL_FORMS, dictionary_pattern
 from authz.redaction.shadow import Shadow
 from authz.redaction.validators import IBAN_LENGTHS, VALIDATORS, compact, luhn, valid_iban
 
-__all__ = ["CATEGORIES", "PATTERNS", "Finding", "Scanner", "compile_custom", "luhn", "normalize", "valid_iban"]
+__all__ = ["CATEGORIES", "PATTERNS", "Finding", "ScanTooComplex", "Scanner", "compile_custom", "luhn", "normalize",
+           "valid_iban"]
 
 # type -> category; the sensitivity header names categories.
 CATEGORIES = {
@@ -38,6 +39,11 @@ CATEGORIES = {
 # breaks (the shadow has already made every Unicode dash a "-" and every space a " ").
 SEP = r"[ \t\r\n./-]{1,3}"
 HEX = "[0-9A-Fa-f]"
+_H = HEX + "{1,4}"
+_V4 = r"(?:\d{1,3}\.){3}\d{1,3}"
+# An IPv6 address has eight groups or a "::" (so times and MAC addresses are not candidates).
+IPV6_FULL = rf"(?:{_H}:){{7}}{_H}|(?:{_H}:){{6}}{_V4}"
+IPV6_COMPRESSED = rf"(?:{_H}(?::{_H}){{0,6}})?::(?:(?:{_H}:){{0,5}}{_V4}|{_H}(?::{_H}){{0,6}})?"
 _SECRET_WORD = (r"(?:password|passwd|pwd|passphrase|passcode|pass|secret|client[_-]?secret|api[_-]?key|apikey"
                 r"|access[_-]?token|auth[_-]?token|secret[_-]?key|private[_-]?key|token)")
 _QUOTED_OR_WORD = r"(?:\"[^\"\n\x00]{1,200}\"|'[^'\n\x00]{1,200}'|[^\s\"',;\x00]{4,200})"
@@ -84,8 +90,7 @@ DETECTORS: dict[str, tuple[tuple[str, str], ...]] = {
         ("", r"\(0\d{2,4}\) ?\d{3,8}(?:[ -]\d{3,5})?\b"),                         # (030) 1234 5678
         ("", r"\b0[1-9]\d{1,3}[ /-]\d{3,8}(?:[ -]\d{3,5})?\b"),                   # UK, DE
     ),
-    "ipv6": ((r"(?:^|[^0-9A-Za-z_:.])",
-              r"(?:" + HEX + r"{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|" + HEX + r"{1,4})?"),),
+    "ipv6": ((r"(?:^|[^0-9A-Za-z_:.])", r"(?:" + IPV6_FULL + "|" + IPV6_COMPRESSED + ")"),),
     "ipv4": (("", r"\b(?:\d{1,3}\.){3}\d{1,3}\b"),),
 }
 
@@ -99,9 +104,10 @@ try:  # the engine's own match call (see Scanner._matches)
     from re2 import _re2 as _native
 
     _UNANCHORED = _native.RE2.Anchor.UNANCHORED
+    _ANCHOR_START = _native.RE2.Anchor.ANCHOR_START
     _BYTES_TO_CHARS = _native.BytesToCharLen
 except (ImportError, AttributeError):  # pragma: no cover - another build of re2
-    _UNANCHORED = _BYTES_TO_CHARS = None
+    _UNANCHORED = _ANCHOR_START = _BYTES_TO_CHARS = None
 
 # Context detectors, and the specific ones that name a value they found better.
 RELABEL = frozenset({"password", "token"})
@@ -110,6 +116,10 @@ SPECIFIC = frozenset({"private_key", "jwt", "anthropic_key", "openai_key", "aws_
 
 # Base64 blocks this long or longer are decoded and scanned (a decoding layer).
 BASE64_BLOCK = re2.compile(r"[A-Za-z0-9+/]{24,}={0,2}|[A-Za-z0-9_-]{24,}")
+
+
+class ScanTooComplex(ValueError):
+    """A text with more failed candidates than the retry budget allows: not scanned to the end."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,7 +158,12 @@ class Decoding:
     max_decoded: int = 64 * 1024
 
 
-RETRY_BUDGET = 48   # single-detector searches per failed candidate
+RETRY_BUDGET = 48   # places retried per failed candidate
+# Places retried per scan: this many, plus one per this many characters. Beyond it the text is
+# refused (ScanTooComplex) rather than scanned less carefully: a text made of candidates that
+# fail validation would otherwise cost seconds, or hide a value behind them.
+RETRY_PLACES = 4096
+RETRY_CHARS_PER_PLACE = 4
 CONTEXT = 32        # characters of context a retry window keeps before and after
 RETRY_WINDOW = 256
 
@@ -185,8 +200,19 @@ class Scanner:
             self._kinds = {i: self.types[g] for g, i in self._combined.groupindex.items()}
         self._group_order = sorted(self._kinds)
         self._dictionary_kinds = frozenset(kind for kind, _ in self._dictionaries)
+        # For retries: every alternative on its own, and one set that says which match at a place.
         contexts = {f"{name}__{i}" for name, alts in DETECTORS.items() for i, (ctx, _) in enumerate(alts) if ctx}
-        self._singles = [(kind, re2.compile(rx, _options()), group in contexts) for group, kind, rx in alternatives]
+        self._alternatives = [(kind, re2.compile(rx, _options()), group in contexts)
+                              for group, kind, rx in alternatives]
+        self._set: Any = None
+        if alternatives:
+            self._set = re2.Set.MatchSet(_options())
+            for _, _, rx in alternatives:
+                self._set.Add(rx)
+            self._set.Compile()
+        self._programs: list[tuple[Any, Sequence[int]]] = [(d, (1,)) for _, d in self._dictionaries]
+        if self._combined is not None:
+            self._programs.insert(0, (self._combined, self._group_order))
         # The specific secret detectors, for a value a context detector (a password or token
         # after its keyword) found: "key AKIA..." is an AWS key, not just a token.
         specific = [rx for _, kind, rx in alternatives if kind in SPECIFIC]
@@ -243,6 +269,7 @@ class Scanner:
         return heapq.merge(*streams, key=lambda m: m[1])
 
     def _find(self, s: str) -> list[tuple[str, int, int]]:
+        budget = [RETRY_PLACES + len(s) // RETRY_CHARS_PER_PLACE]
         out: list[tuple[str, int, int]] = []
         resume = 0
         for kind, start, end in self._matches(s):
@@ -264,7 +291,7 @@ class Scanner:
                 continue  # a name inside a finding (or a failed candidate the retry took over)
             else:
                 lo = resume
-            resume = self._retry(s, lo, end, out, resume)
+            resume = self._retry(s, lo, end, out, resume, budget, (kind, start))
         return out
 
     def _relabel(self, kind: str, s: str, start: int, end: int) -> tuple[str, int]:
@@ -291,45 +318,67 @@ class Scanner:
                     return cut
         return -1
 
-    def _retry(self, s: str, lo: int, hi: int, out: list[tuple[str, int, int]], resume: int) -> int:
-        """Every detector on its own over candidates starting in ``[lo, hi)``: the leftmost valid
-        one wins, then on from its end. Returns where the scan resumes."""
+    def _retry(self, s: str, lo: int, hi: int, out: list[tuple[str, int, int]], resume: int,
+               total: list[int], failed: tuple[str, int]) -> int:
+        """The candidates starting in ``[lo, hi)``, every detector on its own: at each place a
+        detector matches (the leftmost first), every alternative that matches there is tried in
+        order (validated, then shorter groupings); the first valid one is a finding and the search
+        goes on from its end; none, and it goes on from the next character. Returns where the
+        main scan resumes."""
+        w0 = max(0, lo - CONTEXT)
+        w1 = min(len(s), hi + RETRY_WINDOW)
+        window = s[w0:w1]
+        p, limit = lo - w0, hi - w0
         budget = RETRY_BUDGET
-        while lo < hi and budget > 0:
-            w0 = max(0, lo - CONTEXT)
-            w1 = min(len(s), hi + RETRY_WINDOW)
-            window = s[w0:w1]
-            best: tuple[int, int, str] | None = None
-            # Most retries have nothing left to find: one search of each program says so.
-            programs = [rx for rx in (self._combined, *(d for _, d in self._dictionaries)) if rx is not None]
-            quick = [m for m in (_search(rx, window, lo - w0) for rx in programs) if m is not None]
-            if all(m[1] >= hi - w0 for m in quick):
+        skip = (failed[0], failed[1] - w0)  # already tried, and failed
+        while p < limit and budget > 0:
+            budget -= 1
+            total[0] -= 1
+            if total[0] < 0:
+                raise ScanTooComplex("the text holds more near-miss candidates than can be retried within bounds")
+            place = self._next_place(window, p, limit)
+            if place is None:
                 return resume
-            for kind, rx, has_context in self._singles:
-                p = lo - w0
-                q = max(0, p - CONTEXT) if has_context else p
-                limit = (best[0] - w0) if best else hi - w0
-                while budget > 0:
-                    budget -= 1
-                    m = _search(rx, window, q)
-                    if m is None:
-                        break
-                    _, gs, ge, ms = m
-                    if gs >= limit:
-                        break
-                    if gs < p or (ge == len(window) and w1 < len(s)):
-                        q = ms + 1
-                        continue
-                    good = self._accept(kind, window, gs, ge)
-                    if good > 0:
-                        best = (gs + w0, good + w0, kind)
-                        break
-                    q = ms + 1
-            if best is None:
-                return resume
-            out.append((best[2], best[0], best[1]))
-            resume = lo = best[1]
+            found = self._at(window, place, p, w1 < len(s), skip, total)
+            if found is None:
+                p = place + 1
+                continue
+            kind, start, end = found
+            out.append((kind, start + w0, end + w0))
+            resume = end + w0
+            p = end
         return resume
+
+    def _next_place(self, window: str, p: int, limit: int) -> int | None:
+        """Where the next match of any program starts (its whole match, context included), at or
+        after ``p`` and before ``limit``."""
+        places = [q for q in (_place(rx, window, p) for rx, _ in self._programs) if q is not None]
+        place = min(places, default=None)
+        return place if place is not None and place < limit else None
+
+    def _at(self, window: str, place: int, p: int, cut_off: bool, skip: tuple[str, int],
+            total: list[int]) -> tuple[str, int, int] | None:
+        """The first alternative matching at ``place`` (in detector order) whose value starts at or
+        after ``p`` and validates (or a shorter grouping of it does). ``skip``: the candidate
+        that failed already. Each candidate tried counts against ``total``."""
+        hits = self._set.Match(window[place:]) if self._set is not None else None
+        for i in sorted(hits or ()):
+            kind, rx, has_context = self._alternatives[i]
+            if not has_context and (kind, place) == skip:
+                continue
+            m = _match_at(rx, window, place)
+            if m is None:
+                continue
+            gs, ge = m
+            if gs < p or (ge == len(window) and cut_off) or (kind, gs) == skip:
+                continue
+            total[0] -= 1
+            if total[0] < 0:
+                raise ScanTooComplex("the text holds more near-miss candidates than can be retried within bounds")
+            good = self._accept(kind, window, gs, ge)
+            if good > 0:
+                return kind, gs, good
+        return None
 
     def _base64(self, shadow: Shadow) -> list[Finding]:
         assert self.decoding is not None
@@ -375,7 +424,7 @@ def _native_matches(rx: Any, kinds: Mapping[int, str], groups: Sequence[int], s:
         whole = spans[0]
         if whole[0] < 0:
             return
-        group = next((g for g in groups if spans[g][0] >= 0), 0)
+        group = _first_group(spans, groups)
         start, end = spans[group]
         if not ascii_only:
             last_char += _BYTES_TO_CHARS(data, last_byte, start)
@@ -387,9 +436,9 @@ def _native_matches(rx: Any, kinds: Mapping[int, str], groups: Sequence[int], s:
             pos += 1
 
 
-def _search(rx: Any, text: str, pos: int) -> tuple[int, int, int, int] | None:
+def _search(rx: Any, text: str, pos: int, named: Sequence[int] = (1,)) -> tuple[int, int, int, int] | None:
     """The first match of ``rx`` in ``text`` at or after ``pos``: (group, group start, group end,
-    match start), the group being the first named one that took part."""
+    match start), the group being the first of ``named`` that took part."""
     native = getattr(rx, "_regexp", None)
     if native is None or _UNANCHORED is None or not text.isascii():
         m = rx.search(text, pos)
@@ -400,9 +449,40 @@ def _search(rx: Any, text: str, pos: int) -> tuple[int, int, int, int] | None:
     spans = native.Match(_UNANCHORED, text.encode("ascii"), pos, len(text))
     if spans[0][0] < 0:
         return None
-    named = sorted(rx.groupindex.values())
     group = next((g for g in named if spans[g][0] >= 0), 0)
     return group, spans[group][0], spans[group][1], spans[0][0]
+
+
+def _place(rx: Any, text: str, pos: int) -> int | None:
+    """Where the first match of ``rx`` at or after ``pos`` starts (context included)."""
+    native = getattr(rx, "_regexp", None)
+    if native is None or _UNANCHORED is None or not text.isascii():
+        m = rx.search(text, pos)
+        return None if m is None else int(m.start())
+    start = native.Match(_UNANCHORED, text.encode("ascii"), pos, len(text))[0][0]
+    return None if start < 0 else int(start)
+
+
+def _first_group(spans: Sequence[tuple[int, int]], groups: Sequence[int]) -> int:
+    """The first of ``groups`` that took part in a match (most often the one spanning it whole:
+    found by ``index``, in C, rather than by a loop over every group)."""
+    try:
+        group = spans.index(spans[0], 1)
+    except ValueError:
+        group = 0
+    if group in groups:
+        return group
+    return next((g for g in groups if spans[g][0] >= 0), 0)
+
+
+def _match_at(rx: Any, text: str, pos: int) -> tuple[int, int] | None:
+    """The span of group 1 of ``rx`` matched at exactly ``pos`` (the text before it as context)."""
+    native = getattr(rx, "_regexp", None)
+    if native is None or _ANCHOR_START is None or not text.isascii():
+        m = rx.match(text, pos)
+        return None if m is None else m.span(1)
+    spans = native.Match(_ANCHOR_START, text.encode("ascii"), pos, len(text))
+    return None if spans[0][0] < 0 or spans[1][0] < 0 else spans[1]
 
 
 def _cuts(kind: str, s: str, start: int, end: int) -> list[int]:

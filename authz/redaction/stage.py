@@ -31,7 +31,7 @@ from authz.matching import CompiledConditions, CompiledMatch
 from authz.model import Context
 from authz.pipeline import Stage
 from authz.redaction.config import RedactionConfig, RedactionRule
-from authz.redaction.detectors import Scanner
+from authz.redaction.detectors import Scanner, ScanTooComplex
 from authz.redaction.redactor import Redactor, categories_of
 from authz.redaction.request_parts import scan_request_parts
 from authz.store import Store, StoreUnavailable
@@ -97,9 +97,18 @@ class RedactionStage(Stage):
         if path.startswith(self.cfg.approvals_path + "/"):
             await self._approvals_endpoint(ctx, path[len(self.cfg.approvals_path) + 1:])
         rule = self._rule_for(ctx)
-        body = ctx.view.body
         if rule is None:
             return
+        try:
+            await self._scan(ctx, rule)
+        except ScanTooComplex as exc:
+            ACTIONS.labels(action="unscannable").inc()
+            raise BadRequest(f"the request cannot be scanned within bounds ({exc}); it is not forwarded unscanned",
+                             reason="redaction.too_complex") from None
+
+    async def _scan(self, ctx: Context, rule: RedactionRule) -> None:
+        m = ctx.mutations
+        body = ctx.view.body
         started = time.perf_counter()
         red = self.redactor(rule)
         header_values = scan_request_parts(red, ctx.request, self.cfg.headers, query=self.cfg.query)

@@ -169,3 +169,29 @@ def test_placeholders_are_the_same_for_spellings_of_one_value():
         red.text("Umbrella Health and Umbrella  Health") == "[CUSTOMER_1] and [CUSTOMER_1]"
     red = Redactor(SCANNER, lambda t: "placeholder")
     assert red.text("Umbrella Health and Umbrella  Health") == "[CUSTOMER_1] and [CUSTOMER_1]"
+
+
+def test_retries_are_bounded_and_a_text_beyond_the_bound_is_refused(monkeypatch):
+    import time
+
+    from authz.redaction import detectors
+
+    started = time.perf_counter()
+    assert SCANNER.scan("999.1.1.1 " * 5000) == []  # failed candidates, retried within bounds
+    assert time.perf_counter() - started < 5
+    monkeypatch.setattr(detectors, "RETRY_PLACES", 10)
+    monkeypatch.setattr(detectors, "RETRY_CHARS_PER_PLACE", 10**9)
+    with pytest.raises(detectors.ScanTooComplex):
+        SCANNER.scan("999.1.1.1 " * 50)
+
+
+async def test_a_body_beyond_the_retry_bound_is_refused_not_forwarded(monkeypatch):
+    from authz.errors import BadRequest
+    from authz.redaction import detectors
+
+    monkeypatch.setattr(detectors, "RETRY_PLACES", 10)
+    monkeypatch.setattr(detectors, "RETRY_CHARS_PER_PLACE", 10**9)
+    ctx = ctx_for({"model": "m", "messages": [{"role": "user", "content": "999.1.1.1 " * 50}]})
+    with pytest.raises(BadRequest) as info:
+        await stage().on_request(ctx)
+    assert info.value.reason == "redaction.too_complex"
