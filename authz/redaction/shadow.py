@@ -21,8 +21,11 @@ import html
 import re
 import unicodedata
 
-# Letters of other scripts that render like a Latin letter (a subset of Unicode TR39's
-# confusables: the Cyrillic, Greek and Armenian look-alikes of the Latin alphabet).
+from authz.redaction.confusables import LATIN_LOOKALIKES
+
+# Letters of other scripts that render like a Latin letter: these first (chosen by hand: the
+# Cyrillic, Greek and Armenian look-alikes of the Latin alphabet), then the rest of Unicode's
+# confusables data (``authz.redaction.confusables``); and typographic quotes and slashes.
 CONFUSABLES = {
     "а": "a", "в": "b", "с": "c", "е": "e", "һ": "h", "і": "i", "ј": "j", "к": "k", "м": "m", "н": "h",
     "о": "o", "р": "p", "ԛ": "q", "ѕ": "s", "т": "t", "у": "y", "х": "x", "ԝ": "w", "ь": "b", "ӏ": "l",
@@ -46,6 +49,8 @@ def fold_char(ch: str) -> str:
         return "\ufffd"  # a lone surrogate (undecodable bytes kept by surrogateescape)
     if ch in CONFUSABLES:
         return CONFUSABLES[ch]
+    if ch in LATIN_LOOKALIKES:
+        return LATIN_LOOKALIKES[ch]
     cat = unicodedata.category(ch)
     if cat == "Cf" or cat in ("Mn", "Me"):
         return ""

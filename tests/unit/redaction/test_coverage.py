@@ -138,6 +138,7 @@ def test_authorization_cannot_be_listed_as_a_redacted_header():
     ("see Umbrella-Health", "customer", "Umbrella-Health"),
     ("see UmbrellaHealth", "customer", "UmbrellaHealth"),
     ("see Асме Corp", "customer", "Асме Corp"),   # Cyrillic А, С, М, Е
+    ("see \u13aacme Corp", "customer", "\u13aacme Corp"),  # Cherokee A, from Unicode's confusables data
     ("see Acme Corporation's deal", "customer", "Acme Corporation"),
     ("see Globex Inc. today", "customer", "Globex Inc."),
     ("mail oscar&#64;acme.com", None, None),  # PII behind an HTML entity: decoded for secrets only
