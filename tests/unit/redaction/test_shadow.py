@@ -128,3 +128,20 @@ def test_the_forwarded_body_changes_only_inside_findings(segs):
     asyncio.run(stage.on_request(ctx))
     forwarded = json.loads(ctx.outgoing.encode()) if ctx.outgoing is not None else json.loads(body)
     assert _expected(parts).fullmatch(forwarded["messages"][0]["content"])
+
+
+ALPHABET = st.sampled_from(list("0123456789 -./:@+=_'\"\n\t&#;%ABCDEFabcdefxyzKIASPQ") +
+                           ["\u200b", "\u200d", "\u00a0", "\u2013", "٤", "４", "а", "ﬁ", "👍", "é", "e\u0301", "\u00ad"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ALPHABET, max_size=80).map("".join), st.sampled_from(["mask", "placeholder", "hash", "allow"]))
+def test_any_text_is_scanned_without_error_and_changes_only_inside_findings(text, action):
+    red = Redactor(SCANNER, lambda t: action, hmac_key=b"k")
+    findings = SCANNER.scan(text)
+    out = red.text(text)
+    if not findings or action == "allow":
+        assert out == text
+    else:  # what lies before the first and after the last finding is untouched
+        assert out.startswith(text[:findings[0].start]) and out.endswith(text[findings[-1].end:])
+    assert all(0 <= f.start < f.end <= len(text) and text[f.start:f.end] == f.value for f in findings)
