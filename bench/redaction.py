@@ -169,7 +169,7 @@ def customer() -> tuple[str, str]:
 def password() -> tuple[str, str]:
     """A password assignment; the label is the value (the keyword before it stays)."""
     form = rng.choice(['password="{}"', "password={}", "my password is {}", "pwd: {}", "passphrase = '{}'",
-                       "PASSWORD: {}"])
+                       "PASSWORD: {}", "DB_PASSWORD={}"])
     quoted = '"' in form or "'" in form
     spaced = ["correct horse battery staple"] if quoted else []
     value = rng.choice([alnum(12), "Tr0ub4dor&3", alnum(8) + "!", *spaced])
@@ -187,6 +187,15 @@ def cloud_key() -> tuple[str, str]:
         return f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={value};EndpointSuffix=core", value
     value = "AIza" + alnum(35, string.ascii_letters + string.digits + "_-")
     return value, value
+
+
+def bearer() -> tuple[str, str]:
+    """A token after a secret word; the label is the value (quoted when written quoted)."""
+    value = alnum(rng.randint(20, 40), string.ascii_letters + string.digits) + rng.choice(["7", "x9", "Q2"])
+    form = rng.choice(["Authorization: Bearer {}", "API_KEY={}", 'client_secret: "{}"', "session_token: {}",
+                       '{{"token": "{}"}}'])
+    shown = f'"{value}"' if '"{}"' in form else value
+    return form.format(value), shown
 
 
 def encoded_secret() -> tuple[str, str]:
@@ -215,6 +224,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
 # Generators whose text differs from their label (a keyword before the value, a possessive).
 LABELLED: dict[str, Callable[[], tuple[str, str]]] = {
     "customer": customer, "password": password, "cloud_key": cloud_key, "aws_key": encoded_secret,
+    "token": bearer,
 }
 
 TEMPLATES = ["Please check {} before Friday.", "The value is {} (see ticket).", "{}",
@@ -253,6 +263,9 @@ NEAR_MISSES: list[Callable[[], str]] = [
     lambda: f"Call extension {rng.randint(100, 999)} or room {rng.randint(1000, 9999)}.",
     lambda: f"iban-like de{rng.randint(10, 99)} 1234 5678 9012 3456 78 has a bad checksum",
     lambda: "The key ingredient is flour; the token economy is a metaphor.",
+    lambda: "Open the key src/components/HeaderNavigation.tsx and the token list in TokenRegistry2024.",
+    lambda: f"The secret: {rng.choice(['patience', 'practice every day', 'good coffee'])}.",
+    lambda: f"Sort key: {rng.choice(['createdAt', 'user_id', 'updated_at_desc'])}; primary key: id.",
     lambda: f"Quote ref {rng.randint(100, 199)} {rng.randint(100, 999)} {rng.randint(1000, 9999)} is old.",
     lambda: f"base64 of a greeting: {base64.b64encode(b'hello there, nothing secret in here').decode()}",
     lambda: "acme alone is not a customer, nor is a corporation.",

@@ -44,8 +44,9 @@ _V4 = r"(?:\d{1,3}\.){3}\d{1,3}"
 # An IPv6 address has eight groups or a "::" (so times and MAC addresses are not candidates).
 IPV6_FULL = rf"(?:{_H}:){{7}}{_H}|(?:{_H}:){{6}}{_V4}"
 IPV6_COMPRESSED = rf"(?:{_H}(?::{_H}){{0,6}})?::(?:(?:{_H}:){{0,5}}{_V4}|{_H}(?::{_H}){{0,6}})?"
-_SECRET_WORD = (r"(?:password|passwd|pwd|passphrase|passcode|pass|secret|client[_-]?secret|api[_-]?key|apikey"
-                r"|access[_-]?token|auth[_-]?token|secret[_-]?key|private[_-]?key|token)")
+_PASSWORD_WORD = r"(?:password|passwd|pwd|passphrase|passcode)"
+_SECRET_WORD = (r"(?:secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret[_-]?key"
+                r"|private[_-]?key|token|credential|key)")
 _QUOTED_OR_WORD = r"(?:\"[^\"\n\x00]{1,200}\"|'[^'\n\x00]{1,200}'|[^\s\"',;\x00]{4,200})"
 _ASSIGN = r"[\"']?\s*(?::=|=>|[:=])\s*"
 
@@ -67,12 +68,14 @@ DETECTORS: dict[str, tuple[tuple[str, str], ...]] = {
         ("", r"\bAIza[0-9A-Za-z_-]{35}"),
     ),
     "password": (
-        (r"(?i:\b" + _SECRET_WORD + r"\b" + _ASSIGN + ")", _QUOTED_OR_WORD),
+        (r"(?i:\b[a-z0-9_.-]*?" + _PASSWORD_WORD + r"\b" + _ASSIGN + ")", _QUOTED_OR_WORD),  # DB_PASSWORD=
         (r"(?i:\b(?:password|passwd|passphrase|passcode|pin)\s+(?:is|was|=|:)\s+(?:set\s+to\s+|now\s+)?)",
          _QUOTED_OR_WORD.replace("{4,200}", "{3,200}")),
     ),
-    "token": ((r"(?i:\b(?:bearer|token|secret|credential|api[_ -]?key|key)\b[\"']?\s*(?:[:=]\s*)?[\"']?)",
-               r"[A-Za-z0-9+/_.~-]{20,500}={0,2}"),),
+    "token": (
+        (r"(?i:\bbearer\s+)", r"[A-Za-z0-9+/_.~-]{16,500}={0,2}"),
+        (r"(?i:\b[a-z0-9_.-]*?" + _SECRET_WORD + r"\b" + _ASSIGN + ")", _QUOTED_OR_WORD),  # API_KEY=, "token":
+    ),
     "email": (("", r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b"),),
     "iban": (("", r"\b[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,4})?\b"),),
     "card": (("", r"\b(?:\d{13,19}|\d{4}(?:" + SEP + r"\d{4}){2}" + SEP + r"\d{1,4}(?:" + SEP + r"\d{1,3})?"
@@ -277,9 +280,11 @@ class Scanner:
                 continue
             if start >= resume:
                 good = self._accept(kind, s, start, end)
+                if kind in RELABEL:  # "key AKIA...", "private_key: -----BEGIN ...": the specific one
+                    better, better_end = self._relabel(kind, s, start, end)
+                    if better != kind:
+                        kind, end, good = better, better_end, better_end
                 if good == end:
-                    if kind in RELABEL:
-                        kind, end = self._relabel(kind, s, start, end)
                     out.append((kind, start, end))
                     resume = end
                     continue

@@ -142,9 +142,15 @@ def entropy(text: str) -> float:
 
 
 def valid_token(text: str) -> bool:
-    """A high-entropy token: mixed character classes and at least 3.5 bits per character."""
-    classes = sum(bool(re.search(p, text)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
-    return len(text) >= 20 and classes >= 2 and entropy(text) >= 3.5
+    """A value after a secret word (``API_KEY=``, ``"token":``, ``Bearer``) that looks like a
+    secret: letters and digits mixed, or high entropy (mixed classes, 3.5 bits per character)."""
+    value = text.strip("\"'“”‘’")
+    if value.casefold().rstrip(".!,") in NOT_PASSWORDS:
+        return False
+    if len(value) >= 8 and re.search("[0-9]", value) and re.search("[A-Za-z]", value):
+        return True
+    classes = sum(bool(re.search(p, value)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
+    return len(value) >= 16 and classes >= 2 and entropy(value) >= 3.5
 
 
 # Words that follow "password is" in prose and are not passwords.

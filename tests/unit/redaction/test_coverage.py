@@ -121,6 +121,11 @@ def test_authorization_cannot_be_listed_as_a_redacted_header():
      "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
     ("AccountKey=" + "A" * 20 + "b3" * 33 + "==", "cloud_key", "A" * 20 + "b3" * 33 + "=="),
     ("key AIzaSyA1234567890abcdefghijklmnopqrstuv", "cloud_key", "AIzaSyA1234567890abcdefghijklmnopqrstuv"),
+    ("Authorization: Bearer aB3dE5fG7hI9jK1lM3nO5pQ7r", "token", "aB3dE5fG7hI9jK1lM3nO5pQ7r"),
+    ("api_key = 'Zx81Qw72Er63Ty54Ui45Op36'", "token", "'Zx81Qw72Er63Ty54Ui45Op36'"),
+    ("DB_PASSWORD=s3cr3tP4ss", "password", "s3cr3tP4ss"),
+    ('"client_secret": "Qm9vb0Zhb2Jhcj1iYXo9cXV4"', "token", '"Qm9vb0Zhb2Jhcj1iYXo9cXV4"'),
+    ("session_token: aB3dE5fG7hI9jK1lM3nO5pQ7r", "token", "aB3dE5fG7hI9jK1lM3nO5pQ7r"),
     ("tok eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2lnbmF0dXJlX2hlcmU", "jwt",
      "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2lnbmF0dXJlX2hlcmU"),
     ("call 212 555 0147", "phone", "212 555 0147"),
@@ -159,6 +164,8 @@ def test_evasion_cases(text, kind, value):
     "the password is required", "order 2024-11-22 shipped", "time 12:30:45", "MAC 00:1A:2B:3C:4D:5E",
     "Ticket 123456789 is closed", "call me at 5", "version 10.4.2", "c++ std::vector",
     "the key ingredient is flour and water and salt", "Acme alone", "4 8 15 16 23 42 108 4 8 15 16 23 42",
+    "the key src/components/HeaderNavigation.tsx renders it", "token usage was 1234567 in BatchJobRunner2024",
+    "The secret: patience.", "sort key: createdAt", "primary key: user_id",
 ])
 def test_near_misses(text):
     assert SCANNER.scan(text) == []
