@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -202,20 +201,19 @@ class Scanner:
         if self._combined is not None:
             self._kinds = {i: self.types[g] for g, i in self._combined.groupindex.items()}
         self._group_order = sorted(self._kinds)
-        self._dictionary_kinds = frozenset(kind for kind, _ in self._dictionaries)
         # For retries: every alternative on its own, and one set that says which match at a place.
         contexts = {f"{name}__{i}" for name, alts in DETECTORS.items() for i, (ctx, _) in enumerate(alts) if ctx}
         self._alternatives = [(kind, re2.compile(rx, _options()), group in contexts)
-                              for group, kind, rx in alternatives]
+                              for group, kind, rx in alternatives[:structured]]
         self._set: Any = None
-        if alternatives:
+        if structured:
             self._set = re2.Set.MatchSet(_options())
-            for _, _, rx in alternatives:
+            for _, _, rx in alternatives[:structured]:
                 self._set.Add(rx)
             self._set.Compile()
-        self._programs: list[tuple[Any, Sequence[int]]] = [(d, (1,)) for _, d in self._dictionaries]
+        self._programs: list[tuple[Any, Sequence[int]]] = []
         if self._combined is not None:
-            self._programs.insert(0, (self._combined, self._group_order))
+            self._programs.append((self._combined, self._group_order))
         # The specific secret detectors, for a value a context detector (a password or token
         # after its keyword) found: "key AKIA..." is an AWS key, not just a token.
         specific = [rx for _, kind, rx in alternatives if kind in SPECIFIC]
@@ -232,18 +230,35 @@ class Scanner:
         if (self._combined is None and not self._dictionaries) or not text:
             return []
         shadow = Shadow(text)
-        spans = self._find(shadow.value)
-        found = [self._finding(shadow, kind, s, e) for kind, s, e in spans]
+        found = self._scan_shadow(shadow)
         dec = self.decoding
         if dec is not None and dec.types:
             if dec.escapes and ("&" in text or "%" in text):
                 decoded = Shadow(text, decode=True)
                 if decoded.value != shadow.value:
-                    extra = [self._finding(decoded, kind, s, e) for kind, s, e in self._find(decoded.value)]
+                    extra = self._scan_shadow(decoded)
                     found = _merge(found, [f for f in extra if self._decoded_type(f.type)])
             if dec.base64_min and len(text) >= dec.base64_min:
                 found = _merge(found, self._base64(shadow))
         return found
+
+    def _scan_shadow(self, shadow: Shadow) -> list[Finding]:
+        """The structured detectors on the shadow, then the dictionaries on the shadow with every
+        run of whitespace, hyphens and underscores made one space (a name written across a line
+        break, a tab or a hyphen reads as written with a space); a name overlapping a structured
+        finding is left to it."""
+        found = [self._finding(shadow, kind, s, e) for kind, s, e in self._find(shadow.value)]
+        if not self._dictionaries:
+            return found
+        collapsed = Shadow.collapsed(shadow.value)
+        names: list[Finding] = []
+        data = collapsed.value.encode("utf-8", "surrogatepass")
+        for kind, rx in self._dictionaries:
+            for _, s, e in _native_matches(rx, {1: kind}, [1], collapsed.value, data):
+                a, b = collapsed.span(s, e)
+                names.append(self._finding(shadow, kind, a, b))
+        names.sort(key=lambda f: f.start)
+        return _merge(found, names)
 
     def iter_types(self, text: str) -> Iterator[str]:
         for f in self.scan(text):
@@ -259,17 +274,11 @@ class Scanner:
         return Finding(kind, a, b, shadow.text[a:b], shadow.value[start:end])
 
     def _matches(self, s: str) -> Iterator[tuple[str, int, int]]:
-        """(type, start, end) of each match of the combined scan and of each dictionary, in order
-        of start (at one start the structured detectors first), in character offsets."""
+        """(type, start, end) of each match of the combined scan, in character offsets."""
+        if self._combined is None:
+            return iter(())
         data = s.encode("utf-8", "surrogatepass")
-        streams: list[Iterator[tuple[str, int, int]]] = []
-        if self._combined is not None:
-            streams.append(_native_matches(self._combined, self._kinds, self._group_order, s, data))
-        for kind, rx in self._dictionaries:
-            streams.append(_native_matches(rx, {1: kind}, [1], s, data))
-        if len(streams) == 1:
-            return streams[0]
-        return heapq.merge(*streams, key=lambda m: m[1])
+        return _native_matches(self._combined, self._kinds, self._group_order, s, data)
 
     def _find(self, s: str) -> list[tuple[str, int, int]]:
         budget = [RETRY_PLACES + len(s) // RETRY_CHARS_PER_PLACE]
@@ -292,8 +301,6 @@ class Scanner:
                     out.append((kind, start, good))
                     resume = good
                 lo = max(resume, start)
-            elif kind in self._dictionary_kinds:
-                continue  # a name inside a finding (or a failed candidate the retry took over)
             else:
                 lo = resume
             resume = self._retry(s, lo, end, out, resume, budget, (kind, start))
@@ -404,8 +411,7 @@ class Scanner:
 
     def scan_plain(self, text: str) -> list[Finding]:
         """``scan`` without decoding layers (what a decoded block is scanned with)."""
-        shadow = Shadow(text)
-        return [self._finding(shadow, kind, s, e) for kind, s, e in self._find(shadow.value)]
+        return self._scan_shadow(Shadow(text))
 
 
 def _native_matches(rx: Any, kinds: Mapping[int, str], groups: Sequence[int], s: str,

@@ -1,8 +1,13 @@
-"""Dictionary terms as patterns: whole words, case-insensitive (on the shadow, so confusable
-letters and full-width forms are already folded), any run of whitespace or hyphens between words
-or none (``Umbrella\\nHealth``, ``Umbrella-Health``, ``UmbrellaHealth``), and a company's legal
-form in any of its spellings (``Acme Corp`` finds ``ACME Corporation``; ``Globex`` finds
-``Globex Inc.`` whole)."""
+"""Dictionary terms as patterns: whole words, case-insensitive, matched on the collapsed shadow
+(confusable letters and full-width forms folded, every run of whitespace, hyphens and underscores
+made one space: ``Umbrella\\nHealth`` and ``Umbrella-Health`` read ``Umbrella Health``), with the
+words of a term written with one space or none (``UmbrellaHealth``), and a company's legal form in
+any of its spellings (``Acme Corp`` finds ``ACME Corporation``; ``Globex`` finds ``Globex Inc.``
+whole).
+
+Terms are literal alternatives under one pair of word boundaries, as RE2's DFA likes them: a
+dictionary of tens of thousands of names stays one fast pass.
+"""
 
 from __future__ import annotations
 
@@ -20,54 +25,60 @@ LEGAL_FORMS: tuple[tuple[str, ...], ...] = (
     ("sarl", "s.a.r.l"), ("pty ltd", "pty. ltd", "pty limited"), ("lp", "l.p"), ("llp", "l.l.p"),
 )
 
-BETWEEN = r"[\s\-_]*"
 _WORDS = re.compile(r"[\s\-_]+")
+
+
+def _spellings(words: Sequence[str]) -> list[str]:
+    """A term's words with one space between them, and with none."""
+    out = [" ".join(words)]
+    if len(words) > 1:
+        out.append("".join(words))
+    return out
 
 
 def _form(spelling: str) -> str:
     """One spelling of a legal form: its dots optional, a trailing dot allowed."""
-    parts = [BETWEEN.join(re2.escape(w) for w in _WORDS.split(piece) if w)
-             for piece in spelling.split(".")]
-    return r"\.?".join(p for p in parts if p) + r"\b\.?"
+    words = [w for w in _WORDS.split(spelling) if w]
+    parts = [r"\.?".join(re2.escape(piece) for piece in w.split(".") if piece) for w in words]
+    return " ?".join(parts)
 
 
 def _forms(group: Sequence[str]) -> str:
-    return "(?:" + "|".join(_form(s) for s in sorted(group, key=len, reverse=True)) + ")"
+    return "(?:" + "|".join(_form(s) for s in sorted(group, key=len, reverse=True)) + r")\b\.?"
 
 
-def term_pattern(term: str, variants: Sequence[Sequence[str]] = LEGAL_FORMS) -> tuple[str, bool]:
-    """The pattern of one term, and whether it names its legal form (else any may follow it)."""
+def split_form(term: str, variants: Sequence[Sequence[str]] = LEGAL_FORMS) -> tuple[list[str], int | None]:
+    """The words of ``term`` (folded) and the index in ``variants`` of the legal form it ends in,
+    which is cut off (``Acme Corp`` -> ``["Acme"]``, the corp group)."""
     folded = term.translate(FOLD).strip()
-    lower = folded.casefold().rstrip(".")
-    suffix = ""
-    for group in variants:
-        hit = next((s for s in sorted(group, key=len, reverse=True)
-                    if lower.endswith(" " + s.rstrip(".")) or lower.endswith("-" + s.rstrip("."))), None)
-        if hit is not None:
-            folded = folded.rstrip(".")[:-len(hit.rstrip("."))]
-            suffix = BETWEEN + _forms(group)
-            break
     words = [w for w in _WORDS.split(folded) if w]
-    if not words:
-        return "", False
-    core = BETWEEN.join(re2.escape(w) for w in words)
-    lead = r"\b" if words[0][0].isalnum() or words[0][0] == "_" else ""
-    if suffix:
-        return f"{lead}{core}{suffix}", True
-    tail = r"\b" if words[-1][-1].isalnum() or words[-1][-1] == "_" else ""
-    return f"{lead}{core}{tail}", False
+    lowered = [w.casefold().rstrip(".") for w in words]
+    for index, group in enumerate(variants):
+        for spelling in sorted(group, key=len, reverse=True):
+            form = [w.rstrip(".") for w in _WORDS.split(spelling.casefold()) if w]
+            if len(words) > len(form) and lowered[-len(form):] == [w.replace(".", "") for w in form] \
+                    or len(words) > len(form) and lowered[-len(form):] == form:
+                return words[:-len(form)], index
+    return words, None
 
 
 def dictionary_pattern(terms: Iterable[str], variants: Sequence[Sequence[str]] = LEGAL_FORMS) -> str:
-    unique = sorted({t.strip() for t in terms if t.strip()}, key=len, reverse=True)
-    formed: list[str] = []
-    bare: list[str] = []
-    for term in unique:
-        pattern, has_form = term_pattern(term, variants)
-        if pattern:
-            (formed if has_form else bare).append(pattern)
-    alternatives = list(formed)
+    formed: dict[int, set[str]] = {}
+    bare: set[str] = set()
+    for term in terms:
+        words, form = split_form(term, variants)
+        if not words:
+            continue
+        spellings = _spellings(words)
+        (formed.setdefault(form, set()) if form is not None else bare).update(spellings)
+    alternatives = []
+    for index, cores in sorted(formed.items()):
+        alternatives.append(rf"\b(?:{_literals(cores)}) ?{_forms(variants[index])}")
     if bare:
-        forms = "|".join(_forms(g) for g in variants)
-        alternatives.append(f"(?:{'|'.join(bare)})" + (f"(?:{BETWEEN}(?:{forms}))?" if variants else ""))
+        suffix = f"(?: ?(?:{'|'.join(_forms(g) for g in variants)}))?" if variants else ""
+        alternatives.append(rf"\b(?:{_literals(bare)})\b{suffix}")
     return f"(?i:{'|'.join(alternatives)})" if alternatives else ""
+
+
+def _literals(cores: Iterable[str]) -> str:
+    return "|".join(re2.escape(c) for c in sorted(cores, key=len, reverse=True))

@@ -20,6 +20,10 @@ import bisect
 import html
 import re
 import unicodedata
+from collections.abc import Iterator
+from typing import Any
+
+import re2
 
 from authz.redaction.confusables import LATIN_LOOKALIKES
 
@@ -73,6 +77,40 @@ def fold_char(ch: str) -> str:
     return "".join(fold_char(c) for c in folded)  # ligatures, ½, ㈱: each piece folded again
 
 
+try:  # the engine's own match call: the wrapper's finditer converts offsets in Python per match
+    from re2 import _re2 as _native
+
+    _UNANCHORED = _native.RE2.Anchor.UNANCHORED
+    _BYTES_TO_CHARS = _native.BytesToCharLen
+except (ImportError, AttributeError):  # pragma: no cover - another build of re2
+    _UNANCHORED = _BYTES_TO_CHARS = None
+
+
+def spans(rx: Any, text: str) -> Iterator[tuple[int, int]]:
+    """The (start, end) of every match of the compiled RE2 ``rx`` in ``text``, in characters."""
+    native = getattr(rx, "_regexp", None)
+    if native is None or _UNANCHORED is None:
+        for m in rx.finditer(text):
+            yield m.start(), m.end()
+        return
+    data = text.encode("utf-8", "surrogatepass")
+    ascii_only = len(data) == len(text)
+    n = len(data)
+    pos = last_byte = last_char = 0
+    while pos <= n:
+        start, end = native.Match(_UNANCHORED, data, pos, n)[0]
+        if start < 0:
+            return
+        pos = end if end > start else end + 1
+        while not ascii_only and pos < n and (data[pos] & 0xC0) == 0x80:
+            pos += 1
+        if not ascii_only:
+            last_char += _BYTES_TO_CHARS(data, last_byte, start)
+            last_byte = start
+            start, end = last_char, last_char + _BYTES_TO_CHARS(data, start, end)
+        yield start, end
+
+
 class _FoldTable(dict[int, str]):
     """``str.translate`` table filled on first sight of each code point."""
 
@@ -85,6 +123,8 @@ class _FoldTable(dict[int, str]):
 FOLD = _FoldTable({cp: chr(cp) for cp in range(128)})
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+# A run of whitespace, hyphens and underscores that is not just one space (RE2: linear on any run).
+_SEPARATOR_RUN = re2.compile(r"[\s\x0b\-_]*[\t\n\r\x0b\x0c\-_][\s\x0b\-_]*| {2,}")
 
 # HTML character references and percent-escapes (decoded only where asked: a decoding layer).
 _ENCODED = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)|(?:%[0-9A-Fa-f]{2})+")
@@ -157,6 +197,34 @@ class Shadow:
             self.origins.insert(0, 0)
             self.regular.insert(0, True)
             self._piece(len(self.value), len(text), False)  # the end
+
+    @classmethod
+    def collapsed(cls, text: str) -> Shadow:
+        """``text`` with every run of whitespace, hyphens and underscores other than one space made
+        one space, and the way back (what dictionaries are matched on)."""
+        self = cls.__new__(cls)
+        self.text = text
+        self.starts, self.origins, self.regular = [], [], []
+        out: list[str] = []
+        pos = shadow_pos = 0
+        for start, end in spans(_SEPARATOR_RUN, text):
+            out.append(text[pos:start])
+            shadow_pos += start - pos
+            self._piece(shadow_pos, start, False)
+            self._piece(shadow_pos + 1, end, True)
+            out.append(" ")
+            shadow_pos += 1
+            pos = end
+        if not self.starts:
+            self.value = text
+            return self
+        out.append(text[pos:])
+        self.value = "".join(out)
+        self.starts.insert(0, 0)
+        self.origins.insert(0, 0)
+        self.regular.insert(0, True)
+        self._piece(len(self.value), len(text), False)
+        return self
 
     def _piece(self, shadow_start: int, origin: int, regular: bool) -> None:
         self.starts.append(shadow_start)
