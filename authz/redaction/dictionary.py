@@ -56,8 +56,8 @@ def split_form(term: str, variants: Sequence[Sequence[str]] = LEGAL_FORMS) -> tu
     for index, group in enumerate(variants):
         for spelling in sorted(group, key=len, reverse=True):
             form = [w.rstrip(".") for w in _WORDS.split(spelling.casefold()) if w]
-            if len(words) > len(form) and lowered[-len(form):] == [w.replace(".", "") for w in form] \
-                    or len(words) > len(form) and lowered[-len(form):] == form:
+            if (len(words) > len(form) and lowered[-len(form):] == [w.replace(".", "") for w in form]) \
+                    or (len(words) > len(form) and lowered[-len(form):] == form):
                 return words[:-len(form)], index
     return words, None
 
