@@ -52,12 +52,11 @@ def split_form(term: str, variants: Sequence[Sequence[str]] = LEGAL_FORMS) -> tu
     which is cut off (``Acme Corp`` -> ``["Acme"]``, the corp group)."""
     folded = term.translate(FOLD).strip()
     words = [w for w in _WORDS.split(folded) if w]
-    lowered = [w.casefold().rstrip(".") for w in words]
+    plain = [w.casefold().replace(".", "") for w in words]  # "S.A." and "SA" alike
     for index, group in enumerate(variants):
         for spelling in sorted(group, key=len, reverse=True):
-            form = [w.rstrip(".") for w in _WORDS.split(spelling.casefold()) if w]
-            if (len(words) > len(form) and lowered[-len(form):] == [w.replace(".", "") for w in form]) \
-                    or (len(words) > len(form) and lowered[-len(form):] == form):
+            form = [w.replace(".", "") for w in _WORDS.split(spelling.casefold()) if w]
+            if len(words) > len(form) and plain[-len(form):] == form:
                 return words[:-len(form)], index
     return words, None
 
