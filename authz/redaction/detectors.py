@@ -111,6 +111,10 @@ try:  # the engine's own match call (see Scanner._matches)
 except (ImportError, AttributeError):  # pragma: no cover - another build of re2
     _UNANCHORED = _ANCHOR_START = _BYTES_TO_CHARS = None
 
+# A number right after one of these labels is that, not a card (even when Luhn agrees).
+_NOT_A_CARD_BEFORE = re2.compile(r"(?i)\b(?:order|invoice|tracking|ticket|shipment|serial|ref|reference|"
+                                 r"account|acct|id|isbn|imei|po)\s*(?:#|no\.?|number|nr\.?|:)?\s*#?\s*$")
+
 # Context detectors, and the specific ones that name a value they found better.
 RELABEL = frozenset({"password", "token"})
 SPECIFIC = frozenset({"private_key", "jwt", "anthropic_key", "openai_key", "aws_key", "github_token",
@@ -322,6 +326,8 @@ class Scanner:
         """``end`` when the candidate validates, the end of its longest valid shorter grouping,
         or -1."""
         check = VALIDATORS.get(kind)
+        if kind == "card" and _NOT_A_CARD_BEFORE.search(s[max(0, start - 24):start]):
+            return -1  # "Order #2594590454000728": a number labelled as something else
         if check is None or check(s[start:end]):
             return end
         if kind in SHORTENABLE:

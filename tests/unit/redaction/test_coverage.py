@@ -166,6 +166,7 @@ def test_evasion_cases(text, kind, value):
     "the key ingredient is flour and water and salt", "Acme alone", "4 8 15 16 23 42 108 4 8 15 16 23 42",
     "the key src/components/HeaderNavigation.tsx renders it", "token usage was 1234567 in BatchJobRunner2024",
     "The secret: patience.", "sort key: createdAt", "primary key: user_id",
+    "Order #2594590454000728 shipped", "tracking number 4539148803436467 arrives",
 ])
 def test_near_misses(text):
     assert SCANNER.scan(text) == []
