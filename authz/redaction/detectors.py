@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -533,15 +534,23 @@ def _b64text(block: str) -> str | None:
 
 
 def _merge(first: list[Finding], more: list[Finding]) -> list[Finding]:
-    """``first`` plus the findings of ``more`` that overlap none of them, in order."""
+    """``first`` (in order, not overlapping) plus the findings of ``more`` that overlap none of
+    them nor an earlier one of ``more``, in order."""
     if not more:
         return first
-    out = list(first)
-    for f in more:
-        if all(f.end <= g.start or f.start >= g.end for g in out):
-            out.append(f)
-    out.sort(key=lambda f: f.start)
-    return out
+    ends_before = [f.start for f in first]
+    taken: list[Finding] = []
+    for f in sorted(more, key=lambda f: f.start):
+        j = bisect.bisect_left(ends_before, f.end)  # first[:j] start before f ends
+        if j and first[j - 1].end > f.start:
+            continue
+        if taken and taken[-1].end > f.start:
+            continue
+        taken.append(f)
+    return sorted(first + taken, key=lambda f: f.start)
+
+
+merge_findings = _merge
 
 
 def compile_custom(pattern: str) -> None:

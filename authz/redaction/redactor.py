@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from authz.redaction.detectors import Finding, Scanner
+from authz.redaction.detectors import Finding, Scanner, merge_findings
 
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
 
@@ -67,19 +68,25 @@ class Redactor:
         sep = SOFT if joined else SEPARATOR
         text = sep.join(values)
         findings = self.scanner.scan(text)
-        if not findings:
-            return values
         starts, pos = [], 0
         for v in values:
             starts.append(pos)
             pos += len(v) + len(sep)
+        if joined and len(values) > 1:
+            findings = self._across(values, starts, findings)
+        if not findings:
+            return values
         out: list[list[str]] = [[] for _ in values]
         cursor = list(starts)
         for f in findings:
             first = bisect.bisect_right(starts, f.start) - 1
             last = bisect.bisect_right(starts, f.end - 1) - 1
-            if last != first and not joined:
-                continue  # cannot happen: no detector matches across the hard separator
+            if last != first:
+                if not joined:
+                    continue  # cannot happen: no detector matches across the hard separator
+                # the value as the pieces hold it, without the spaces that joined them
+                pieces = (values[i][max(f.start - starts[i], 0):f.end - starts[i]] for i in range(first, last + 1))
+                f = dataclasses.replace(f, value="".join(pieces))
             self.found[f.type] += 1
             new = self.replacement(f)
             if new is None:
@@ -96,6 +103,34 @@ class Redactor:
         # A string with nothing to replace goes back as the very same object.
         return [values[i] if not parts else "".join(parts) + text[cursor[i]:starts[i] + len(values[i])]
                 for i, parts in enumerate(out)]
+
+    def _across(self, values: list[str], starts: list[int], findings: list[Finding]) -> list[Finding]:
+        """Findings split mid-word between two adjacent pieces (``AKIAIOSF`` | ``ODNN7EXAMPLE``,
+        ``oscar@`` | ``acme.com``), which the space joining them hides: the ends of each such
+        pair are scanned written together, in one scan for all pairs."""
+        windows: list[tuple[int, int, int]] = []  # piece, where its tail starts, tail length
+        texts: list[str] = []
+        for i in range(len(values) - 1):
+            left, right = values[i][-ACROSS:], values[i + 1][:ACROSS]
+            if left and right and left[-1] in _WORDISH and right[0] in _WORDISH and _split_value(left, right):
+                windows.append((i, starts[i] + len(values[i]) - len(left), len(left)))
+                texts.append(left + right)
+        if not windows:
+            return findings
+        joined = SEPARATOR.join(texts)
+        offsets, pos = [], 0
+        for t in texts:
+            offsets.append(pos)
+            pos += len(t) + len(SEPARATOR)
+        extra: list[Finding] = []
+        for f in self.scanner.scan(joined):
+            k = bisect.bisect_right(offsets, f.start) - 1
+            i, tail_start, tail = windows[k]
+            a, b = f.start - offsets[k], f.end - offsets[k]
+            if not a < tail < b:
+                continue  # inside one piece: the main scan has it
+            extra.append(Finding(f.type, tail_start + a, starts[i + 1] + (b - tail), f.value, f.norm))
+        return merge_findings(findings, extra)
 
     def json_value(self, doc: Any) -> Any:
         """``doc`` with findings replaced in string values (the prose of a document read as one
@@ -135,7 +170,9 @@ class Redactor:
 
 
 SEPARATOR = "\n\x00\n"  # no detector matches across it
-SOFT = "\n"               # a line break: values split across pieces are found across it
+ACROSS = 32                # characters of each side scanned together where two pieces meet mid-word
+_WORDISH = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ@._+-%&#=")
+SOFT = " "                # a space: values split across pieces are found across it
 
 
 # Strings under these keys name the structure of a message (its type, role, model, ids), not
@@ -145,6 +182,16 @@ STRUCTURAL = frozenset({
     "call_id", "stop_reason", "finish_reason", "media_type", "mime_type", "mimeType", "detail", "format",
     "encoding_format", "service_tier", "reasoning_effort", "tool_choice", "status", "uri",
 })
+
+
+def _split_value(left: str, right: str) -> bool:
+    """Whether two pieces meeting mid-word may be one value cut in two: the word ending the first
+    has a digit, an @ or a capital (a key, a number, an address, a name), or the word starting the
+    second has a digit or an @. Prose that merely runs on ("next year" | "the") is not scanned
+    again."""
+    tail = left.rsplit(None, 1)[-1] if not left[-1].isspace() else ""
+    head = right.split(None, 1)[0] if not right[0].isspace() else ""
+    return any(c.isdigit() or c == "@" or c.isupper() for c in tail) or any(c.isdigit() or c == "@" for c in head)
 
 
 def _collect(value: Any, prose: list[str], fields: list[str], keys: dict[str, str], numbers: list[str]) -> None:

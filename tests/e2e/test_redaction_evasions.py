@@ -148,6 +148,15 @@ def test_values_split_across_content_parts_and_messages_never_reach_the_model(st
     assert forwarded["messages"][2]["content"] == ", as agreed"
 
 
+def test_values_split_mid_word_never_reach_the_model(stack):
+    body = {"model": "gpt-general", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "the key is AKIAIOSF"},
+                                     {"type": "text", "text": "ODNN7EXAMPLE, and mail oscar@"}]},
+        {"role": "user", "content": "acme.com for the rest"}]}
+    seen = json.dumps(chat(stack, body)["body"])
+    assert "AKIAIOSF" not in seen and "ODNN7EXAMPLE" not in seen and "oscar@" not in seen, seen
+
+
 def test_a_value_in_the_query_string_is_refused(stack):
     token = stack.token("oscar", roles=["accounting"])
     r = stack.http.post("/v1/chat/completions?note=oscar%40acme.com", headers={**stack.auth(token)},

@@ -204,3 +204,16 @@ async def test_a_body_beyond_the_retry_bound_is_refused_not_forwarded(monkeypatc
     with pytest.raises(BadRequest) as info:
         await stage().on_request(ctx)
     assert info.value.reason == "redaction.too_complex"
+
+
+def test_values_split_mid_word_across_pieces_are_found():
+    red = Redactor(SCANNER, lambda t: "mask")
+    out = red.texts(["key AKIAIOSF", "ODNN7EXAMPLE ok", "mail oscar@", "acme.com today", "no 4539", "1488 0343 6467"],
+                    joined=True)
+    assert "AKIA" not in "".join(out) and "ODNN7" not in "".join(out)
+    assert out[2] == "mail ***@acme.com" and out[3] == " today"
+    assert "4539" not in "".join(out) and out[4] == "no ******** **** 6467" and out[5] == ""
+    assert red.found == {"aws_key": 1, "email": 1, "card": 1}
+    # pieces that merely touch are left alone
+    red = Redactor(SCANNER, lambda t: "mask")
+    assert red.texts(["user", "Hello there", "gpt-4o"], joined=True) == ["user", "Hello there", "gpt-4o"]
