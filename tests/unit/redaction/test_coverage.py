@@ -217,3 +217,17 @@ def test_values_split_mid_word_across_pieces_are_found():
     # pieces that merely touch are left alone
     red = Redactor(SCANNER, lambda t: "mask")
     assert red.texts(["user", "Hello there", "gpt-4o"], joined=True) == ["user", "Hello there", "gpt-4o"]
+
+
+def test_dictionary_variants_and_decoding_layers_are_configurable():
+    text = """redaction:
+  enabled: true
+  decoding: {types: []}
+  dictionaries: [{name: customer, terms: [Globex, Acme Corp], variants: [[corp, corporation]]}]
+  rules: [{id: all, match: {paths: ["/*"]}, actions: {default: placeholder}}]
+"""
+    s = RedactionStage(parse_config(text, env={}).redaction, MemoryStore())
+    found = [(f.type, f.value) for f in s.scanner.scan("Globex Inc. and ACME CORPORATION, key &#65;KIAIOSFODNN7EXAMPLE")]
+    assert found == [("customer", "Globex"), ("customer", "ACME CORPORATION")]  # Inc. is no listed form; no decoding
+    with pytest.raises(ConfigError, match="decoding.types"):
+        parse_config("redaction:\n  decoding: {types: [nope]}\n", env={})
