@@ -229,5 +229,5 @@ def test_dictionary_variants_and_decoding_layers_are_configurable():
     s = RedactionStage(parse_config(text, env={}).redaction, MemoryStore())
     found = [(f.type, f.value) for f in s.scanner.scan("Globex Inc. and ACME CORPORATION, key &#65;KIAIOSFODNN7EXAMPLE")]
     assert found == [("customer", "Globex"), ("customer", "ACME CORPORATION")]  # Inc. is no listed form; no decoding
-    with pytest.raises(ConfigError, match="decoding.types"):
+    with pytest.raises(ConfigError, match=r"decoding\.types"):
         parse_config("redaction:\n  decoding: {types: [nope]}\n", env={})
