@@ -189,6 +189,20 @@ def cloud_key() -> tuple[str, str]:
     return value, value
 
 
+def encoded_email() -> tuple[str, str]:
+    address = email()
+    form = rng.choice(["html", "named", "percent", "base64"])
+    if form == "html":
+        value = address.replace("@", "&#64;")
+    elif form == "named":
+        value = address.replace("@", "&commat;")
+    elif form == "percent":
+        value = address.replace("@", "%40")
+    else:
+        value = base64.b64encode(f"contact: {address}".encode()).decode()
+    return value, value
+
+
 def bearer() -> tuple[str, str]:
     """A token after a secret word; the label is the value (quoted when written quoted)."""
     value = alnum(rng.randint(20, 40), string.ascii_letters + string.digits) + rng.choice(["7", "x9", "Q2"])
@@ -224,7 +238,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
 # Generators whose text differs from their label (a keyword before the value, a possessive).
 LABELLED: dict[str, Callable[[], tuple[str, str]]] = {
     "customer": customer, "password": password, "cloud_key": cloud_key, "aws_key": encoded_secret,
-    "token": bearer,
+    "token": bearer, "email": encoded_email,
 }
 
 TEMPLATES = ["Please check {} before Friday.", "The value is {} (see ticket).", "{}",

@@ -159,7 +159,7 @@ class Decoding:
     base64 blocks of ``base64_min`` characters or more (decoded and scanned; a finding masks the
     whole block), for findings of ``types`` (entity types or categories)."""
 
-    types: frozenset[str] = frozenset({"secret"})
+    types: frozenset[str] = frozenset({"secret", "pii"})
     escapes: bool = True
     base64_min: int = 24     # 0: off
     max_decoded: int = 64 * 1024
@@ -181,10 +181,10 @@ class Scanner:
     def __init__(self, detectors: Iterable[str], dictionaries: Mapping[str, Iterable[str]] | None = None,
                  custom: Mapping[str, str] | None = None, *, decoding: Decoding | None = Decoding(),
                  variants: Mapping[str, Sequence[Sequence[str]]] | None = None) -> None:
-        # One alternation, one pass over the text, for the structured detectors and custom
-        # patterns; one more per dictionary (merged in order; at the same position the
-        # structured detectors win). Apart, because a match's cost grows with the groups of the
-        # program it comes from, and a dictionary of thousands of names is a large program.
+        # One alternation, one pass over the shadow, for the structured detectors and custom
+        # patterns; one more per dictionary, over the collapsed shadow (see _scan_shadow). Apart,
+        # because a match's cost grows with the program it comes from, and a dictionary of
+        # thousands of names is a large one.
         wanted = set(detectors)
         alternatives: list[tuple[str, str, str]] = []  # group, type, regex
         for name, alts in DETECTORS.items():
