@@ -344,6 +344,16 @@ def score(scanner: Scanner, samples: list[tuple[str, list[tuple[str, str]]]]) ->
 
 
 def chat_payload(size: int = 1_000_000) -> bytes:
+    """The same payload whatever the corpus drew before it (its own seed)."""
+    state = rng.getstate()
+    rng.seed(20261130)
+    try:
+        return _chat_payload(size)
+    finally:
+        rng.setstate(state)
+
+
+def _chat_payload(size: int) -> bytes:
     words = ("the quarterly forecast shows revenue growth across regions while costs remain stable and the "
              "team expects margins to improve next year").split()
     messages, total = [], 0
