@@ -134,6 +134,20 @@ def test_a_card_as_a_json_number_and_as_a_key_never_reaches_the_model(stack):
     assert "4539148803436467" not in seen and "5425233430109903" not in seen
 
 
+def test_a_card_as_a_number_in_a_tool_use_input_never_reaches_the_model(stack):
+    token = stack.token("oscar", roles=["accounting"])
+    body = {"model": "gpt-general", "max_tokens": 50, "messages": [
+        {"role": "user", "content": "pay the invoice"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "pay",
+                                           "input": {"card": 4539148803436467, "amount": 120}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "paid"}]}]}
+    r = stack.http.post("/v1/messages", json=body, headers={**stack.auth(token), "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    forwarded = r.json()["echo"]["body"]
+    assert "4539148803436467" not in json.dumps(forwarded)
+    assert forwarded["messages"][1]["content"][0]["input"] == {"card": "************6467", "amount": 120}
+
+
 def test_values_split_across_content_parts_and_messages_never_reach_the_model(stack):
     body = {"model": "gpt-general", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "my card is 4539 1488 "},
