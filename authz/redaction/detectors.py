@@ -20,6 +20,7 @@ from typing import Any
 
 import re2
 
+from authz.redaction import engine
 from authz.redaction.dictionary import LEGAL_FORMS, dictionary_pattern
 from authz.redaction.shadow import Shadow
 from authz.redaction.validators import IBAN_LENGTHS, VALIDATORS, compact, luhn, valid_iban
@@ -103,15 +104,6 @@ PATTERNS: dict[str, str] = {name: "|".join(f"{ctx}(?:{value})" for ctx, value in
 # Types whose candidates may be cut at a separator and tried again (a neighbour swallowed).
 SHORTENABLE = frozenset({"card", "iban", "ssn", "phone", "ipv6", "ipv4"})
 
-try:  # the engine's own match call (see Scanner._matches)
-    from re2 import _re2 as _native
-
-    _UNANCHORED = _native.RE2.Anchor.UNANCHORED
-    _ANCHOR_START = _native.RE2.Anchor.ANCHOR_START
-    _BYTES_TO_CHARS = _native.BytesToCharLen
-except (ImportError, AttributeError):  # pragma: no cover - another build of re2
-    _UNANCHORED = _ANCHOR_START = _BYTES_TO_CHARS = None
-
 # A number right after one of these labels is that, not a card (even when Luhn agrees).
 _NOT_A_CARD_BEFORE = re2.compile(r"(?i)\b(?:order|invoice|tracking|ticket|shipment|serial|ref|reference|"
                                  r"account|acct|id|isbn|imei|po)\s*(?:#|no\.?|number|nr\.?|:)?\s*#?\s*$")
@@ -142,15 +134,6 @@ def normalize(text: str) -> str:
     """The shadow of ``text`` (what detectors read). Kept for callers that scan a folded text;
     ``Scanner.scan`` folds by itself and reports spans of the text it was given."""
     return Shadow(text).value
-
-
-def _options() -> re2.Options:
-    # Large dictionaries (thousands of names) need more than RE2's default 8 MiB to keep the
-    # fast DFA; without it RE2 falls back to a slower (still linear) engine and logs about it.
-    options = re2.Options()
-    options.max_mem = 256 << 20
-    options.log_errors = False
-    return options
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -199,20 +182,20 @@ class Scanner:
             if pattern:
                 alternatives.append((f"{name}__0", name, f"(?P<{name}__0>{pattern})"))
         self.types = {group: kind for group, kind, _ in alternatives}
-        self._combined = (re2.compile("|".join(rx for _, _, rx in alternatives[:structured]), _options())
+        self._combined = (re2.compile("|".join(rx for _, _, rx in alternatives[:structured]), engine.options())
                           if structured else None)
-        self._dictionaries = [(kind, re2.compile(rx, _options())) for _, kind, rx in alternatives[structured:]]
+        self._dictionaries = [(kind, re2.compile(rx, engine.options())) for _, kind, rx in alternatives[structured:]]
         self._kinds: dict[int, str] = {}
         if self._combined is not None:
             self._kinds = {i: self.types[g] for g, i in self._combined.groupindex.items()}
         self._group_order = sorted(self._kinds)
         # For retries: every alternative on its own, and one set that says which match at a place.
         contexts = {f"{name}__{i}" for name, alts in DETECTORS.items() for i, (ctx, _) in enumerate(alts) if ctx}
-        self._alternatives = [(kind, re2.compile(rx, _options()), group in contexts)
+        self._alternatives = [(kind, re2.compile(rx, engine.options()), group in contexts)
                               for group, kind, rx in alternatives[:structured]]
         self._set: Any = None
         if structured:
-            self._set = re2.Set.MatchSet(_options())
+            self._set = re2.Set.MatchSet(engine.options())
             for _, _, rx in alternatives[:structured]:
                 self._set.Add(rx)
             self._set.Compile()
@@ -222,7 +205,7 @@ class Scanner:
         # The specific secret detectors, for a value a context detector (a password or token
         # after its keyword) found: "key AKIA..." is an AWS key, not just a token.
         specific = [rx for _, kind, rx in alternatives if kind in SPECIFIC]
-        self._specific = re2.compile("|".join(specific), _options()) if specific else None
+        self._specific = re2.compile("|".join(specific), engine.options()) if specific else None
         self._specific_kinds: dict[int, str] = {}
         if self._specific is not None:
             self._specific_kinds = {i: self.types[g] for g, i in self._specific.groupindex.items()}
@@ -259,7 +242,7 @@ class Scanner:
         names: list[Finding] = []
         data = collapsed.value.encode("utf-8", "surrogatepass")
         for kind, rx in self._dictionaries:
-            for _, s, e in _native_matches(rx, {1: kind}, [1], collapsed.value, data):
+            for _, s, e in engine.matches(rx, {1: kind}, [1], collapsed.value, data):
                 a, b = collapsed.span(s, e)
                 names.append(self._finding(shadow, kind, a, b))
         names.sort(key=lambda f: f.start)
@@ -283,7 +266,7 @@ class Scanner:
         if self._combined is None:
             return iter(())
         data = s.encode("utf-8", "surrogatepass")
-        return _native_matches(self._combined, self._kinds, self._group_order, s, data)
+        return engine.matches(self._combined, self._kinds, self._group_order, s, data)
 
     def _find(self, s: str) -> list[tuple[str, int, int]]:
         budget = [RETRY_PLACES + len(s) // RETRY_CHARS_PER_PLACE]
@@ -371,7 +354,7 @@ class Scanner:
     def _next_place(self, window: str, p: int, limit: int) -> int | None:
         """Where the next match of any program starts (its whole match, context included), at or
         after ``p`` and before ``limit``."""
-        places = [q for q in (_place(rx, window, p) for rx, _ in self._programs) if q is not None]
+        places = [q for q in (engine.place(rx, window, p) for rx, _ in self._programs) if q is not None]
         place = min(places, default=None)
         return place if place is not None and place < limit else None
 
@@ -385,7 +368,7 @@ class Scanner:
             kind, rx, has_context = self._alternatives[i]
             if not has_context and (kind, place) == skip:
                 continue
-            m = _match_at(rx, window, place)
+            m = engine.match_at(rx, window, place)
             if m is None:
                 continue
             gs, ge = m
@@ -419,88 +402,6 @@ class Scanner:
     def scan_plain(self, text: str) -> list[Finding]:
         """``scan`` without decoding layers (what a decoded block is scanned with)."""
         return self._scan_shadow(Shadow(text))
-
-
-def _native_matches(rx: Any, kinds: Mapping[int, str], groups: Sequence[int], s: str,
-                    data: bytes) -> Iterator[tuple[str, int, int]]:
-    """(type, start, end) of each match of ``rx`` in ``s`` (``data`` its UTF-8), the type that
-    of the first of ``groups`` that took part.
-
-    The engine's own call, not the wrapper's ``finditer``: the wrapper converts every group's
-    span of every match in Python, which cost more than the scan itself."""
-    native = getattr(rx, "_regexp", None)
-    if native is None or _UNANCHORED is None:  # another re2 wrapper: the public API
-        for m in rx.finditer(s):
-            group = next((g for g in groups if m.start(g) >= 0), 0)
-            yield kinds.get(group, ""), m.start(group), m.end(group)
-        return
-    ascii_only = len(data) == len(s)
-    n = len(data)
-    pos = last_byte = last_char = 0
-    while pos <= n:
-        spans = native.Match(_UNANCHORED, data, pos, n)
-        whole = spans[0]
-        if whole[0] < 0:
-            return
-        group = _first_group(spans, groups)
-        start, end = spans[group]
-        if not ascii_only:
-            last_char += _BYTES_TO_CHARS(data, last_byte, start)
-            last_byte = start
-            start, end = last_char, last_char + _BYTES_TO_CHARS(data, start, end)
-        yield kinds.get(group, ""), start, end
-        pos = whole[1] if whole[1] > whole[0] else whole[1] + 1
-        while not ascii_only and pos < n and (data[pos] & 0xC0) == 0x80:
-            pos += 1
-
-
-def _search(rx: Any, text: str, pos: int, named: Sequence[int] = (1,)) -> tuple[int, int, int, int] | None:
-    """The first match of ``rx`` in ``text`` at or after ``pos``: (group, group start, group end,
-    match start), the group being the first of ``named`` that took part."""
-    native = getattr(rx, "_regexp", None)
-    if native is None or _UNANCHORED is None or not text.isascii():
-        m = rx.search(text, pos)
-        if m is None:
-            return None
-        group = m.lastindex or 0
-        return group, m.start(group), m.end(group), m.start()
-    spans = native.Match(_UNANCHORED, text.encode("ascii"), pos, len(text))
-    if spans[0][0] < 0:
-        return None
-    group = next((g for g in named if spans[g][0] >= 0), 0)
-    return group, spans[group][0], spans[group][1], spans[0][0]
-
-
-def _place(rx: Any, text: str, pos: int) -> int | None:
-    """Where the first match of ``rx`` at or after ``pos`` starts (context included)."""
-    native = getattr(rx, "_regexp", None)
-    if native is None or _UNANCHORED is None or not text.isascii():
-        m = rx.search(text, pos)
-        return None if m is None else int(m.start())
-    start = native.Match(_UNANCHORED, text.encode("ascii"), pos, len(text))[0][0]
-    return None if start < 0 else int(start)
-
-
-def _first_group(spans: Sequence[tuple[int, int]], groups: Sequence[int]) -> int:
-    """The first of ``groups`` that took part in a match (most often the one spanning it whole:
-    found by ``index``, in C, rather than by a loop over every group)."""
-    try:
-        group = spans.index(spans[0], 1)
-    except ValueError:
-        group = 0
-    if group in groups:
-        return group
-    return next((g for g in groups if spans[g][0] >= 0), 0)
-
-
-def _match_at(rx: Any, text: str, pos: int) -> tuple[int, int] | None:
-    """The span of group 1 of ``rx`` matched at exactly ``pos`` (the text before it as context)."""
-    native = getattr(rx, "_regexp", None)
-    if native is None or _ANCHOR_START is None or not text.isascii():
-        m = rx.match(text, pos)
-        return None if m is None else m.span(1)
-    spans = native.Match(_ANCHOR_START, text.encode("ascii"), pos, len(text))
-    return None if spans[0][0] < 0 or spans[1][0] < 0 else spans[1]
 
 
 def _cuts(kind: str, s: str, start: int, end: int) -> list[int]:

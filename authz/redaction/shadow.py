@@ -20,11 +20,10 @@ import bisect
 import html
 import re
 import unicodedata
-from collections.abc import Iterator
-from typing import Any
 
 import re2
 
+from authz.redaction import engine
 from authz.redaction.confusables import LATIN_LOOKALIKES
 
 # Letters of other scripts that render like a Latin letter: these first (chosen by hand: the
@@ -75,40 +74,6 @@ def fold_char(ch: str) -> str:
             return fold_char(folded)  # a compatibility form of a confusable, a dash, a digit
         return folded
     return "".join(fold_char(c) for c in folded)  # ligatures, ½, ㈱: each piece folded again
-
-
-try:  # the engine's own match call: the wrapper's finditer converts offsets in Python per match
-    from re2 import _re2 as _native
-
-    _UNANCHORED = _native.RE2.Anchor.UNANCHORED
-    _BYTES_TO_CHARS = _native.BytesToCharLen
-except (ImportError, AttributeError):  # pragma: no cover - another build of re2
-    _UNANCHORED = _BYTES_TO_CHARS = None
-
-
-def spans(rx: Any, text: str) -> Iterator[tuple[int, int]]:
-    """The (start, end) of every match of the compiled RE2 ``rx`` in ``text``, in characters."""
-    native = getattr(rx, "_regexp", None)
-    if native is None or _UNANCHORED is None:
-        for m in rx.finditer(text):
-            yield m.start(), m.end()
-        return
-    data = text.encode("utf-8", "surrogatepass")
-    ascii_only = len(data) == len(text)
-    n = len(data)
-    pos = last_byte = last_char = 0
-    while pos <= n:
-        start, end = native.Match(_UNANCHORED, data, pos, n)[0]
-        if start < 0:
-            return
-        pos = end if end > start else end + 1
-        while not ascii_only and pos < n and (data[pos] & 0xC0) == 0x80:
-            pos += 1
-        if not ascii_only:
-            last_char += _BYTES_TO_CHARS(data, last_byte, start)
-            last_byte = start
-            start, end = last_char, last_char + _BYTES_TO_CHARS(data, start, end)
-        yield start, end
 
 
 class _FoldTable(dict[int, str]):
@@ -207,7 +172,7 @@ class Shadow:
         self.starts, self.origins, self.regular = [], [], []
         out: list[str] = []
         pos = shadow_pos = 0
-        for start, end in spans(_SEPARATOR_RUN, text):
+        for start, end in engine.spans(_SEPARATOR_RUN, text):
             out.append(text[pos:start])
             shadow_pos += start - pos
             self._piece(shadow_pos, start, False)
