@@ -43,7 +43,8 @@ SCAN_SECONDS = Histogram("authz_redaction_scan_seconds", "Time to scan (and rewr
 
 APPROVAL_KEY = "approval:{id}"
 GRANT_KEY = "approval:{id}:granted"
-# What ``secrets.token_urlsafe`` issues. An id is put into a store key: one with a ":" in it
+# What ``secrets.token_hex`` issues (and ``token_urlsafe``, which issued ids before it). An id is
+# put into a store key: one with a ":" in it
 # (``<id>:granted``) would name a grant instead of an approval record.
 APPROVAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -178,7 +179,7 @@ class RedactionStage(Stage):
                         ctx.facts["redaction"]["approval"] = {"id": given, "approved_by": record.get("approver")}
                         ACTIONS.labels(action="approved").inc()
                         return
-            approval_id = secrets.token_urlsafe(12)
+            approval_id = secrets.token_hex(12)  # never starts with "-" (read as an option by a CLI)
             record = {"subject": subject, "digest": digest, "types": held, "rule": rule.id,
                       "approver_roles": list(rule.approval.approver_roles), "created": int(time.time())}
             await self.store.set(APPROVAL_KEY.format(id=approval_id), json.dumps(record).encode(),
