@@ -135,6 +135,7 @@ def test_authorization_cannot_be_listed_as_a_redacted_header():
     ("Tel. 030 12345678", "phone", "030 12345678"),
     ("Tel. (089) 1234 5678", "phone", "(089) 1234 5678"),
     ("tél 01 23 45 67 89", "phone", "01 23 45 67 89"),
+    ("call +49 (0)30 12345678", "phone", "+49 (0)30 12345678"),
     ("iban es91 2100 0418 4502 0005 1332", "iban", "es91 2100 0418 4502 0005 1332"),
     ("iban DE89-3704-0044-0532-0130-00", "iban", "DE89-3704-0044-0532-0130-00"),
     ("see Umbrella\nHealth", "customer", "Umbrella\nHealth"),
