@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for sc in SCENARIOS:
             target = f"  [target {sc.target.describe()}, {sc.target.source}]" if sc.target else ""
+            if sc.latency_target:
+                target += f"  [target {sc.latency_target.describe()}, {sc.latency_target.source}]"
             print(f"{sc.name:<24} {sc.about}{target}")
         print(f"{REDACTION:<24} redaction corpus precision/recall per type and MB/s (no Envoy)")
         return 0
@@ -231,6 +233,7 @@ def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(runs, key=lambda r: r["requests_per_second"])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["rounds_requests_per_second"] = [round(r["requests_per_second"]) for r in runs]
+    chosen["rounds_p50_ms"] = [r["p50_ms"] for r in runs]
     return chosen
 
 

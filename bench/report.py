@@ -45,9 +45,29 @@ def compare(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]
                 judged["percent_of_baseline"] = round(of_base * 100, 1)
                 judged["met"] = of_base >= sc.target.ratio and clean(r)
             r["target"] = judged
+        if sc.latency_target is not None:
+            r["latency_target"] = _latency(sc, r, results.get(sc.latency_target.baseline))
         if sc.redis_round_trips is not None and "redis_round_trips_per_request" in r:
             # A few health-check PINGs over the run are not the request path's.
             r["redis_round_trips_met"] = r["redis_round_trips_per_request"] <= sc.redis_round_trips + 0.01
+
+
+def _latency(sc: Scenario, r: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
+    """p50 added over the baseline: the median of the per-round differences when both ran the
+    same rounds, else the difference of the reported p50s."""
+    assert sc.latency_target is not None
+    t = sc.latency_target
+    judged: dict[str, Any] = {"baseline": t.baseline, "max_added_ms": t.added_ms, "source": t.source}
+    if base is None or _rps(base) is None:
+        return judged
+    mine, theirs = r.get("rounds_p50_ms"), base.get("rounds_p50_ms")
+    if mine and theirs and len(mine) == len(theirs):
+        added = statistics.median(m - b for m, b in zip(mine, theirs, strict=True))
+    else:
+        added = r["p50_ms"] - base["p50_ms"]
+    judged["added_ms"] = round(added, 3)
+    judged["met"] = added <= t.added_ms and clean(r)
+    return judged
 
 
 def _rps(r: Mapping[str, Any] | None) -> float | None:
@@ -82,6 +102,12 @@ def notes(r: Mapping[str, Any], *, backend: str | None = None) -> str:
 
 
 def target_cell(r: Mapping[str, Any]) -> str:
+    lat = r.get("latency_target")
+    if lat:
+        if "met" not in lat:
+            return f"p50 <= {lat['baseline']} + {lat['max_added_ms']:g} ms: n/a"
+        verdict = "ok" if lat["met"] else "MISS"
+        return f"p50 <= {lat['baseline']} + {lat['max_added_ms']:g} ms: +{lat['added_ms']:.2f} {verdict}"
     t = r.get("target")
     if not t:
         return ""
@@ -133,6 +159,10 @@ def summary(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]
         if t and t.get("met") is False:
             lines.append(f"{sc.name}: {t['percent_of_baseline']:.0f}% of {t['baseline']}, target "
                          f">= {t['min_percent']:.0f}% ({t['source']})")
+        lat = r.get("latency_target")
+        if lat and lat.get("met") is False:
+            lines.append(f"{sc.name}: p50 {lat['added_ms']:+.2f} ms over {lat['baseline']}, target "
+                         f"<= {lat['max_added_ms']:g} ms ({lat['source']})")
         if r.get("redis_round_trips_met") is False:
             lines.append(f"{sc.name}: {r['redis_round_trips_per_request']:.2f} Redis round trips per "
                          f"request, expected {sc.redis_round_trips:g}")

@@ -147,7 +147,8 @@ def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> di
     if status != 200:
         raise ScenarioFailed(f"its request is answered {status} ({text.strip()[:300]}), not 200\n"
                              f"{stack.logs()}")
-    load = {"url": url, "seconds": settings.warmup, "connections": settings.connections,
+    connections = sc.connections or settings.connections
+    load = {"url": url, "seconds": settings.warmup, "connections": connections,
             "threads": settings.wrk_threads, "method": req.method, "headers": req.headers, "body": req.body}
     if settings.warmup > 0:
         run_wrk(**load)

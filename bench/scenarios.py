@@ -52,6 +52,18 @@ class Target:
 
 
 @dataclasses.dataclass(frozen=True)
+class LatencyTarget:
+    """p50 latency at most ``added_ms`` above the ``baseline`` scenario's (``source`` says who asked)."""
+
+    baseline: str
+    added_ms: float
+    source: str
+
+    def describe(self) -> str:
+        return f"p50 <= {self.baseline} + {self.added_ms:g} ms"
+
+
+@dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
     about: str
@@ -63,6 +75,8 @@ class Scenario:
     target: Target | None = None
     noop_args: tuple[str, ...] = ()  # extra arguments for bench.noop_authz (backend "noop")
     redis_round_trips: float | None = None   # at most this many Redis round trips per request
+    latency_target: LatencyTarget | None = None
+    connections: int | None = None   # wrk connections, when not the run's (--connections)
 
     def __post_init__(self) -> None:
         if (self.backend == "authz") != (self.config is not None):
@@ -90,6 +104,26 @@ def signed_in_mcp_call(ctx: Context) -> Request:
     return mcp_call(token)
 
 
+# A 4 KB chat prompt with findings (emails, a card, customer names): what redaction costs
+# through Envoy is measured on it, against the same stack with redaction off.
+CHAT_4K = json.dumps({"model": "gpt-general", "messages": [
+    {"role": "system", "content": "You are a helpful assistant for the finance team. " * 16},
+    {"role": "user", "content": ("Forecast for Acme Corp and Umbrella Health: revenue grows in every region "
+                                 "while costs stay flat across the quarter. " * 26)
+                                + "Contact oscar@acme.com or dana@globex.example, card 4539 1488 0343 6467 12/27, "
+                                  "call 212 555 0147."},
+]}).encode()
+assert 3800 <= len(CHAT_4K) <= 4400, len(CHAT_4K)
+
+
+def signed_in_chat(ctx: Context) -> Request:
+    token = mint_token(sub="oscar", roles=["accounting"], scopes=[], client="bench",
+                       issuer=ctx.issuer_url, dev_dir=ctx.workdir / "dev", ttl=6 * 3600)
+    return Request("POST", "/v1/chat/completions", {"content-type": "application/json",
+                                                    "authorization": f"Bearer {token}",
+                                                    "user-agent": "authz-bench/1"}, CHAT_4K)
+
+
 # -- authz configs ---------------------------------------------------------------------------
 
 def bench_basics(*, decision_log: bool = False) -> dict[str, Any]:
@@ -110,7 +144,8 @@ def allow_all(*, decision_log: bool = False) -> Callable[[Context], dict[str, An
 
 
 def reference(*, policy: bool, assertion: bool = True, audit: bool = False, rate_limit: bool = False,
-              binding: str = "request", durability: str | None = None) -> Callable[[Context], dict[str, Any]]:
+              binding: str = "request", durability: str | None = None,
+              redaction: bool = False) -> Callable[[Context], dict[str, Any]]:
     """deploy/authz/authz.yaml reduced to the stages a scenario measures: identity always (its
     issuer pointed at the bench's), the reference policy or allow, and optionally the signed
     assertion, the audit log and one per-user rate limit in Redis (never reached)."""
@@ -124,7 +159,11 @@ def reference(*, policy: bool, assertion: bool = True, audit: bool = False, rate
         if not policy:
             cfg["policy"] = {"default": "allow"}
         cfg["routing"] = {"enabled": False}
-        cfg["redaction"] = {"enabled": False}
+        if redaction:
+            for rule in cfg["redaction"]["rules"]:
+                rule.pop("approval", None)
+        else:
+            cfg["redaction"] = {"enabled": False}
         cfg["audit"] = {"enabled": audit, "directory": str(ctx.workdir / "audit")}
         if durability is not None:  # else the default (audit.durability)
             cfg["audit"]["durability"] = durability
@@ -177,6 +216,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("ratelimit", "policy + one per-user rate limit in Redis", "authz",
              reference(policy=True, rate_limit=True), signed_in_mcp_call, issuer=True, redis=True,
              target=Target("floor+token", 0.75, "issue 5"), redis_round_trips=1),
+    # What redaction adds to one request's latency: measured with one connection (with 32, p50
+    # is the queue in front of the sidecar, i.e. throughput, which the scenarios above measure).
+    Scenario("chat-4k", "policy on a 4 KB chat prompt with findings, redaction off (1 connection)", "authz",
+             reference(policy=True), signed_in_chat, issuer=True, connections=1),
+    Scenario("chat-4k+redaction", "the same prompt with the reference redaction rules (masked, "
+             "placeholders, the body rewritten by Check and swapped in by Process; 1 connection)", "authz",
+             reference(policy=True, redaction=True), signed_in_chat, issuer=True, connections=1,
+             latency_target=LatencyTarget("chat-4k", 1.0, "issue 15")),
 )
 
 
@@ -196,4 +243,7 @@ def by_name(names: list[str] | None, scenarios: tuple[Scenario, ...] = SCENARIOS
         wanted.add(name)
         if known[name].target is not None:
             todo.append(known[name].target.baseline)
+        latency = known[name].latency_target
+        if latency is not None:
+            todo.append(latency.baseline)
     return [s for s in scenarios if s.name in wanted]

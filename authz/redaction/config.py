@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from authz.matching.config import Conditions, Match
-from authz.redaction.detectors import CATEGORIES, PATTERNS, compile_custom
+from authz.redaction.detectors import CATEGORIES, PATTERNS, Decoding, compile_custom
 from authz.schema import Model
 
 Action = Literal["mask", "placeholder", "hash", "block", "allow"]
@@ -24,6 +24,9 @@ class Dictionary(Model):
     terms: tuple[str, ...] = ()
     file: str | None = None          # one term per line; # comments
     category: str = "pii"
+    # Spellings of a legal form that stand for one another ("Acme Corp" finds "Acme Corporation");
+    # None: the built-in list (Corp/Corporation/Co, Inc/Incorporated, Ltd/Limited, LLC, GmbH, ...).
+    variants: tuple[tuple[str, ...], ...] | None = None
 
     def all_terms(self) -> list[str]:
         terms = list(self.terms)
@@ -107,6 +110,21 @@ class Responses(Model):
     max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
+class DecodingConfig(Model):
+    """Decoding layers scanned before giving up on a value: HTML character references and
+    percent-escapes, and base64 blocks of ``base64_min_length`` characters or more (0: off).
+    Findings inside count for the entity types or categories in ``types``."""
+
+    types: tuple[str, ...] = ("secret", "pii")
+    escapes: bool = True
+    base64_min_length: int = Field(24, ge=0, le=4096)
+
+    def decoding(self) -> Decoding | None:
+        if not self.types:
+            return None
+        return Decoding(types=frozenset(self.types), escapes=self.escapes, base64_min=self.base64_min_length)
+
+
 class RedactionConfig(Model):
     enabled: bool = False
     detectors: tuple[str, ...] = tuple(PATTERNS)
@@ -119,6 +137,17 @@ class RedactionConfig(Model):
     approvals_path: str = "/authz/approvals"
     rules: tuple[RedactionRule, ...] = ()
     responses: Responses = Responses()
+    decoding: DecodingConfig = DecodingConfig()
+    query: bool = True                 # scan the URL query string (a finding there is refused: 403)
+    headers: tuple[str, ...] = ()      # request headers scanned and rewritten like the body
+
+    @field_validator("headers")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [h for h in v if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", h) or h.lower() in ("authorization", "host")]
+        if bad:
+            raise ValueError(f"not a header redaction may rewrite: {', '.join(bad)}")
+        return tuple(h.lower() for h in v)
 
     @field_validator("detectors")
     @classmethod
@@ -141,6 +170,9 @@ class RedactionConfig(Model):
         if clash:
             raise ValueError(f"dictionary/pattern names must be unique and not a detector's: {', '.join(clash)}")
         known = set(self.categories()) | set(self.categories().values()) | {"default"}
+        undecodable = sorted(set(self.decoding.types) - known)
+        if undecodable:
+            raise ValueError(f"decoding.types: unknown entity type(s) or categories: {', '.join(undecodable)}")
         for rule in self.rules:
             bad = sorted(set(rule.actions) - known)
             if bad:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from authz.redaction.detectors import Finding, Scanner, normalize
+from authz.redaction.detectors import Finding, Scanner, merge_findings
 
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
 
@@ -33,63 +34,121 @@ class Redactor:
         if action == "allow":
             return None
         if action == "placeholder":
-            key = (f.type, f.value.casefold())
+            key = (f.type, " ".join((f.norm or f.value).casefold().split()))
             if key not in self.placeholders:
                 self.counters[f.type] += 1
                 self.placeholders[key] = f"[{f.type.upper()}_{self.counters[f.type]}]"
             return self.placeholders[key]
         if action == "hash":
-            digest = hmac.new(self.hmac_key, f.value.encode(), hashlib.sha256).hexdigest()[:16]
+            value = " ".join((f.norm or f.value).split())
+            digest = hmac.new(self.hmac_key, value.encode(), hashlib.sha256).hexdigest()[:16]
             return f"[{f.type.upper()}:{digest}]"
-        # mask
+        # mask: on the text as written, or on its decoded shadow when it was written encoded
+        value = f.norm if f.norm and ("&" in f.value or "%" in f.value) else f.value
         if f.type in MASK_LAST4:
-            digits = [i for i, c in enumerate(f.value) if c.isalnum()]
+            digits = [i for i, c in enumerate(value) if c.isalnum()]
             keep = set(digits[-4:])
-            return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(f.value))
-        if f.type == "email":
-            return "***@" + f.value.rsplit("@", 1)[1]
+            return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(value))
+        if f.type == "email" and "@" in value:
+            return "***@" + value.rsplit("@", 1)[1]
         return f"[REDACTED:{f.type}]"
 
     def text(self, value: str) -> str:
         return self.texts([value])[0]
 
-    def texts(self, values: list[str]) -> list[str]:
-        """Redact many strings with one scan: they are joined with a separator no detector can
-        match across, scanned once, and the findings mapped back (the regex engine's per-call
-        cost, not the bytes, dominated scanning JSON documents of many small strings)."""
-        norms = [normalize(v) for v in values]
-        joined = SEPARATOR.join(norms)
-        findings = self.scanner.scan(joined)
+    def texts(self, values: list[str], *, joined: bool = False) -> list[str]:
+        """Redact many strings with one scan. Each string changes only inside the spans of its
+        findings: everything else goes back exactly as it came (the shadow detection ran on is
+        never forwarded). ``joined``: the strings are adjacent pieces of one text (the values of
+        a document, the parts of a message) and a value split across two of them is found, the
+        replacement put in the first piece and the rest of the value taken out of the others;
+        otherwise no finding spans two strings."""
+        if not values:
+            return values
+        sep = SOFT if joined else SEPARATOR
+        text = sep.join(values)
+        findings = self.scanner.scan(text)
+        starts, pos = [], 0
+        for v in values:
+            starts.append(pos)
+            pos += len(v) + len(sep)
+        if joined and len(values) > 1:
+            findings = self._across(values, starts, findings)
         if not findings:
             return values
-        starts, pos = [], 0
-        for n in norms:
-            starts.append(pos)
-            pos += len(n) + len(SEPARATOR)
-        out: list[list[str]] = [[] for _ in norms]
+        out: list[list[str]] = [[] for _ in values]
         cursor = list(starts)
         for f in findings:
-            i = bisect.bisect_right(starts, f.start) - 1
-            if f.end > starts[i] + len(norms[i]):
-                continue  # cannot happen with the shipped detectors; never rewrite across strings
+            first = bisect.bisect_right(starts, f.start) - 1
+            last = bisect.bisect_right(starts, f.end - 1) - 1
+            if last != first:
+                if not joined:
+                    continue  # cannot happen: no detector matches across the hard separator
+                # the value as the pieces hold it, without the spaces that joined them
+                pieces = (values[i][max(f.start - starts[i], 0):f.end - starts[i]] for i in range(first, last + 1))
+                f = dataclasses.replace(f, value="".join(pieces))
             self.found[f.type] += 1
             new = self.replacement(f)
             if new is None:
                 continue
-            out[i].append(joined[cursor[i]:f.start])
-            out[i].append(new)
-            cursor[i] = f.end
+            for i in range(first, last + 1):
+                lo = max(f.start, starts[i])
+                hi = min(f.end, starts[i] + len(values[i]))
+                if hi <= lo:
+                    continue
+                out[i].append(text[cursor[i]:lo])
+                out[i].append(new if i == first else "")
+                cursor[i] = hi
             self.changed = True
-        # A string with nothing to replace goes back exactly as it came (not in its folded form).
-        return [values[i] if not parts else "".join(parts) + joined[cursor[i]:starts[i] + len(norms[i])]
+        # A string with nothing to replace goes back as the very same object.
+        return [values[i] if not parts else "".join(parts) + text[cursor[i]:starts[i] + len(values[i])]
                 for i, parts in enumerate(out)]
 
+    def _across(self, values: list[str], starts: list[int], findings: list[Finding]) -> list[Finding]:
+        """Findings split mid-word between two adjacent pieces (``AKIAIOSF`` | ``ODNN7EXAMPLE``,
+        ``oscar@`` | ``acme.com``), which the space joining them hides: the ends of each such
+        pair are scanned written together, in one scan for all pairs."""
+        windows: list[tuple[int, int, int]] = []  # piece, where its tail starts, tail length
+        texts: list[str] = []
+        for i in range(len(values) - 1):
+            left, right = values[i][-ACROSS:], values[i + 1][:ACROSS]
+            if left and right and left[-1] in _WORDISH and right[0] in _WORDISH and _split_value(left, right):
+                windows.append((i, starts[i] + len(values[i]) - len(left), len(left)))
+                texts.append(left + right)
+        if not windows:
+            return findings
+        joined = SEPARATOR.join(texts)
+        offsets, pos = [], 0
+        for t in texts:
+            offsets.append(pos)
+            pos += len(t) + len(SEPARATOR)
+        extra: list[Finding] = []
+        for f in self.scanner.scan(joined):
+            k = bisect.bisect_right(offsets, f.start) - 1
+            i, tail_start, tail = windows[k]
+            a, b = f.start - offsets[k], f.end - offsets[k]
+            if not a < tail < b:
+                continue  # inside one piece: the main scan has it
+            extra.append(Finding(f.type, tail_start + a, starts[i + 1] + (b - tail), f.value, f.norm))
+        return merge_findings(findings, extra)
+
     def json_value(self, doc: Any) -> Any:
-        strings: list[str] = []
-        _collect(doc, strings)
-        if not strings:
+        """``doc`` with findings replaced in string values (the prose of a document read as one
+        text, so a value split across content parts or messages is found), object keys and
+        numbers (read as their digits; a number with a finding becomes the string replacing it)."""
+        prose: list[str] = []
+        fields: list[str] = []
+        keys: dict[str, str] = {}
+        numbers: list[str] = []
+        _collect(doc, prose, fields, keys, numbers)
+        new_prose = self.texts(prose, joined=True)
+        new_fields = self.texts(fields)
+        new_keys = dict(zip(keys, self.texts(list(keys)), strict=True)) if keys else keys
+        new_numbers = self.texts(numbers)
+        same_keys = all(k == v for k, v in new_keys.items())
+        if new_prose is prose and new_fields is fields and same_keys and new_numbers is numbers:
             return doc
-        return _rebuild(doc, iter(self.texts(strings)))
+        return _rebuild(doc, None, iter(new_prose), iter(new_fields), new_keys, iter(new_numbers))
 
     def rewrite(self, kind: str, document: Any) -> Any:
         """``document`` (an ``Outgoing`` document of a body of ``kind``) with findings replaced."""
@@ -97,10 +156,11 @@ class Redactor:
             return self.json_value(document)
         if kind == "form":
             pairs: tuple[tuple[str, str], ...] = document
-            new = self.texts([n for n, _ in pairs] + [v for _, v in pairs])
-            return tuple(zip(new[:len(pairs)], new[len(pairs):], strict=True))
+            names = self.texts([n for n, _ in pairs])
+            values = self.texts([v for _, v in pairs], joined=True)
+            return tuple(zip(names, values, strict=True))
         if kind == "multipart":
-            return tuple(self.texts(list(document)))
+            return tuple(self.texts(list(document), joined=True))
         if kind == "text":
             return self.text(document)
         raise ValueError(f"a {kind} body cannot be scanned")
@@ -109,27 +169,63 @@ class Redactor:
         return dict(sorted(self.found.items()))
 
 
-SEPARATOR = "\n\x00\n"
+SEPARATOR = "\n\x00\n"  # no detector matches across it
+ACROSS = 32                # characters of each side scanned together where two pieces meet mid-word
+_WORDISH = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ@._+-%&#=")
+SOFT = " "                # a space: values split across pieces are found across it
 
 
-def _collect(value: Any, out: list[str]) -> None:
+# Strings under these keys name the structure of a message (its type, role, model, ids), not
+# what it says: they are scanned on their own, so they do not stand between two pieces of prose.
+STRUCTURAL = frozenset({
+    "type", "role", "model", "id", "name", "jsonrpc", "method", "object", "tool_call_id", "tool_use_id",
+    "call_id", "stop_reason", "finish_reason", "media_type", "mime_type", "mimeType", "detail", "format",
+    "encoding_format", "service_tier", "reasoning_effort", "tool_choice", "status", "uri",
+})
+
+
+def _split_value(left: str, right: str) -> bool:
+    """Whether two pieces meeting mid-word may be one value cut in two: the word ending the first
+    has a digit, an @ or a capital (a key, a number, an address, a name), or the word starting the
+    second has a digit or an @. Prose that merely runs on ("next year" | "the") is not scanned
+    again."""
+    tail = left.rsplit(None, 1)[-1] if not left[-1].isspace() else ""
+    head = right.split(None, 1)[0] if not right[0].isspace() else ""
+    return any(c.isdigit() or c == "@" or c.isupper() for c in tail) or any(c.isdigit() or c == "@" for c in head)
+
+
+def _collect(value: Any, prose: list[str], fields: list[str], keys: dict[str, str], numbers: list[str]) -> None:
+    stack: list[tuple[Any, str | None]] = [(value, None)]
+    while stack:
+        item, key = stack.pop()
+        if isinstance(item, str):
+            (fields if key in STRUCTURAL else prose).append(item)
+        elif isinstance(item, dict):
+            for k in item:
+                keys.setdefault(k, k)
+            stack.extend((v, k) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((v, key) for v in reversed(item))
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            numbers.append(repr(item))
+
+
+def _rebuild(value: Any, key: str | None, prose: Any, fields: Any, keys: dict[str, str], numbers: Any) -> Any:
     if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, list):
-        for v in value:
-            _collect(v, out)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _collect(v, out)
-
-
-def _rebuild(value: Any, new: Any) -> Any:
-    if isinstance(value, str):
-        return next(new)
+        return next(fields if key in STRUCTURAL else prose)
     if isinstance(value, list):
-        return [_rebuild(v, new) for v in value]
+        return [_rebuild(v, key, prose, fields, keys, numbers) for v in value]
     if isinstance(value, dict):
-        return {k: _rebuild(v, new) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            new_key: str = keys.get(k) or k
+            while new_key in out:  # two keys masked alike: keep both
+                new_key += "_"
+            out[new_key] = _rebuild(v, k, prose, fields, keys, numbers)
+        return out
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        new = next(numbers)
+        return value if new == repr(value) else new
     return value
 
 

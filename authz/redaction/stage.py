@@ -31,9 +31,10 @@ from authz.matching import CompiledConditions, CompiledMatch
 from authz.model import Context, Exchange
 from authz.pipeline import Stage
 from authz.redaction.config import RedactionConfig, RedactionRule
-from authz.redaction.detectors import Scanner
+from authz.redaction.detectors import Scanner, ScanTooComplex
 from authz.redaction.guard import AnswerGuard, want_answer
 from authz.redaction.redactor import Redactor, categories_of
+from authz.redaction.request_parts import scan_request_parts
 from authz.redaction.restore import PlaceholderStore, RecordingRedactor
 from authz.store import Store, StoreUnavailable
 
@@ -45,7 +46,8 @@ SCAN_SECONDS = Histogram("authz_redaction_scan_seconds", "Time to scan (and rewr
 
 APPROVAL_KEY = "approval:{id}"
 GRANT_KEY = "approval:{id}:granted"
-# What ``secrets.token_urlsafe`` issues. An id is put into a store key: one with a ":" in it
+# What ``secrets.token_hex`` issues (and ``token_urlsafe``, which issued ids before it). An id is
+# put into a store key: one with a ":" in it
 # (``<id>:granted``) would name a grant instead of an approval record.
 APPROVAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -63,7 +65,8 @@ class RedactionStage(Stage):
         self.store = store
         self.categories = cfg.categories()
         self.scanner = Scanner(cfg.detectors, {d.name: d.all_terms() for d in cfg.dictionaries},
-                               {p.name: p.regex for p in cfg.patterns})
+                               {p.name: p.regex for p in cfg.patterns}, decoding=cfg.decoding.decoding(),
+                               variants={d.name: d.variants for d in cfg.dictionaries if d.variants is not None})
         compiled = tuple((r, CompiledMatch(r.match), CompiledConditions(r.when)) for r in cfg.rules)
         self.rules = tuple(c for c in compiled if c[0].scans_requests)
         self.response_rules = tuple(c for c in compiled if c[0].scans_responses)
@@ -115,24 +118,41 @@ class RedactionStage(Stage):
         if answer_rule is not None:
             want_answer(ctx, answer_rule, "")
         rule = self._rule_for(ctx)
-        body = ctx.view.body
-        if rule is None or body.kind == "none":
+        if rule is None:
             return
-        if ctx.request.body_truncated or len(body.raw) > self.cfg.max_body_bytes:
-            ACTIONS.labels(action="too_large").inc()
-            raise PayloadTooLarge(f"the body is larger than the {self.cfg.max_body_bytes} bytes the sidecar "
-                                  "scans; it is not forwarded unscanned", reason="body.too_large")
-        if body.kind == "encoded":
+        try:
+            await self._scan(ctx, rule, answer_rule)
+        except ScanTooComplex as exc:
             ACTIONS.labels(action="unscannable").inc()
-            raise UnsupportedMediaType("a body with a Content-Encoding cannot be scanned; send it unencoded",
-                                       reason="body.encoded")
-        if body.kind == "unreadable":
-            ACTIONS.labels(action="unscannable").inc()
-            raise _unreadable(body.problem)
+            raise BadRequest(f"the request cannot be scanned within bounds ({exc}); it is not forwarded unscanned",
+                             reason="redaction.too_complex") from None
+
+    async def _scan(self, ctx: Context, rule: RedactionRule, answer_rule: RedactionRule | None) -> None:
+        m = ctx.mutations
+        body = ctx.view.body
         started = time.perf_counter()
         red = self.redactor(rule)
-        out = ctx.rewrite()
-        new = red.rewrite(out.body.kind, out.document)
+        header_values = scan_request_parts(red, ctx.request, self.cfg.headers, query=self.cfg.query)
+        parts_changed, red.changed = red.changed, False
+        if body.kind == "none" and not red.found:
+            return
+        out, new = None, None
+        if body.kind != "none":
+            if ctx.request.body_truncated or len(body.raw) > self.cfg.max_body_bytes:
+                ACTIONS.labels(action="too_large").inc()
+                raise PayloadTooLarge(f"the body is larger than the {self.cfg.max_body_bytes} bytes the sidecar "
+                                      "scans; it is not forwarded unscanned", reason="body.too_large")
+            if body.kind == "encoded":
+                ACTIONS.labels(action="unscannable").inc()
+                raise UnsupportedMediaType("a body with a Content-Encoding cannot be scanned; send it unencoded",
+                                           reason="body.encoded")
+            if body.kind == "unreadable":
+                ACTIONS.labels(action="unscannable").inc()
+                raise _unreadable(body.problem)
+            out = ctx.rewrite()
+            new = red.rewrite(out.body.kind, out.document)
+        body_changed = red.changed
+        red.changed = parts_changed or body_changed
         SCAN_SECONDS.observe(time.perf_counter() - started)
         if not red.found:
             ACTIONS.labels(action="clean").inc()
@@ -155,7 +175,9 @@ class RedactionStage(Stage):
             if held:
                 await self._require_approval(ctx, rule, held)
         m.set_header(self.cfg.sensitivity_header, ",".join(categories))
-        if red.changed:
+        for name, value in header_values.items():
+            m.set_header(name, value)
+        if out is not None and body_changed:
             out.replace(new)
             ACTIONS.labels(action="redacted").inc()
         else:
@@ -180,7 +202,7 @@ class RedactionStage(Stage):
                         ctx.facts["redaction"]["approval"] = {"id": given, "approved_by": record.get("approver")}
                         ACTIONS.labels(action="approved").inc()
                         return
-            approval_id = secrets.token_urlsafe(12)
+            approval_id = secrets.token_hex(12)  # never starts with "-" (read as an option by a CLI)
             record = {"subject": subject, "digest": digest, "types": held, "rule": rule.id,
                       "approver_roles": list(rule.approval.approver_roles), "created": int(time.time())}
             await self.store.set(APPROVAL_KEY.format(id=approval_id), json.dumps(record).encode(),

@@ -42,7 +42,8 @@ def types(text: str) -> list[str]:
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234567890abcdef\n-----END RSA PRIVATE KEY-----", ["private_key"]),
     ("db password=hunter2!x", ["password"]),
     ("the ACME CORP contract and globex", ["customer", "customer"]),
-    ("acmecorporation is not a whole word match", []),
+    ("acmecorporation written as one word", ["customer"]),
+    ("acme alone, a corporate globexia", []),
     ("see PRJ-1234", ["project"]),
     # near-misses
     ("order 2024-11-22 shipped", []),
