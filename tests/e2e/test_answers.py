@@ -125,7 +125,9 @@ def test_openai_chat_stream_split_values_masked_and_placeholder_restored(stack):
     deltas = [c.choices[0].delta.content or "" for c in stream if c.choices]
     text = "".join(deltas)
     assert_clean(text)
-    assert text.startswith("Summary for Acme Corp: card **** **** **** 6467, mail ***@acme.com")
+    # The prompt said "Acme Corp." (a legal form with its period, one dictionary finding): that is
+    # what the placeholder stood for, and what the user reads back.
+    assert text.startswith("Summary for Acme Corp.: card **** **** **** 6467, mail ***@acme.com")
     assert "[CUSTOMER_1]" not in text
 
 

@@ -164,7 +164,8 @@ def test_requests_refused_after_limits_leave_every_counter_as_it_was(redis_url, 
                           {"id": "tenant-tokens", "key": ["tenant"], "limit": 100_000}]}
 
     def block_secrets(cfg: dict) -> None:
-        cfg["redaction"]["rules"][1]["actions"]["secret"] = "block"
+        rule = next(r for r in cfg["redaction"]["rules"] if r["id"] == "llm-prompts")
+        rule["actions"]["secret"] = "block"
 
     cfg, prefix = write_config(tmp_path, redis_url, limits, edit=block_secrets)
     with Stack(authz_config=cfg) as stack:
