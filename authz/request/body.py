@@ -181,10 +181,8 @@ def read_multipart(raw: bytes, boundary: bytes) -> tuple[Part, ...] | None:
         headers_end = raw.find(b"\r\n\r\n", line_end)
         if headers_end < 0:
             return None
-        header_block = raw[line_end + 2:headers_end] if headers_end > line_end else b""
+        header_block = raw[line_end + 2:headers_end] if headers_end > line_end else b""  # none: b""
         start = headers_end + 4
-        if header_block == b"" and raw[line_end:line_end + 4] == b"\r\n\r\n":
-            start = line_end + 4
         end = raw.find(b"\r\n" + delimiter, start)
         if end < 0:
             return None
@@ -197,7 +195,7 @@ def read_multipart(raw: bytes, boundary: bytes) -> tuple[Part, ...] | None:
 
 def _part(header_block: bytes, raw: bytes, start: int, end: int) -> Part | None:
     headers: dict[str, str] = {}
-    for line in header_block.decode("utf-8", "replace").split("\r\n"):
+    for line in header_block.decode("utf-8", "replace").split("\r\n") if header_block else ():
         key, sep, value = line.partition(":")
         if not sep:
             return None
