@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -83,7 +84,26 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
     timeout_ms = 50
     limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "1/day", "burst": 1_000_000,
                                "on_store_error": policy}]}
-    cfg, prefix = write_config(tmp_path, url, limits, timeout_ms=timeout_ms)
+
+    def queued_audit(cfg: dict) -> None:
+        # What is measured is the store's bound, not the disk: with `answered`, a Check also waits
+        # for its audit record's write, which a box still writing back a fresh venv can stall.
+        cfg["audit"]["durability"] = "queued"
+
+    cfg, prefix = write_config(tmp_path, url, limits, timeout_ms=timeout_ms, edit=queued_audit)
+    stalls: list[tuple[float, float]] = []  # (when, how late) the probe thread woke, > 50 ms late
+    probing = threading.Event()
+
+    def probe() -> None:
+        while not probing.is_set():
+            asleep = time.monotonic()
+            time.sleep(0.005)
+            late = time.monotonic() - asleep - 0.005
+            if late > 0.05:
+                stalls.append((asleep, late))
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
     try:
         with Stack(authz_config=cfg) as stack:
             s = Running(stack)
@@ -148,11 +168,15 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
             # machine anyway (a shared 2-core box: Envoy, the sidecar and this client compete).
             bound = (timeout_ms + 20) / 1000
             assert p50[1] <= p50[0] + bound
-            if p99[0] <= 0.1:
-                assert p99[1] <= p99[0] + bound
-            else:  # the box was too busy for its tail to say anything about the sidecar's
+            stalled = [late for when, late in stalls if window["stop"] <= when <= window["cont"]]
+            if p99[0] > 0.1:  # the box was too busy for its tail to say anything about the sidecar's
                 print("p99 not judged: the answers before the pause already had a p99 over 100 ms")
+            elif stalled and max(stalled) > 0.1:  # so was the whole machine, for a moment
+                print(f"p99 not judged: this test's own thread stalled {max(stalled) * 1000:.0f} ms during the pause")
+            else:
+                assert p99[1] <= p99[0] + bound
     finally:
+        probing.set()
         proc.stop()
 
 
@@ -193,7 +217,6 @@ def test_requests_refused_after_limits_leave_every_counter_as_it_was(redis_url, 
 def test_a_check_envoy_stopped_waiting_for_charges_nothing(redis_url, tmp_path):
     """Redis answers after Envoy's ext_authz timeout (0.5 s) but within the store's: Envoy answers
     503 and never forwards the request; whatever the late Check took is given back."""
-    import threading
 
     limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/hour", "burst": 50}],
               "budgets": [{"id": "daily-tokens", "key": ["user"], "limit": 100_000}]}
