@@ -18,6 +18,7 @@ from authz.redaction.stage import build_redaction_stage
 from authz.request import BodyStash, Reader
 from authz.routing import RoutingStage
 from authz.sessions.stage import SessionStage
+from authz.signin.keys import with_signin_keys
 from authz.store import Store
 
 
@@ -30,6 +31,7 @@ class Shared:
     stash: BodyStash = dataclasses.field(default_factory=BodyStash)  # rewritten bodies, Check -> Process
     audit_logs: AuditLogs = dataclasses.field(default_factory=AuditLogs)  # one writer per chain, across reloads
     placeholders: PlaceholderStore = dataclasses.field(default_factory=PlaceholderStore)  # restore: Check -> Process
+    signin_keys: KeyRing = dataclasses.field(default_factory=KeyRing)  # the authorization server's token keys
 
 
 def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None) -> Pipeline:
@@ -41,8 +43,11 @@ def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None
     one serving. ``shared`` is the runtime's lasting state (a fresh one when none is given).
     """
     shared = shared or Shared()
+    identity = config.identity
+    if config.signin.enabled:
+        identity = with_signin_keys(identity, config.signin, shared.signin_keys)
     stages: list[Stage] = [
-        build_identity_stage(config.identity, store=store, keyring=shared.keyring),
+        build_identity_stage(identity, store=store, keyring=shared.keyring),
     ]
     if config.sessions.enabled:  # a session id is honoured only for the principal that opened it
         stages.append(SessionStage(config.sessions, store))

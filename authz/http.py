@@ -70,5 +70,5 @@ def build_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/audit/head", audit_head)
     app[EXTRA_JWKS] = []
     SigninServer(lambda: (runtime.config, runtime.current.store),  # type: ignore[union-attr]
-                 audit_logs=runtime.shared.audit_logs).install(app)
+                 keys=runtime.shared.signin_keys, audit_logs=runtime.shared.audit_logs).install(app)
     return app

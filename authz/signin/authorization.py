@@ -42,7 +42,7 @@ def callback_url(cfg: SigninConfig) -> str:
 
 
 async def authorize(request: web.Request, now: InForce) -> web.StreamResponse:
-    config, cfg, parts, state = now
+    config, cfg, parts, state, _ = now
     try:
         query = single_values(request.query)
     except InvalidRequest as exc:
@@ -113,7 +113,7 @@ async def _start_sign_in(query: dict[str, str], client: dict[str, Any], redirect
 # --- back from the upstream -----------------------------------------------------------------
 
 async def callback(request: web.Request, now: InForce) -> web.StreamResponse:
-    config, cfg, parts, state = now
+    config, cfg, parts, state, _ = now
     try:
         query = single_values(request.query)
         login = await state.take_login(query.get("state", "")) if query.get("state") else None
@@ -156,7 +156,7 @@ async def _ask_consent(login: dict[str, Any], user: dict[str, Any], cfg: SigninC
 
 
 async def consent(request: web.Request, now: InForce) -> web.StreamResponse:
-    config, cfg, _, state = now
+    config, cfg, _, state, _ = now
     try:
         form = single_values(await request.post())
         return await _answer_consent(request, form, config, cfg, state)

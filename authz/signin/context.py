@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 
+from authz.identity.assertion import KeyRing
 from authz.signin.cimd import MetadataDocuments
 from authz.signin.clients import is_metadata_document_id
 from authz.signin.config import SigninConfig
@@ -41,6 +42,7 @@ class InForce(NamedTuple):
     cfg: SigninConfig
     parts: Parts
     state: SigninState
+    keys: KeyRing  # the runtime's signing keys (installed when the pipeline in force was built)
 
 
 async def find_client(client_id: str, cfg: SigninConfig, parts: Parts, state: SigninState

@@ -13,7 +13,7 @@ from authz.signin.state import digest, new_secret
 
 
 async def register(request: web.Request, now: InForce) -> web.Response:
-    config, cfg, _, state = now
+    config, cfg, _, state, _ = now
     try:
         if not cfg.registration.enabled:
             raise InvalidRequest("dynamic client registration is not enabled here")

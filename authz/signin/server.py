@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from authz.audit.log import AuditLog
+from authz.identity.assertion import KeyRing
 from authz.signin import answers, authorization, registration, token
 from authz.signin.config import SigninConfig
 from authz.signin.context import InForce, Parts
 from authz.signin.errors import ServerError
-from authz.signin.keys import SIGNIN_KEYRING
 from authz.signin.params import OFFLINE
 from authz.signin.state import SigninState
 from authz.store.base import Store
@@ -78,9 +78,10 @@ def guarded(handler: Handler, *, page: bool) -> Handler:
 class SigninServer:
     """Routes the endpoints; reads the config in force and the store once per request."""
 
-    def __init__(self, current: Callable[[], tuple[Config, Store]], *, audit_logs: Iterable[AuditLog] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, current: Callable[[], tuple[Config, Store]], *, keys: KeyRing,
+                 audit_logs: Iterable[AuditLog] = (), clock: Callable[[], float] = time.time) -> None:
         self._current = current
+        self._keys = keys  # the runtime's: the pipeline build installs the config's keys into it
         self._audit_logs = audit_logs  # the runtime's writers: events go into the audit chain
         self._clock = clock
         self._parts: Parts | None = None
@@ -97,7 +98,8 @@ class SigninServer:
             if old is not None:
                 # In-flight requests may still hold it; its sessions close after they are done.
                 asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
-        return InForce(config, cfg, self._parts, SigninState(store, clock=self._clock, audit_logs=self._audit_logs))
+        state = SigninState(store, clock=self._clock, audit_logs=self._audit_logs)
+        return InForce(config, cfg, self._parts, state, self._keys)
 
     def _endpoint(self, endpoint: Endpoint, *, page: bool) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -128,7 +130,7 @@ async def metadata(request: web.Request, now: InForce) -> web.Response:
 
 
 async def jwks(request: web.Request, now: InForce) -> web.Response:
-    return web.json_response(SIGNIN_KEYRING.jwks(), headers={"cache-control": "public, max-age=60"})
+    return web.json_response(now.keys.jwks(), headers={"cache-control": "public, max-age=60"})
 
 
 def authorization_server_metadata(cfg: SigninConfig) -> dict[str, Any]:

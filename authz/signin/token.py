@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from authz.identity.assertion import KeyRing
 from authz.signin import answers
 from authz.signin.access_tokens import mint_access_token
 from authz.signin.config import SigninConfig
@@ -40,12 +41,12 @@ async def token(request: web.Request, now: InForce) -> web.Response:
 
 async def _json_endpoint(request: web.Request, now: InForce, endpoint: str,
                          handler: Callable[..., Awaitable[web.Response]]) -> web.Response:
-    config, cfg, parts, state = now
+    config, cfg, parts, state, keys = now
     client_id = None
     try:
         form = single_values(await read_form(request))
         client_id = form.get("client_id")
-        return await handler(request, form, config, cfg, parts, state)
+        return await handler(request, form, config, cfg, parts, state, keys)
     except OAuthError as exc:
         state.record(config, "refused", error=exc.error, endpoint=endpoint,
                       client_id=(client_id or "")[:200] or None, reason=exc.description)
@@ -82,7 +83,7 @@ async def _authenticated_client(request: web.Request, form: dict[str, str], cfg:
 
 
 async def _token(request: web.Request, form: dict[str, str], config: Config, cfg: SigninConfig,
-                 parts: Parts, state: SigninState) -> web.Response:
+                 parts: Parts, state: SigninState, keys: KeyRing) -> web.Response:
     client = await _authenticated_client(request, form, cfg, parts, state)
     grant_type = form.get("grant_type")
     if grant_type not in ("authorization_code", "refresh_token"):
@@ -90,12 +91,12 @@ async def _token(request: web.Request, form: dict[str, str], config: Config, cfg
     if grant_type not in client["grant_types"]:
         raise UnauthorizedClient(f"this client did not register the {grant_type} grant")
     if grant_type == "authorization_code":
-        return await _code_grant(form, client, config, cfg, state)
-    return await _refresh_grant(form, client, config, cfg, state)
+        return await _code_grant(form, client, config, cfg, state, keys)
+    return await _refresh_grant(form, client, config, cfg, state, keys)
 
 
 async def _code_grant(form: dict[str, str], client: dict[str, Any], config: Config, cfg: SigninConfig,
-                      state: SigninState) -> web.Response:
+                      state: SigninState, keys: KeyRing) -> web.Response:
     code, verifier = form.get("code"), form.get("code_verifier")
     if not code:
         raise InvalidRequest("code is required")
@@ -117,7 +118,7 @@ async def _code_grant(form: dict[str, str], client: dict[str, Any], config: Conf
     if _issues_refresh(cfg, client, grant["scopes"]):
         family = {"id": await state.new_family(cfg.refresh_token_seconds),
                   "expires": int(state.clock()) + cfg.refresh_token_seconds}
-    body = await _tokens(grant, client, family, cfg, state)
+    body = await _tokens(grant, client, family, cfg, state, keys)
     await state.remember_code_use(code, {"family": family["id"] if family else None, "client_id": client["client_id"],
                                          "subject": grant["user"]["sub"]}, CODE_MEMORY_SECONDS)
     state.record(config, "token_issued", endpoint="token", client_id=client["client_id"],
@@ -136,7 +137,7 @@ async def _revoke_what_a_replayed_code_gave(code: str, config: Config, state: Si
 
 
 async def _refresh_grant(form: dict[str, str], client: dict[str, Any], config: Config, cfg: SigninConfig,
-                         state: SigninState) -> web.Response:
+                         state: SigninState, keys: KeyRing) -> web.Response:
     token = form.get("refresh_token")
     if not token:
         raise InvalidRequest("refresh_token is required")
@@ -160,15 +161,15 @@ async def _refresh_grant(form: dict[str, str], client: dict[str, Any], config: C
         state.record(config, "refresh_reused", error="invalid_grant", endpoint="token",
                       client_id=client["client_id"], subject=grant["user"]["sub"])
         raise InvalidGrant("the refresh token was already used: every token of this sign-in is revoked")
-    body = await _tokens({**grant, "scopes": scopes}, client, family, cfg, state)
+    body = await _tokens({**grant, "scopes": scopes}, client, family, cfg, state, keys)
     state.record(config, "refreshed", endpoint="token", client_id=client["client_id"],
                   subject=grant["user"]["sub"], scopes=scopes)
     return answers.token_response(body)
 
 
 async def _tokens(grant: dict[str, Any], client: dict[str, Any], family: dict[str, Any] | None,
-                  cfg: SigninConfig, state: SigninState) -> dict[str, Any]:
-    access = mint_access_token(active_key(), issuer=cfg.issuer, user=grant["user"], client_id=client["client_id"],
+                  cfg: SigninConfig, state: SigninState, keys: KeyRing) -> dict[str, Any]:
+    access = mint_access_token(active_key(keys), issuer=cfg.issuer, user=grant["user"], client_id=client["client_id"],
                                resource=grant["resource"], scopes=grant["scopes"],
                                lifetime=cfg.access_token_seconds)
     body: dict[str, Any] = {"access_token": access, "token_type": "Bearer",
@@ -187,7 +188,7 @@ async def revoke(request: web.Request, now: InForce) -> web.Response:
 
 
 async def _revoke(request: web.Request, form: dict[str, str], config: Config, cfg: SigninConfig,
-                  parts: Parts, state: SigninState) -> web.Response:
+                  parts: Parts, state: SigninState, _keys: KeyRing) -> web.Response:
     client = await _authenticated_client(request, form, cfg, parts, state)
     token = form.get("token")
     if not token:

@@ -63,3 +63,23 @@ def test_a_key_file_must_match_the_algorithm(tmp_path):
     assert "EdDSA key but algorithm is ES256" in str(info.value)
     cfg = parse_config(BASE + f"  key_files: [{key}]\n  algorithm: EdDSA\n")
     assert next(i for i in cfg.identity.issuers if i.name == "signin").algorithms == ("EdDSA",)
+
+
+def test_the_key_ring_is_the_runtimes_and_only_a_built_pipeline_installs_into_it():
+    """Validating a config (a reload that may still fail) leaves the runtime's keys alone; each
+    pipeline built from a valid config installs into the one ring, and a generated key outlives
+    the rebuild, so tokens already handed out keep verifying."""
+    from authz.assembly import Shared, build_pipeline
+    from authz.store.memory import MemoryStore
+
+    shared = Shared()
+    parse_config(BASE)
+    assert shared.signin_keys.active is None
+    first = build_pipeline(parse_config(BASE), MemoryStore(), shared=shared)
+    kid = shared.signin_keys.active.kid
+    second = build_pipeline(parse_config(BASE), MemoryStore(), shared=shared)
+    assert shared.signin_keys.active.kid == kid
+    for pipeline in (first, second):
+        identity = pipeline.stages[0]
+        ours = [i for i in identity.cfg.issuers if i.name == "signin"]
+        assert [k["kid"] for k in ours[0].jwks["keys"]] == [kid]

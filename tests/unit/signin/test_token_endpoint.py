@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from authz.config import parse_config
-from authz.signin.keys import SIGNIN_KEYRING
+from authz.identity.assertion import KeyRing
+from authz.signin.keys import install_keys
 from authz.signin.server import SigninServer
 from authz.signin.state import SigninState
 from authz.store.memory import MemoryStore
@@ -29,6 +30,8 @@ signin:
   code_seconds: 30
   upstream: {issuer: "https://sso.example.com", client_id: authz, client_secret: s}
 """)
+KEYS = install_keys(CONFIG.signin, KeyRing())  # as the runtime's pipeline build does
+
 REDIRECT = "http://127.0.0.1:8765/cb"
 VERIFIER = "v" * 50
 CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).rstrip(b"=").decode()
@@ -51,7 +54,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def env(clock: Clock) -> AsyncIterator[tuple[TestClient, SigninState, str]]:
     store = MemoryStore(clock=clock, wall_clock=clock)
-    server = SigninServer(lambda: (CONFIG, store), clock=clock)
+    server = SigninServer(lambda: (CONFIG, store), keys=KEYS, clock=clock)
     app = web.Application()
     server.install(app)
     async with TestClient(TestServer(app)) as client:
@@ -79,7 +82,7 @@ async def test_a_code_exchanges_once_for_an_audience_bound_token(env):
     client, state, client_id = env
     status, body = await exchange(client, client_id, await a_code(state, client_id))
     assert status == 200 and body["token_type"] == "Bearer" and body["refresh_token"].startswith("rt_")
-    key = jwt.PyJWKSet.from_dict(SIGNIN_KEYRING.jwks())[jwt.get_unverified_header(body["access_token"])["kid"]]
+    key = jwt.PyJWKSet.from_dict(KEYS.jwks())[jwt.get_unverified_header(body["access_token"])["kid"]]
     claims = jwt.decode(body["access_token"], key=key, audience="https://mcp.example.com/mcp",
                         issuer="https://mcp.example.com")
     assert claims["sub"] == "oscar" and claims["client_id"] == client_id and claims["scope"] == "tools:calendar"
