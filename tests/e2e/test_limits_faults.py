@@ -34,6 +34,9 @@ def write_config(tmp: Path, redis_url: str, limits: dict, *, cluster: bool = Fal
     cfg["store"] = {"redis_url": redis_url, "cluster": cluster, "timeout_ms": timeout_ms,
                     "key_prefix": prefix, "health_interval_seconds": 0.5}
     cfg["limits"] = limits
+    # What these tests time is the store's bound, not the disk: with `answered`, a Check also waits
+    # for its audit record's write, which a box still writing back a fresh venv can stall.
+    cfg["audit"]["durability"] = "queued"
     if edit is not None:
         edit(cfg)
     path = tmp / "authz.yaml"
@@ -84,13 +87,7 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
     timeout_ms = 50
     limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "1/day", "burst": 1_000_000,
                                "on_store_error": policy}]}
-
-    def queued_audit(cfg: dict) -> None:
-        # What is measured is the store's bound, not the disk: with `answered`, a Check also waits
-        # for its audit record's write, which a box still writing back a fresh venv can stall.
-        cfg["audit"]["durability"] = "queued"
-
-    cfg, prefix = write_config(tmp_path, url, limits, timeout_ms=timeout_ms, edit=queued_audit)
+    cfg, prefix = write_config(tmp_path, url, limits, timeout_ms=timeout_ms)
     stalls: list[tuple[float, float]] = []  # (when, how late) the probe thread woke, > 50 ms late
     probing = threading.Event()
 
