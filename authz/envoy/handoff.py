@@ -21,7 +21,13 @@ def _dumps(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # an integer beyond 64 bits (a claim): the standard encoder writes it exactly
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        # ... and says so with a leading space (still JSON): orjson would read that integer back
+        # as a float, so ``decode`` reads such a text with the standard decoder.
+        return " " + json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text) if text.startswith(" ") else orjson.loads(text)
 
 
 def encode(h: Handoff) -> dict[str, str]:
@@ -66,7 +72,7 @@ def encode(h: Handoff) -> dict[str, str]:
 
 def decode(text: str) -> Handoff:
     """The hand-off from the text ``encode`` wrote."""
-    doc = json.loads(text)
+    doc = _loads(text)
     h = Handoff(request_body=doc.get("rb", ""), response_body=doc.get("pb", ""), body_key=doc.get("key", ""),
                 source_address=doc.get("src", ""), checked_at=doc.get("at", 0.0), headers=doc.get("h", {}),
                 filter_tools=doc.get("tools", False), response_rule=doc.get("rr", ""),
