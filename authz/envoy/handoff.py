@@ -30,6 +30,13 @@ def _loads(text: str) -> Any:
     return json.loads(text) if text.startswith(" ") else orjson.loads(text)
 
 
+def _id(text: str) -> Any:
+    """A JSON-RPC id as written by ``json.dumps``: orjson reads an integer past 64 bits as a
+    float (an id is never a float), the standard decoder reads it exactly."""
+    value = orjson.loads(text)
+    return json.loads(text) if type(value) is float else value
+
+
 def encode(h: Handoff) -> dict[str, str]:
     """The dynamic metadata fields carrying ``h``."""
     doc: dict[str, Any] = {"rb": h.request_body, "pb": h.response_body}
@@ -85,7 +92,7 @@ def decode(text: str) -> Handoff:
     a = doc.get("a")
     if a is not None:
         h.action = Action(protocol=a["protocol"], kind=a["kind"], name=a["name"], model=a["model"],
-                          jsonrpc_id=json.loads(a["id"]), stream=a["stream"], notification=a["notification"],
+                          jsonrpc_id=_id(a["id"]), stream=a["stream"], notification=a["notification"],
                           max_tokens=a["max_tokens"], revision=a.get("rev"), retry=a.get("retry", False))
     m = doc.get("m")
     if m is not None:
