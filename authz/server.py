@@ -16,13 +16,14 @@ import signal
 import grpc
 from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authz import __version__, metrics, tracing
 from authz.config import Config
 from authz.envoy.servicers import AuthorizationServicer, ExternalProcessorServicer
+from authz.envoy.servicers import add_process_to_server as add_process_servicer
 from authz.envoy.servicers import add_to_server as add_check_servicer
 from authz.http import build_app
 from authz.runtime import Runtime
@@ -55,8 +56,7 @@ class Server:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ])
         add_check_servicer(AuthorizationServicer(self.runtime), self.grpc)
-        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-            ExternalProcessorServicer(self.runtime), self.grpc)
+        add_process_servicer(ExternalProcessorServicer(self.runtime), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

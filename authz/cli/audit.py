@@ -58,6 +58,11 @@ def explain(request_id: str, records: list[dict[str, Any]]) -> str | None:
             lines += _story(r)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a record of an odd shape
             lines.append(f"  (record seq {r.get('seq')} could not be read: {type(exc).__name__})")
+    allowed = any(r.get("type") == "decision" and r.get("decision") == "allow" for r in mine)
+    if allowed and not any(r.get("type") == "outcome" for r in mine):
+        lines.append("  No outcome record: Process had no work for it (nothing to scan, meter, filter or bind), "
+                     "or its exchange has not ended; what the upstream answered is in Envoy's access log "
+                     "under this request id.")
     lines.append(f"  (seq {', '.join(str(r.get('seq')) for r in mine)} on instance {mine[0].get('instance')})")
     return "\n".join(lines)
 

@@ -123,7 +123,7 @@ def allow_response(ctx: Context, *, extra_response_headers: Mapping[str, str] | 
         response_headers = {**response_headers, **extra_response_headers}
     ok = wire.ok_http_response(m.set_headers, m.remove_headers, response_headers)
     metadata = check_metadata(ctx)
-    return wire.ok_check_response(ok, to_struct(metadata).SerializeToString() if metadata else b"")
+    return wire.ok_check_response(ok, wire.string_struct(metadata) if metadata else b"")
 
 
 def allow_response_message(ctx: Context, *, extra_response_headers: Mapping[str, str] | None = None
@@ -143,7 +143,7 @@ def allow_response_message(ctx: Context, *, extra_response_headers: Mapping[str,
     return response
 
 
-def check_metadata(ctx: Context) -> dict[str, Any]:
+def check_metadata(ctx: Context) -> dict[str, str]:
     """What Process (ext_proc) needs to know about this request, as Envoy dynamic metadata:
     nothing when Process has nothing to do (a Struct costs ~1 µs a field, on every request)."""
     if not ctx.handoff.needed:

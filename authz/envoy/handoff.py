@@ -21,7 +21,20 @@ def _dumps(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # an integer beyond 64 bits (a claim): the standard encoder writes it exactly
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        # ... and says so with a leading space (still JSON): orjson would read that integer back
+        # as a float, so ``decode`` reads such a text with the standard decoder.
+        return " " + json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text) if text.startswith(" ") else orjson.loads(text)
+
+
+def _id(text: str) -> Any:
+    """A JSON-RPC id as written by ``json.dumps``: orjson reads an integer past 64 bits as a
+    float (an id is never a float), the standard decoder reads it exactly."""
+    value = orjson.loads(text)
+    return json.loads(text) if type(value) is float else value
 
 
 def encode(h: Handoff) -> dict[str, str]:
@@ -66,7 +79,7 @@ def encode(h: Handoff) -> dict[str, str]:
 
 def decode(text: str) -> Handoff:
     """The hand-off from the text ``encode`` wrote."""
-    doc = json.loads(text)
+    doc = _loads(text)
     h = Handoff(request_body=doc.get("rb", ""), response_body=doc.get("pb", ""), body_key=doc.get("key", ""),
                 source_address=doc.get("src", ""), checked_at=doc.get("at", 0.0), headers=doc.get("h", {}),
                 filter_tools=doc.get("tools", False), response_rule=doc.get("rr", ""),
@@ -79,7 +92,7 @@ def decode(text: str) -> Handoff:
     a = doc.get("a")
     if a is not None:
         h.action = Action(protocol=a["protocol"], kind=a["kind"], name=a["name"], model=a["model"],
-                          jsonrpc_id=json.loads(a["id"]), stream=a["stream"], notification=a["notification"],
+                          jsonrpc_id=_id(a["id"]), stream=a["stream"], notification=a["notification"],
                           max_tokens=a["max_tokens"], revision=a.get("rev"), retry=a.get("retry", False))
     m = doc.get("m")
     if m is not None:

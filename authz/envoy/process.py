@@ -20,13 +20,23 @@ Mode = processing_mode_pb2.ProcessingMode
 ModeMessage = Any  # the generated ProcessingMode class (xds-protos ships no types)
 
 
-def headers_dict(headers: pb.HttpHeaders) -> dict[str, str]:
+def headers_dict(headers: pb.HttpHeaders, names: frozenset[str] | None = None) -> dict[str, str]:
+    """The headers as one text per name (repeats joined by commas); only ``names`` when given
+    (Process reads a handful of a request's headers: decoding the rest costs for nothing)."""
     out: dict[str, str] = {}
     for h in headers.headers.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
         key = h.key.lower()
+        if names is not None and key not in names:
+            continue
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
+
+
+# What Process reads of the request's own headers: its id and where it goes (the protocol of a
+# refusal, the conditions of tools/list filtering). Conditions on other headers read the values
+# Check handed over, as the client sent them.
+REQUEST_NAMES = frozenset(("x-request-id", ":method", ":scheme", ":authority", ":path"))
 
 
 def request_from_headers(headers: Mapping[str, str]) -> Request:
@@ -80,6 +90,43 @@ def common_response(m: Mutations, *, body_phase: bool = False, buffered: bool = 
     if m.clear_route_cache:
         common.clear_route_cache = True
     return common
+
+
+def unchanged(m: Mutations) -> bool:
+    return not (m.set_headers or m.remove_headers or m.body is not None or m.clear_route_cache)
+
+
+# The serialized answers that change nothing, by phase (and body modes asked for): most answers
+# of a stream are one of these, so they are built and encoded once.
+_PLAIN: dict[tuple[str, str, str], bytes] = {}
+
+
+def headers_answer(phase: str, m: Mutations, *, request_body: str = "", response_body: str = "") -> bytes:
+    """``headers_response`` serialized, asking for the given body modes (none: no override)."""
+    if not unchanged(m):
+        mode = body_mode(request_body=request_body, response_body=response_body) if (
+            request_body or response_body) else None
+        out: bytes = headers_response(phase, m, mode=mode).SerializeToString()
+        return out
+    key = (phase, request_body, response_body)
+    plain = _PLAIN.get(key)
+    if plain is None:
+        mode = body_mode(request_body=request_body, response_body=response_body) if (
+            request_body or response_body) else None
+        plain = _PLAIN[key] = headers_response(phase, m, mode=mode).SerializeToString()
+    return plain
+
+
+def body_answer(phase: str, m: Mutations, *, buffered: bool = True) -> bytes:
+    """``body_response`` serialized."""
+    if not unchanged(m):
+        out: bytes = body_response(phase, m, buffered=buffered).SerializeToString()
+        return out
+    key = (phase, "", "")
+    plain = _PLAIN.get(key)
+    if plain is None:
+        plain = _PLAIN[key] = body_response(phase, m).SerializeToString()
+    return plain
 
 
 def headers_response(phase: str, m: Mutations, *, mode: ModeMessage | None = None

@@ -26,6 +26,8 @@ from authz.runtime import Runtime
 
 log = logging.getLogger("authz.decision")
 CHECK_SERVICE = "envoy.service.auth.v3.Authorization"
+PROCESS_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+_REQUEST_ID = frozenset(("x-request-id",))
 _completions: set[asyncio.Task[None]] = set()  # strong references until each completion has run
 proc_log = logging.getLogger("authz.process")
 
@@ -155,9 +157,13 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         self.runtime = runtime
         self._seconds = metrics.RPC_SECONDS.labels(rpc="process")
         self._inflight = metrics.InFlight("process")
+        self._streams = {outcome: metrics.PROCESS_STREAMS.labels(outcome=outcome)
+                         for outcome in ("completed", "incomplete", "denied", "error")}
 
     async def Process(self, request_iterator: AsyncIterator[proc_pb2.ProcessingRequest],
-                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[proc_pb2.ProcessingResponse]:
+                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        """Answer each message of one stream with a serialized ``ProcessingResponse`` (see
+        ``add_process_to_server``): most answers change nothing and are encoded once."""
         pipeline = self.runtime.pipeline  # one pipeline for the whole exchange, even across reloads
         debug = self.runtime.config.server.debug_headers
         ex: Exchange | None = None
@@ -183,7 +189,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                         "event": "process_denied", "reason": deny.reason, "status": deny.status,
                         "request_id": ex.request.id if ex else "", "phase": kind}})
                     metrics.DECISIONS.labels(decision="deny", reason=deny.reason).inc()
-                    yield proc_adapter.immediate_response(self._denial(pipeline, deny, ex))
+                    yield proc_adapter.immediate_response(self._denial(pipeline, deny, ex)).SerializeToString()
                     return
                 finally:
                     self._seconds.observe(time.perf_counter() - started)
@@ -191,12 +197,12 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         except Exception:
             outcome = "error"
             proc_log.exception("Process stream failed")
-            yield proc_adapter.immediate_response(self._denial(pipeline, InternalError(), ex))
+            yield proc_adapter.immediate_response(self._denial(pipeline, InternalError(), ex)).SerializeToString()
         finally:
             self._inflight.dec()
             if ex is not None and ex.response_status == 0 and outcome == "completed":
                 outcome = "incomplete"  # the client or upstream went away before a response
-            metrics.PROCESS_STREAMS.labels(outcome=outcome).inc()
+            self._streams[outcome].inc()
             if ex is not None:
                 ex.facts.setdefault("outcome", outcome)
                 # Envoy often ends the stream by cancelling it: the completion (settling budgets,
@@ -216,31 +222,30 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                              action=ex.handoff.action)
 
     def _exchange(self, msg: proc_pb2.ProcessingRequest, kind: str) -> Exchange:
-        headers = proc_adapter.headers_dict(msg.request_headers) if kind == "request_headers" else {}
-        if kind == "response_headers":  # a request Check refused: its denial names the request id
-            request_id = proc_adapter.headers_dict(msg.response_headers).get("x-request-id", "")
+        headers: dict[str, str] = {}
+        if kind == "request_headers":
+            headers = proc_adapter.headers_dict(msg.request_headers, proc_adapter.REQUEST_NAMES)
+        elif kind == "response_headers":  # no request phase: the answer names the request id
+            request_id = proc_adapter.headers_dict(msg.response_headers, _REQUEST_ID).get("x-request-id", "")
             headers = {"x-request-id": request_id} if request_id else {}
         return Exchange(request=proc_adapter.request_from_headers(headers),
                         handoff=proc_adapter.check_handoff(msg) or Handoff())
 
     async def _handle(self, pipeline: Pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest, kind: str,
-                      debug: bool) -> proc_pb2.ProcessingResponse:
+                      debug: bool) -> bytes:
         if kind == "request_headers":
             # Check decided per request whether bodies need to be seen (redaction, metering,
             # tools/list filtering); everything else streams through without buffering.
-            request_mode, response_mode = ex.body_mode("request"), ex.body_mode("response")
-            mode = None
-            if request_mode or response_mode:
-                mode = proc_adapter.body_mode(request_body=request_mode, response_body=response_mode)
-            return proc_adapter.headers_response("request_headers", ex.mutations, mode=mode)
+            return proc_adapter.headers_answer("request_headers", ex.mutations, request_body=ex.handoff.request_body,
+                                               response_body=ex.handoff.response_body)
         if kind == "request_body":
             ex.request_body += msg.request_body.body
             if msg.request_body.end_of_stream:
                 await pipeline.request_body(ex)
                 ex.state["forwarded_body"] = (ex.mutations.body if ex.mutations.body is not None
                                               else ex.request_body)
-            return proc_adapter.body_response("request_body", ex.mutations,
-                                              buffered=ex.body_mode("request") == "buffered")
+            return proc_adapter.body_answer("request_body", ex.mutations,
+                                            buffered=ex.handoff.request_body == "buffered")
         if kind == "response_headers":
             headers = proc_adapter.headers_dict(msg.response_headers)
             try:
@@ -251,18 +256,27 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
             await pipeline.run("on_response_headers", ex)
             if debug:
                 ex.mutations.set_header("x-authz-process", ",".join(ex.phases))
-            return proc_adapter.headers_response("response_headers", ex.mutations)
+            return proc_adapter.headers_answer("response_headers", ex.mutations)
         if kind == "response_body":
             ex.response_chunk = msg.response_body.body
             ex.response_end = msg.response_body.end_of_stream
-            if ex.body_mode("response") in ("buffered", "partial"):
+            mode = ex.handoff.response_body
+            if mode == "buffered" or mode == "partial":
                 ex.response_body += ex.response_chunk
             await pipeline.run("on_response_body", ex)
-            return proc_adapter.body_response("response_body", ex.mutations,
-                                              buffered=ex.body_mode("response") == "buffered")
+            return proc_adapter.body_answer("response_body", ex.mutations, buffered=mode == "buffered")
         if kind in ("request_trailers", "response_trailers"):
-            return proc_adapter.trailers_response(kind)
+            out: bytes = proc_adapter.trailers_response(kind).SerializeToString()
+            return out
         raise BadRequest(f"unexpected ext_proc message {kind!r}", reason="process.unexpected_message")
+
+
+def add_process_to_server(servicer: ExternalProcessorServicer, server: grpc.aio.Server) -> None:
+    """Register ``Process`` as Envoy calls it, answering with the bytes it encoded itself."""
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(
+        servicer.Process, request_deserializer=proc_pb2.ProcessingRequest.FromString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        PROCESS_SERVICE, {"Process": handler}),))
 
 
 def add_to_server(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:

@@ -10,7 +10,8 @@ parses with upb to exactly the message the slow path builds.
 
 Field numbers (envoy/service/auth/v3/external_auth.proto, envoy/config/core/v3/base.proto)::
 
-    CheckResponse     status=1 (google.rpc.Status), ok_response=3, dynamic_metadata=4
+    CheckResponse     status=1 (google.rpc.Status), ok_response=3, dynamic_metadata=4 (Struct)
+    Struct            fields=1 (map entries: key=1, value=2); Value string_value=3
     OkHttpResponse    headers=2, headers_to_remove=5, response_headers_to_add=6
     HeaderValueOption header=1 (HeaderValue), append_action=3
     HeaderValue       key=1, value=2
@@ -96,6 +97,16 @@ def ok_http_response(headers: Mapping[str, str], remove: Iterable[str],
     parts += [_remove_field(name) for name in sorted(remove)]
     parts += [header_field(6, k, v) for k, v in response_headers.items()]
     return b"".join(parts)
+
+
+def string_struct(fields: Mapping[str, str]) -> bytes:
+    """A ``google.protobuf.Struct`` of string values (the hand-off's metadata): each entry of its
+    ``fields`` map (1) is a message of key (1) and ``Value`` (2), whose string_value is field 3."""
+    out = b""
+    for key, text in fields.items():
+        value = field(3, text.encode())
+        out += field(1, field(1, key.encode()) + field(2, value))
+    return out
 
 
 # status=1: google.rpc.Status with code OK (0) serializes to an empty message.

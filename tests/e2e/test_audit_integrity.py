@@ -154,11 +154,17 @@ def test_the_clean_log_spans_files_and_segments(clean_log):
     assert [r["type"] for r in records].count("segment") == 4
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert {r["instance"] for r in records} == {"e2e"}
-    # Check-denied requests (401/403) have outcome records joined to their decisions by request id.
+    # Every answer has its decision record; outcome records join them by request id for the
+    # exchanges Process saw (the allowed chat, scanned and metered). A request Check refused
+    # (401/403) opens no Process stream: its decision record, holding the status it was answered
+    # with, is its whole story.
     decisions = {r["request_id"]: r for r in records if r["type"] == "decision"}
     outcomes = [r for r in records if r["type"] == "outcome"]
     assert outcomes and all(o["request_id"] in decisions for o in outcomes)
-    assert {decisions[o["request_id"]]["status"] for o in outcomes} >= {200, 401, 403}
+    assert {decisions[o["request_id"]]["status"] for o in outcomes} == {200}
+    assert {d["status"] for d in decisions.values()} >= {200, 401, 403}
+    refused = {rid for rid, d in decisions.items() if d["decision"] == "deny"}
+    assert refused and not refused & {o["request_id"] for o in outcomes}
 
 
 # --- the tamper matrix --------------------------------------------------------------------------------

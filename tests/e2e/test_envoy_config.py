@@ -30,6 +30,7 @@ from tests.helpers.recording import (
     CHECK_METADATA,
     PROBE_ID,
     PROBE_MODE,
+    PROBE_NO_HANDOFF,
     RecordingSidecar,
     Upstream,
     header_entries,
@@ -257,6 +258,16 @@ def test_every_body_mode_authz_asks_for_is_honoured(probe, request_body, respons
     assert ("request_body" in kinds) == bool(request_body), kinds
     assert ("response_body" in kinds) == bool(response_body), kinds
     assert "response_headers" in kinds
+
+
+def test_no_handoff_no_process_stream(probe):
+    """Check left no hand-off (no "authz" field in its metadata): the matcher skips ext_proc, no
+    stream is opened, and the request still reaches the upstream and its answer the client."""
+    probe_id, r = probe.send(extra=[(PROBE_NO_HANDOFF.encode(), b"1")])
+    assert r.status_code == 200, r.text
+    assert probe.sidecar.kinds(probe_id) == ["check"]
+    probe_id, r = probe.send()
+    assert r.status_code == 200 and probe.sidecar.kinds(probe_id) == ["check", "request_headers", "response_headers"]
 
 
 def test_an_override_off_the_allow_list_is_ignored_whole(probe):

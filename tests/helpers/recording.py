@@ -28,7 +28,10 @@ from google.rpc import code_pb2, status_pb2
 Mode = processing_mode_pb2.ProcessingMode
 PROBE_ID = "x-probe-id"
 PROBE_MODE = "x-probe-mode"
-CHECK_METADATA = {"decided_by": "recording-sidecar", "route": "general"}
+# "authz" stands for the hand-off: Envoy opens a Process stream only when Check set it (the
+# matcher around ext_proc in deploy/envoy/envoy.yaml). A probe sending PROBE_NO_HANDOFF gets none.
+CHECK_METADATA = {"decided_by": "recording-sidecar", "route": "general", "authz": "{}"}
+PROBE_NO_HANDOFF = "x-probe-no-handoff"
 
 
 def header_entries(header_map: Any) -> list[tuple[str, str, bytes]]:
@@ -79,7 +82,8 @@ class RecordingSidecar(auth_grpc.AuthorizationServicer, proc_grpc.ExternalProces
         entries = header_entries(http.header_map)
         self._record(first(entries, PROBE_ID) or http.headers.get(PROBE_ID, ""), "check", request)
         metadata = struct_pb2.Struct()
-        metadata.update(CHECK_METADATA)
+        metadata.update({k: v for k, v in CHECK_METADATA.items()
+                         if k != "authz" or not first(entries, PROBE_NO_HANDOFF)})
         return auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
                                       ok_response=auth_pb2.OkHttpResponse(), dynamic_metadata=metadata)
 

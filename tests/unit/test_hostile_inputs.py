@@ -127,7 +127,7 @@ async def process(rt: Runtime, msgs: list[proc_pb2.ProcessingRequest]) -> list[p
     async def stream():
         for m in msgs:
             yield m
-    return [r async for r in ExternalProcessorServicer(rt).Process(stream(), None)]
+    return [proc_pb2.ProcessingResponse.FromString(r) async for r in ExternalProcessorServicer(rt).Process(stream(), None)]
 
 
 def immediate(responses: list[proc_pb2.ProcessingResponse]) -> tuple[int, str] | None:

@@ -59,3 +59,32 @@ def test_cached_header_encodings_stay_correct_past_the_cache_bound():
         ok = auth_pb2.OkHttpResponse.FromString(wire.header_field(2, "x-n", str(i)) + wire.header_field(6, "x-n", "r"))
         assert ok.headers[0].header.value == str(i) and ok.response_headers_to_add[0].header.value == "r"
     assert len(wire._OPTIONS) <= wire._OPTIONS_MAX
+
+
+# --- Process answers: the ones that change nothing are encoded once --------------------------------
+
+def test_process_answers_equal_the_messages_they_stand_for():
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as proc_pb2
+
+    from authz.envoy import process
+    from authz.model import Mutations
+
+    parse = proc_pb2.ProcessingResponse.FromString
+    for req, resp in (("", ""), ("buffered", "partial"), ("", "streamed"), ("buffered", "")):
+        mode = process.body_mode(request_body=req, response_body=resp) if req or resp else None
+        for _ in range(2):  # built, then from the cache
+            assert parse(process.headers_answer("request_headers", Mutations(), request_body=req, response_body=resp)) \
+                == process.headers_response("request_headers", Mutations(), mode=mode)
+    changed = Mutations()
+    changed.set_header("x-authz-process", "request_headers,response_headers")
+    changed.remove_header("content-length")
+    assert parse(process.headers_answer("response_headers", changed)) \
+        == process.headers_response("response_headers", changed)
+    assert parse(process.headers_answer("response_headers", Mutations())).response_headers.response \
+        == proc_pb2.CommonResponse()  # the cached plain answer did not keep the other one's headers
+    for buffered in (True, False):
+        body = Mutations(body=b"masked")
+        assert parse(process.body_answer("response_body", body, buffered=buffered)) \
+            == process.body_response("response_body", body, buffered=buffered)
+        assert parse(process.body_answer("request_body", Mutations(), buffered=buffered)) \
+            == process.body_response("request_body", Mutations(), buffered=buffered)

@@ -203,6 +203,9 @@ async def test_explain_names_the_deciding_stage_and_never_claims_forwarding_of_a
     assert "by the redaction stage" in red and "rule general-models" not in red and "not forwarded" in red
     assert "by the limits stage" in lim and "not forwarded" in lim
     assert "ALLOWED by rule general-models" in fine and "Check let it through to the general upstream" in fine
+    # No Process stream, so no outcome record: the story says where the upstream's answer is.
+    assert "No outcome record: Process had no work for it" in fine and "access log" in fine
+    assert "No outcome record" not in red and "No outcome record" not in lim
     rows = {r["request_id"]: r for r in export_rows(records)}
     assert rows["red"]["stage"] == "redaction" and rows["ok"]["forwarded"] == "yes"
     assert rows["ok"]["issuer"] == "https://idp" and rows["ok"]["body_hmac"] is None

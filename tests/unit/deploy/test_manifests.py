@@ -691,7 +691,7 @@ def test_istio_resources_carry_the_fields_we_rely_on():
     assert patch["applyTo"] == "HTTP_FILTER" and patch["patch"]["operation"] == "INSERT_BEFORE"
     assert patch["match"]["context"] == "SIDECAR_INBOUND"
     assert patch["match"]["listener"]["portNumber"] == app_port  # inbound: the container port
-    typed = patch["patch"]["value"]["typed_config"]
+    typed = patch["patch"]["value"]["typed_config"]["extension_config"]["typed_config"]  # inside the matcher
     assert typed["grpc_service"]["envoy_grpc"]["cluster_name"] == f"outbound|{grpc_port}||{grpc['service']}"
     assert typed["failure_mode_allow"] is False and typed["allow_mode_override"] is True
 
@@ -713,18 +713,20 @@ def test_istio_resources_carry_the_fields_we_rely_on():
 
 
 def test_istio_ext_proc_filter_is_the_reference_one_and_valid(tmp_path):
-    """The EnvoyFilter's ext_proc is deploy/envoy/envoy.yaml's, only pointed at the ServiceEntry's
+    """The EnvoyFilter's ext_proc is deploy/envoy/envoy.yaml's, matcher included (no stream for a
+    request Check left no work for, none for Envoy's 431), only pointed at the ServiceEntry's
     cluster; swapped into the reference config, Envoy accepts it."""
     objs = build(OVERLAYS["istio"])
     typed = copy.deepcopy(by_kind(objs, "EnvoyFilter")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"])
     reference = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
     hcm = reference["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     ext_proc = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
-    ext_proc = ext_proc["typed_config"]["extension_config"]  # inside the 431 matcher (envoy.yaml)
-    cluster = typed["grpc_service"]["envoy_grpc"]["cluster_name"]
+    cluster = typed["extension_config"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
     expected = copy.deepcopy(ext_proc["typed_config"])
-    expected["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster
+    expected["extension_config"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster
     assert typed == expected
+    assert [m["predicate"]["single_predicate"]["input"]["name"] for m in typed["xds_matcher"]["matcher_list"]["matchers"]] \
+        == ["handoff", "response-status"]
 
     ext_proc["typed_config"] = typed
     clusters = reference["static_resources"]["clusters"]
