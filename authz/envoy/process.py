@@ -95,6 +95,12 @@ def body_response(phase: str, m: Mutations, *, buffered: bool = True) -> pb.Proc
         **{phase: pb.BodyResponse(response=common_response(m, body_phase=True, buffered=buffered))})
 
 
+def streamed_body_response(body: bytes, end: bool) -> pb.ProcessingResponse:
+    """A piece of a FULL_DUPLEX_STREAMED answer: Envoy forwards exactly what Process sends."""
+    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+        body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(body=body, end_of_stream=end)))))
+
+
 def trailers_response(phase: str) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(**{phase: pb.TrailersResponse()})
 
@@ -111,13 +117,15 @@ def immediate_response(denial: Denial) -> pb.ProcessingResponse:
     ))
 
 
-_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "partial": Mode.BUFFERED_PARTIAL,
-               "buffered": Mode.BUFFERED}
+_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "duplex": Mode.FULL_DUPLEX_STREAMED,
+               "partial": Mode.BUFFERED_PARTIAL, "buffered": Mode.BUFFERED}
 
 
 def body_mode(*, request_body: str, response_body: str) -> ModeMessage:
     # Every field spelled out: Envoy checks an override against allowed_override_modes, and older
     # builds compare the raw values (a DEFAULT would match no entry and the override be ignored).
+    # FULL_DUPLEX_STREAMED needs its trailers sent (they tell Process the body is complete).
     return Mode(request_header_mode=Mode.SEND, response_header_mode=Mode.SEND,
                 request_body_mode=_BODY_MODES[request_body], response_body_mode=_BODY_MODES[response_body],
-                request_trailer_mode=Mode.SKIP, response_trailer_mode=Mode.SKIP)
+                request_trailer_mode=Mode.SKIP,
+                response_trailer_mode=Mode.SEND if response_body == "duplex" else Mode.SKIP)

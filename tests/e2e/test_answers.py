@@ -131,6 +131,32 @@ def test_openai_chat_stream_split_values_masked_and_placeholder_restored(stack):
     assert "[CUSTOMER_1]" not in text
 
 
+def test_a_paused_stream_shows_its_clean_text_at_the_flush_deadline_and_never_a_value(stack):
+    """The demo model pauses 500 ms between deltas. Held text that no value can continue out of
+    goes out at the flush deadline (50 ms), long before the next delta; a card or an address
+    cut by a pause is held until it is whole (and masked)."""
+    import time
+
+    delay = 0.5
+    client = _openai(stack)
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model="gpt-general", stream=True, extra_headers={"x-demo-delay-ms": str(int(delay * 1000))},
+        messages=[{"role": "user", "content": "Tell me about Acme Corp. demo:leak"}])
+    seen: list[tuple[float, str]] = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            seen.append((time.monotonic() - started, chunk.choices[0].delta.content))
+    text = "".join(t for _, t in seen)
+    assert_clean(text)
+    assert text.startswith("Summary for Acme Corp.: card **** **** **** 6467, mail ***@acme.com")
+    # "Summary for " was sent at about 1 x delay, the next delta at 2 x delay: without the
+    # deadline it would wait for the answer's end (10 deltas later).
+    first_at, first = seen[0]
+    assert first == "Summary for " and first_at < 2 * delay, seen
+    assert len(seen) >= 4, seen  # released piece by piece, not all at the end
+
+
 def test_openai_chat_json_answer_restored_and_masked(stack):
     client = _openai(stack)
     r = client.chat.completions.create(model="gpt-general", messages=[
