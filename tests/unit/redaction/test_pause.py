@@ -9,7 +9,6 @@ import pytest
 from authz.envoy.servicers import _with_pauses
 from authz.model import Exchange
 from authz.redaction.pause import PauseCut
-
 from tests.unit.redaction.test_answers import AWS, CARD, chat_stream, chat_text, check, stage
 
 CUT = PauseCut("proven", {"customer": ["Acme Corp", "Umbrella Health", "Globex"]})
