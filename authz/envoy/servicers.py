@@ -291,8 +291,9 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         ex.response_end = trailers or msg.response_body.end_of_stream
         await pipeline.run("on_response_body", ex)
         body = ex.mutations.body if ex.mutations.body is not None else ex.response_chunk
-        out = [proc_adapter.streamed_body_response(body, ex.response_end and not trailers)] if (
-            body or ex.response_end) else []
+        # At trailers only what was still held (Envoy takes no body answer for a body it never sent).
+        out = [proc_adapter.streamed_body_response(body, not trailers and ex.response_end)] if (
+            body or (ex.response_end and not trailers)) else []
         if trailers:
             out.append(proc_adapter.trailers_response(kind))
         return out
