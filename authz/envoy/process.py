@@ -95,10 +95,17 @@ def body_response(phase: str, m: Mutations, *, buffered: bool = True) -> pb.Proc
         **{phase: pb.BodyResponse(response=common_response(m, body_phase=True, buffered=buffered))})
 
 
-def streamed_body_response(body: bytes, end: bool) -> pb.ProcessingResponse:
-    """A piece of a FULL_DUPLEX_STREAMED answer: Envoy forwards exactly what Process sends."""
-    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-        body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(body=body, end_of_stream=end)))))
+STREAMED_PIECE = 64 * 1024  # Envoy's advice for one StreamedBodyResponse
+
+
+def streamed_body_responses(body: bytes, end: bool) -> list[pb.ProcessingResponse]:
+    """A FULL_DUPLEX_STREAMED answer's next bytes, in pieces of at most 64 KiB (``end`` on the
+    last): Envoy forwards exactly what Process sends."""
+    pieces = [body[i:i + STREAMED_PIECE] for i in range(0, len(body), STREAMED_PIECE)] or [b""]
+    return [pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+        body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
+            body=piece, end_of_stream=end and i == len(pieces) - 1)))))
+        for i, piece in enumerate(pieces)]
 
 
 def trailers_response(phase: str) -> pb.ProcessingResponse:

@@ -285,14 +285,14 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         if msg is None:
             await pipeline.run("on_response_pause", ex)
             body = ex.mutations.body
-            return [proc_adapter.streamed_body_response(body, False)] if body else []
+            return proc_adapter.streamed_body_responses(body, False) if body else []
         trailers = kind == "response_trailers"
         ex.response_chunk = b"" if trailers else msg.response_body.body
         ex.response_end = trailers or msg.response_body.end_of_stream
         await pipeline.run("on_response_body", ex)
         body = ex.mutations.body if ex.mutations.body is not None else ex.response_chunk
         # At trailers only what was still held (Envoy takes no body answer for a body it never sent).
-        out = [proc_adapter.streamed_body_response(body, not trailers and ex.response_end)] if (
+        out = proc_adapter.streamed_body_responses(body, not trailers and ex.response_end) if (
             body or (ex.response_end and not trailers)) else []
         if trailers:
             out.append(proc_adapter.trailers_response(kind))

@@ -157,6 +157,15 @@ def test_a_paused_stream_shows_its_clean_text_at_the_flush_deadline_and_never_a_
     assert len(seen) >= 4, seen  # released piece by piece, not all at the end
 
 
+def test_a_large_clean_stream_arrives_whole_through_duplex_pieces(stack):
+    """A 300 KB delta (under max_bytes) goes back to Envoy in 64 KiB pieces and arrives intact."""
+    client = _openai(stack)
+    stream = client.chat.completions.create(model="gpt-general", stream=True, max_tokens=75_000,
+                                            messages=[{"role": "user", "content": "demo:huge"}])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == ("lorem ipsum " * (2 * 1024 * 1024 // 12))[:300_000]
+
+
 def test_openai_chat_json_answer_restored_and_masked(stack):
     client = _openai(stack)
     r = client.chat.completions.create(model="gpt-general", messages=[
