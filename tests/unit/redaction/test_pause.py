@@ -101,3 +101,19 @@ async def test_process_reads_messages_and_wakes_at_the_deadline():
         elif msg is None:
             deadline[0] = 0.0
     assert got == ["a", None, "b"]
+
+
+async def test_flush_all_releases_everything_held_and_flush_ms_0_keeps_streamed():
+    """The trade-off, shown: with ``flush: all`` a card cut by a pause goes out in two parts
+    (neither recognised); ``flush_ms: 0`` keeps Envoy's STREAMED mode (no deadline at all)."""
+    from tests.unit.redaction.test_answers import CONFIG
+
+    s = stage(CONFIG.replace("responses: {window_chars: 32}", "responses: {window_chars: 32, flush: all}"))
+    ctx = await check(s, "/v1/chat/completions", {"model": "m", "stream": True,
+                                                  "messages": [{"role": "user", "content": "hi"}]})
+    sent = await duplex_answer(s, ctx, chat_stream(["card 4539 14", "88 0343 6467."]), pause_after={0})
+    assert "card 4539 14" in chat_text(sent[1])[0]
+    s = stage(CONFIG.replace("responses: {window_chars: 32}", "responses: {window_chars: 32, flush_ms: 0}"))
+    ctx = await check(s, "/v1/chat/completions", {"model": "m", "stream": True,
+                                                  "messages": [{"role": "user", "content": "hi"}]})
+    assert ctx.handoff.response_body == "streamed"
