@@ -83,7 +83,9 @@ class Metering:
 
 # "partial": Envoy's BUFFERED_PARTIAL: the whole body when it fits Envoy's buffer (headers held
 # until it is answered), else the first buffer-full with more to come, which Process refuses.
-BODY_MODES = ("", "streamed", "partial", "buffered")
+# "duplex": Envoy's FULL_DUPLEX_STREAMED: chunks as they come, and Process sends the body back
+# in pieces of its own, when it likes (a held answer's text after a pause: ``Exchange.flush_at``).
+BODY_MODES = ("", "streamed", "duplex", "partial", "buffered")
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,6 +94,7 @@ class Handoff:
     edge by ``authz.envoy.handoff``, carried by Envoy as dynamic metadata).
 
     Body modes: "" (Process sees nothing of it), "streamed" (chunks pass through as they come),
+    "duplex" (chunks as they come; what goes out is sent when Process likes),
     "partial" (the whole body if it fits Envoy's buffer, its headers held) or "buffered" (the
     whole body, which may be replaced). Process-side decisions evaluate the
     same conditions as Check on the same facts: the principal, the source address, the headers
@@ -200,6 +203,8 @@ class Exchange:
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)  # for audit: JSON-safe only
     state: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage-private working state
     phases: list[str] = dataclasses.field(default_factory=list)
+    # Duplex answers: when (time.monotonic()) Process runs on_response_pause if no chunk came (0: never).
+    flush_at: float = 0.0
 
     def body_mode(self, which: str) -> str:
         return self.handoff.request_body if which == "request" else self.handoff.response_body

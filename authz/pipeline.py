@@ -6,6 +6,7 @@ A stage is a small object that implements any of these async hooks:
 - ``on_request_body(ex: Exchange)``     ext_proc request body: redaction
 - ``on_response_headers(ex: Exchange)`` ext_proc response headers
 - ``on_response_body(ex: Exchange)``    ext_proc response body: metering, tools/list filtering, answer redaction
+- ``on_response_pause(ex: Exchange)``   a duplex answer's upstream paused past ``ex.flush_at``: held text
 - ``on_complete(ex: Exchange)``         the exchange ended (normally or not): settle, audit
 - ``on_decision(ctx, deny)``            ``Check`` decided (``deny`` is None when allowed): audit
 
@@ -28,8 +29,8 @@ from authz.request import BodyStash, Reader
 
 log = logging.getLogger("authz.pipeline")
 
-HOOKS = ("on_request", "on_request_body", "on_response_headers", "on_response_body", "on_complete",
-         "on_decision")
+HOOKS = ("on_request", "on_request_body", "on_response_headers", "on_response_body", "on_response_pause",
+         "on_complete", "on_decision")
 
 
 class Stage:
@@ -47,6 +48,9 @@ class Stage:
         raise NotImplementedError
 
     async def on_response_body(self, ex: Exchange) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def on_response_pause(self, ex: Exchange) -> None:  # pragma: no cover
         raise NotImplementedError
 
     async def on_complete(self, ex: Exchange) -> None:  # pragma: no cover

@@ -4,9 +4,12 @@
 JSON answers) and the same server at ``/mcp/sse`` answering with SSE streams.
 ``customer_record`` returns personal data (a card, an SSN, an email, a phone, an IBAN, a
 customer name) and ``customer_credentials`` a secret (an AWS key): what response redaction
-guards. It has no authentication of its own: that is the sidecar's job. ``whoami`` shows
-the identity headers the sidecar set and whether the gateway-signed ``x-authz-assertion`` verifies
-(with ``authz.identity.assertion.verify`` against ``$AUTHZ_ASSERTION_JWKS_URL``, when that is set).
+guards. ``customer_broken_answer`` answers with what no scanner can read (``kind``: ``not_json``,
+``not_utf8``, ``huge``: 2 MB), in the path's framing (a JSON body, or one SSE event), to show the
+sidecar refusing it rather than passing it on unscanned. It has no authentication of its own:
+that is the sidecar's job. ``whoami`` shows the identity headers the sidecar set and whether
+the gateway-signed ``x-authz-assertion`` verifies (with ``authz.identity.assertion.verify``
+against ``$AUTHZ_ASSERTION_JWKS_URL``, when that is set).
 
 Environment for the assertion check: ``AUTHZ_ASSERTION_JWKS_URL`` (turns it on),
 ``AUTHZ_ASSERTION_ISSUER`` (default ``urn:authz:demo-sidecar``), ``AUTHZ_ASSERTION_AUDIENCE``.
@@ -136,6 +139,11 @@ def build_server() -> MCPServer:
         """A customer's cloud credentials: a secret the sidecar blocks on the way back."""
         return f"{customer} uses the AWS access key {AWS_KEY}"
 
+    @mcp.tool(annotations=READ_ONLY)
+    def customer_broken_answer(kind: str) -> str:
+        """An answer no scanner can read (kind: not_json, not_utf8, huge); BrokenAnswers sends it."""
+        return f"no broken answer of kind {kind!r}"  # reached only for a kind BrokenAnswers does not know
+
     @mcp.resource("customers://{customer}", mime_type="text/plain")
     def customer(customer: str) -> str:
         """One customer's record."""
@@ -180,6 +188,70 @@ class UpstreamHeader:
         await self.app(scope, receive, tagged)
 
 
+BROKEN_KINDS = ("not_json", "not_utf8", "huge")
+
+
+def broken_answer(kind: str, jsonrpc_id: Any, *, sse: bool) -> bytes:
+    """The bytes of a broken answer to a ``tools/call``: a JSON body, or one SSE event."""
+    if kind == "huge":
+        text = "lorem ipsum " * (2 * 1024 * 1024 // 12)
+        message = json.dumps({"jsonrpc": "2.0", "id": jsonrpc_id,
+                              "result": {"content": [{"type": "text", "text": text}]}}).encode()
+    elif kind == "not_utf8":
+        message = b'{"jsonrpc": "2.0", "id": ' + json.dumps(jsonrpc_id).encode() + b', "result": "\xff\xfe"}'
+    else:
+        message = b'{"jsonrpc": "2.0", "id": ' + json.dumps(jsonrpc_id).encode() + b', "result": {oops'
+    return b"event: message\ndata: " + message + b"\n\n" if sse else message
+
+
+class BrokenAnswers:
+    """ASGI middleware: a ``tools/call`` of ``customer_broken_answer`` gets the broken bytes its
+    ``kind`` names, straight from here (the SDK would only ever send well-formed JSON)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        kind, jsonrpc_id = _broken_kind(body)
+        if kind is not None:
+            sse = scope["path"].rstrip("/").endswith("/sse")
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream" if sse else b"application/json")]})
+            await send({"type": "http.response.body", "body": broken_answer(kind, jsonrpc_id, sse=sse)})
+            return
+        replay = iter(messages)
+
+        async def replayed() -> Message:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
+
+
+def _broken_kind(body: bytes) -> tuple[str | None, Any]:
+    try:
+        msg = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(msg, dict) or msg.get("method") != "tools/call":
+        return None, None
+    params = msg.get("params") or {}
+    kind = (params.get("arguments") or {}).get("kind") if isinstance(params, dict) else None
+    if params.get("name") != "customer_broken_answer" or kind not in BROKEN_KINDS:
+        return None, None
+    return kind, msg.get("id")
+
+
 def build_app(*, stateful: bool = False) -> ASGIApp:
     """The ASGI app: ``/mcp`` (JSON answers) and ``/mcp/sse`` (SSE answers); stateless unless
     ``stateful`` (then 2025 clients get an ``Mcp-Session-Id`` from initialize and must send it).
@@ -198,7 +270,7 @@ def build_app(*, stateful: bool = False) -> ASGIApp:
         async with json_app.router.lifespan_context(json_app), sse_app.router.lifespan_context(sse_app):
             yield
 
-    return UpstreamHeader(Starlette(routes=[*json_app.routes, *sse_app.routes], lifespan=lifespan))
+    return UpstreamHeader(BrokenAnswers(Starlette(routes=[*json_app.routes, *sse_app.routes], lifespan=lifespan)))
 
 
 class _Server(uvicorn.Server):

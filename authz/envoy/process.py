@@ -142,6 +142,19 @@ def body_response(phase: str, m: Mutations, *, buffered: bool = True) -> pb.Proc
         **{phase: pb.BodyResponse(response=common_response(m, body_phase=True, buffered=buffered))})
 
 
+STREAMED_PIECE = 64 * 1024  # Envoy's advice for one StreamedBodyResponse
+
+
+def streamed_body_responses(body: bytes, end: bool) -> list[pb.ProcessingResponse]:
+    """A FULL_DUPLEX_STREAMED answer's next bytes, in pieces of at most 64 KiB (``end`` on the
+    last): Envoy forwards exactly what Process sends."""
+    pieces = [body[i:i + STREAMED_PIECE] for i in range(0, len(body), STREAMED_PIECE)] or [b""]
+    return [pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+        body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(
+            body=piece, end_of_stream=end and i == len(pieces) - 1)))))
+        for i, piece in enumerate(pieces)]
+
+
 def trailers_response(phase: str) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(**{phase: pb.TrailersResponse()})
 
@@ -158,13 +171,15 @@ def immediate_response(denial: Denial) -> pb.ProcessingResponse:
     ))
 
 
-_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "partial": Mode.BUFFERED_PARTIAL,
-               "buffered": Mode.BUFFERED}
+_BODY_MODES = {"": Mode.NONE, "streamed": Mode.STREAMED, "duplex": Mode.FULL_DUPLEX_STREAMED,
+               "partial": Mode.BUFFERED_PARTIAL, "buffered": Mode.BUFFERED}
 
 
 def body_mode(*, request_body: str, response_body: str) -> ModeMessage:
     # Every field spelled out: Envoy checks an override against allowed_override_modes, and older
     # builds compare the raw values (a DEFAULT would match no entry and the override be ignored).
+    # FULL_DUPLEX_STREAMED needs its trailers sent (they tell Process the body is complete).
     return Mode(request_header_mode=Mode.SEND, response_header_mode=Mode.SEND,
                 request_body_mode=_BODY_MODES[request_body], response_body_mode=_BODY_MODES[response_body],
-                request_trailer_mode=Mode.SKIP, response_trailer_mode=Mode.SKIP)
+                request_trailer_mode=Mode.SKIP,
+                response_trailer_mode=Mode.SEND if response_body == "duplex" else Mode.SKIP)

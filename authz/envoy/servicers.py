@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 from typing import Any
 
@@ -168,15 +168,20 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         debug = self.runtime.config.server.debug_headers
         ex: Exchange | None = None
         outcome = "completed"
+
+        def pending() -> float:  # reads ex as it is now
+            return ex.flush_at if ex is not None else 0.0
+
         self._inflight.inc()
         try:
-            async for msg in request_iterator:
+            async for msg in _with_pauses(request_iterator, pending):
                 started = time.perf_counter()
-                kind = msg.WhichOneof("request")
+                # None: a duplex answer's upstream paused past its flush deadline (ex.flush_at)
+                kind = msg.WhichOneof("request") if msg is not None else "response_pause"
                 try:
                     if ex is None:
                         ex = self._exchange(msg, kind)
-                    elif not ex.handoff.needed:
+                    elif msg is not None and not ex.handoff.needed:
                         found = proc_adapter.check_handoff(msg)
                         if found is not None:
                             ex.handoff = found
@@ -193,7 +198,11 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                     return
                 finally:
                     self._seconds.observe(time.perf_counter() - started)
-                yield response
+                if isinstance(response, list):  # duplex: nothing (all held back), or a body and trailers
+                    for one in response:
+                        yield one
+                else:
+                    yield response
         except Exception:
             outcome = "error"
             proc_log.exception("Process stream failed")
@@ -231,8 +240,10 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         return Exchange(request=proc_adapter.request_from_headers(headers),
                         handoff=proc_adapter.check_handoff(msg) or Handoff())
 
-    async def _handle(self, pipeline: Pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest, kind: str,
-                      debug: bool) -> bytes:
+    async def _handle(self, pipeline: Pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest | None, kind: str,
+                      debug: bool) -> bytes | list[bytes]:
+        if msg is None or (ex.handoff.response_body == "duplex" and kind in ("response_body", "response_trailers")):
+            return await self._duplex(pipeline, ex, msg, kind)
         if kind == "request_headers":
             # Check decided per request whether bodies need to be seen (redaction, metering,
             # tools/list filtering); everything else streams through without buffering.
@@ -269,6 +280,63 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
             out: bytes = proc_adapter.trailers_response(kind).SerializeToString()
             return out
         raise BadRequest(f"unexpected ext_proc message {kind!r}", reason="process.unexpected_message")
+
+    @staticmethod
+    async def _duplex(pipeline: Pipeline, ex: Exchange, msg: proc_pb2.ProcessingRequest | None, kind: str
+                      ) -> list[bytes]:
+        """An answer in FULL_DUPLEX_STREAMED: Envoy forwards only what is sent back, when it is
+        sent: each chunk as the stages leave it (nothing while all of it is held back), what a
+        pause releases, and at the end the rest (before the trailers' answer, when there are any)."""
+        ex.flush_at = 0.0
+        if msg is None:
+            await pipeline.run("on_response_pause", ex)
+            body = ex.mutations.body
+            return [r.SerializeToString() for r in proc_adapter.streamed_body_responses(body, False)] if body else []
+        trailers = kind == "response_trailers"
+        ex.response_chunk = b"" if trailers else msg.response_body.body
+        ex.response_end = trailers or msg.response_body.end_of_stream
+        await pipeline.run("on_response_body", ex)
+        body = ex.mutations.body if ex.mutations.body is not None else ex.response_chunk
+        # At trailers only what was still held (Envoy takes no body answer for a body it never sent).
+        out = proc_adapter.streamed_body_responses(body, not trailers and ex.response_end) if (
+            body or (ex.response_end and not trailers)) else []
+        if trailers:
+            out.append(proc_adapter.trailers_response(kind))
+        return [r.SerializeToString() for r in out]
+
+
+async def _with_pauses(messages: AsyncIterator[proc_pb2.ProcessingRequest], deadline: Callable[[], float]
+                       ) -> AsyncIterator[proc_pb2.ProcessingRequest | None]:
+    """Envoy's messages; and None whenever ``deadline()`` (time.monotonic(); 0: none) passes
+    before the next one arrives. Without a deadline it reads exactly like ``async for``."""
+    it = messages.__aiter__()
+    waiting: asyncio.Future[proc_pb2.ProcessingRequest] | None = None
+    try:
+        while True:
+            at = deadline()
+            if waiting is None and not at:
+                try:
+                    msg = await it.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield msg
+                continue
+            if waiting is None:
+                waiting = asyncio.ensure_future(it.__anext__())
+            if at:
+                done, _ = await asyncio.wait((waiting,), timeout=max(0.0, at - time.monotonic()))
+                if not done:
+                    yield None
+                    continue
+            task, waiting = waiting, None
+            try:
+                msg = await task
+            except StopAsyncIteration:
+                return
+            yield msg
+    finally:
+        if waiting is not None:
+            waiting.cancel()
 
 
 def add_process_to_server(servicer: ExternalProcessorServicer, server: grpc.aio.Server) -> None:

@@ -10,6 +10,7 @@ error shape, never passed on.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from authz.redaction import refusals
@@ -38,14 +39,14 @@ def framing_of(content_type: str) -> str:
 
 class AnswerScanner:
     def __init__(self, scan: Scan, *, protocol: str, framing: str, jsonrpc_id: Any, window: int,
-                 max_bytes: int) -> None:
+                 max_bytes: int, pause_cut: Callable[[str], int] | None = None) -> None:
         self.scan = scan
         self.protocol = protocol
         self.framing = framing
         self.jsonrpc_id = jsonrpc_id
         self.max_bytes = max_bytes
-        self.stream = (StreamScanner(scan, protocol, jsonrpc_id, window=window, max_event_bytes=max_bytes)
-                       if framing == "sse" else None)
+        self.stream = (StreamScanner(scan, protocol, jsonrpc_id, window=window, max_event_bytes=max_bytes,
+                                     pause_cut=pause_cut) if framing == "sse" else None)
         self._buf = bytearray()
         self.ended = False
         self.refused: refusals.Refused | None = None
@@ -72,6 +73,20 @@ class AnswerScanner:
             if self.framing == "json" or self.protocol != "http":
                 return refusals.json_body(exc, self.protocol, self.jsonrpc_id)
             return exc.message.encode()
+
+    @property
+    def holding(self) -> bool:
+        """Whether a stream's text is held back (a pause could release some of it)."""
+        return self.stream is not None and not self.ended and self.stream.holding
+
+    def pause(self) -> bytes:
+        """The upstream paused: what the stream may release now (``b""``: nothing)."""
+        if self.stream is None or self.ended:
+            return b""
+        out = self.stream.pause()
+        if self.stream.ended:
+            self.refused, self.ended = self.stream.refused, True
+        return out
 
     def _whole(self, body: bytes) -> bytes:
         if not body.strip():

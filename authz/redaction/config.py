@@ -108,6 +108,13 @@ class Responses(Model):
     window_chars: int = Field(64, ge=16, le=4096)
     # A JSON answer (or one SSE event) larger than this is refused in the protocol's error shape.
     max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # When a stream pauses this long with text held back, the held text is judged again and what
+    # ``flush`` allows goes out (Envoy's FULL_DUPLEX_STREAMED lets the sidecar send it unasked).
+    # 0: never; held text then waits for the next delta or the end of its channel.
+    flush_ms: int = Field(50, ge=0, le=60_000)
+    # proven: only held text no value can continue out of (authz.redaction.pause); all: all of
+    # it, scanned as it stands (a value split exactly across the pause can leak in two parts).
+    flush: Literal["proven", "all"] = "proven"
 
 
 class DecodingConfig(Model):

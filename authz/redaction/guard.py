@@ -14,6 +14,7 @@ that arrives compressed all the same is refused).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,9 @@ ANSWERS = Counter("authz_redaction_answers_total", "Answers scanned on their way
 STATE = "redaction.answer"
 
 
-def want_answer(ctx: Context, rule: RedactionRule | None, restore_key: str) -> None:
-    """Ask Process for the answer of this request."""
+def want_answer(ctx: Context, rule: RedactionRule | None, restore_key: str, *, duplex: bool = False) -> None:
+    """Ask Process for the answer of this request (``duplex``: a stream's held text may go out
+    at the flush deadline, so Envoy must let Process send body chunks unasked)."""
     h = ctx.handoff
     if rule is not None:
         h.response_rule = rule.id
@@ -43,7 +45,7 @@ def want_answer(ctx: Context, rule: RedactionRule | None, restore_key: str) -> N
     action = ctx.action
     h.action = action
     whole = action.protocol == "llm" and not action.stream
-    h.want_body("response", "partial" if whole else "streamed")
+    h.want_body("response", "partial" if whole else "duplex" if duplex else "streamed")
     ctx.mutations.remove_header("accept-encoding")
 
 
@@ -52,8 +54,11 @@ class AnswerGuard:
                  redactor_for: Callable[[RedactionRule], Redactor],
                  probe_for: Callable[[RedactionRule], Redactor],
                  action_for: Callable[[RedactionRule], Callable[[str], str]],
-                 findings: Callable[[str, int], None]) -> None:
+                 findings: Callable[[str, int], None], pause_cut: Callable[[str], int] | None = None) -> None:
         self.cfg = cfg
+        self.pause_cut = pause_cut
+        self.flush_s = cfg.responses.flush_ms / 1000
+        self.duplex = cfg.responses.flush_ms > 0 and pause_cut is not None
         self.placeholders = placeholders
         self.by_id = {r.id: r for r in cfg.rules}
         self.redactor_for = redactor_for
@@ -84,12 +89,14 @@ class AnswerGuard:
         probe: Callable[[], Redactor | None] = (lambda: self.probe_for(rule)) if rule is not None else (
             lambda: None)
         scan = Scan(redactor, Restorer(originals), actions, probe)
+        duplex = ex.body_mode("response") == "duplex"
         scanner = AnswerScanner(scan, protocol=protocol, framing=framing, jsonrpc_id=jsonrpc_id,
-                                window=self.cfg.responses.window_chars, max_bytes=self.cfg.responses.max_bytes)
+                                window=self.cfg.responses.window_chars, max_bytes=self.cfg.responses.max_bytes,
+                                pause_cut=self.pause_cut if duplex else None)
         if refused is not None:
             scanner.refused = refused
         ex.state[STATE] = (scanner, rule.id if rule else None)
-        if ex.body_mode("response") == "streamed":
+        if ex.body_mode("response") in ("streamed", "duplex"):
             ex.mutations.remove_header("content-length")  # the answer's length changes as it goes
 
     def on_body(self, ex: Exchange) -> None:
@@ -123,6 +130,24 @@ class AnswerGuard:
         if out != chunk:
             ex.mutations.replace_body(out)
         if ex.response_end or scanner.ended:
+            self._record(ex)
+        elif mode == "duplex":
+            ex.flush_at = time.monotonic() + self.flush_s if scanner.holding else 0.0
+
+    def on_pause(self, ex: Exchange) -> None:
+        """The upstream paused past the flush deadline: send what the held text may release."""
+        scanner = self._entry(ex)
+        if scanner is None or scanner.ended:
+            return
+        try:
+            out = scanner.pause()
+        except Exception:  # our bug: an error in the client's protocol, never the held text
+            log.exception("releasing the held answer of request %s failed", ex.request.id)
+            scanner.refused, scanner.ended = refusals.unreadable("the sidecar failed"), True
+            out = self._refusal(scanner, scanner.refused)
+        if out:
+            ex.mutations.replace_body(out)
+        if scanner.ended:
             self._record(ex)
 
     def on_complete(self, ex: Exchange) -> None:

@@ -33,6 +33,7 @@ from authz.pipeline import Stage
 from authz.redaction.config import RedactionConfig, RedactionRule
 from authz.redaction.detectors import Scanner, ScanTooComplex
 from authz.redaction.guard import AnswerGuard, want_answer
+from authz.redaction.pause import PauseCut
 from authz.redaction.redactor import Redactor, categories_of
 from authz.redaction.request_parts import scan_request_parts
 from authz.redaction.restore import PlaceholderStore, RecordingRedactor
@@ -74,7 +75,11 @@ class RedactionStage(Stage):
         self.hmac_key = cfg.hmac_key.encode()
         self.answers = AnswerGuard(cfg, placeholders if placeholders is not None else PlaceholderStore(),
                                    self.redactor, self.probe, self._actions,
-                                   lambda t, n: FINDINGS.labels(type=t, direction="response").inc(n))
+                                   lambda t, n: FINDINGS.labels(type=t, direction="response").inc(n),
+                                   PauseCut(cfg.responses.flush, {d.name: d.all_terms() for d in cfg.dictionaries},
+                                            variants={d.name: d.variants for d in cfg.dictionaries
+                                                      if d.variants is not None},
+                                            custom=bool(cfg.patterns)))
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -116,7 +121,7 @@ class RedactionStage(Stage):
             await self._approvals_endpoint(ctx, path[len(self.cfg.approvals_path) + 1:])
         answer_rule = self._rule_for(ctx, self.response_rules) if self.response_rules else None
         if answer_rule is not None:
-            want_answer(ctx, answer_rule, "")
+            want_answer(ctx, answer_rule, "", duplex=self.answers.duplex)
         rule = self._rule_for(ctx)
         if rule is None:
             return
@@ -184,7 +189,7 @@ class RedactionStage(Stage):
             ACTIONS.labels(action="tagged").inc()
         if isinstance(red, RecordingRedactor) and red.originals:
             # Only a random key travels (Envoy metadata); the mapping stays in this process.
-            want_answer(ctx, answer_rule, self.answers.placeholders.put(red.originals))
+            want_answer(ctx, answer_rule, self.answers.placeholders.put(red.originals), duplex=self.answers.duplex)
 
     async def _require_approval(self, ctx: Context, rule: RedactionRule, held: list[str]) -> None:
         assert rule.approval is not None
@@ -250,6 +255,9 @@ class RedactionStage(Stage):
 
     async def on_response_body(self, ex: Exchange) -> None:
         self.answers.on_body(ex)
+
+    async def on_response_pause(self, ex: Exchange) -> None:
+        self.answers.on_pause(ex)
 
     async def on_complete(self, ex: Exchange) -> None:
         self.answers.on_complete(ex)

@@ -9,6 +9,8 @@ straddles the cut, and the cut moves back. The held tail goes out when its chann
 finish chunk, ``content_block_stop``, a ``*.done`` event) or the stream ends, in the event that
 closes it or in a delta event made for it just before. A value longer than the window, split
 across deltas, may reach the client in parts: size the window above the longest value you guard.
+When the upstream pauses (``pause``, at the flush deadline), each channel sends what
+``pause.PauseCut`` allows of its held text, in a delta event made for it.
 
 Events we do not change go out byte for byte. A finding whose action is ``block``, an event that
 is not JSON or one larger than the limit ends the stream with an error event in the protocol's
@@ -30,10 +32,12 @@ Synth = Callable[[str], tuple[str | None, dict[str, Any]]]   # held text -> (eve
 
 
 class Channel:
-    def __init__(self, scan: Scan, window: int, *, json_string: bool) -> None:
+    def __init__(self, scan: Scan, window: int, *, json_string: bool,
+                 pause_cut: Callable[[str], int] | None = None) -> None:
         self.scan = scan
         self.window = window
         self.json_string = json_string
+        self.pause_cut = pause_cut
         self.held = ""
         self.synth: Synth | None = None
 
@@ -72,12 +76,24 @@ class Channel:
         out, self.held = self.held, ""
         return self.scan.text(out, json_string=self.json_string) if out else ""
 
+    def pause(self) -> str:
+        """The upstream paused: the part of the held text the pause rule lets out (scanned)."""
+        if not self.held or self.pause_cut is None:
+            return ""
+        cut = self.pause_cut(self.held)
+        if cut <= 0 or (cut < len(self.held) and not self._safe(cut)):
+            return ""
+        out, self.held = self.held[:cut], self.held[cut:]
+        return self.scan.text(out, json_string=self.json_string)
+
 
 class StreamScanner:
     """One streamed answer: feed it the body as it arrives; it returns what may go out."""
 
-    def __init__(self, scan: Scan, protocol: str, jsonrpc_id: Any, *, window: int, max_event_bytes: int) -> None:
+    def __init__(self, scan: Scan, protocol: str, jsonrpc_id: Any, *, window: int, max_event_bytes: int,
+                 pause_cut: Callable[[str], int] | None = None) -> None:
         self.scan = scan
+        self.pause_cut = pause_cut
         self.protocol = protocol      # mcp | chat | responses | messages | http
         self.jsonrpc_id = jsonrpc_id
         self.window = window
@@ -101,12 +117,35 @@ class StreamScanner:
                                                                  self.reader.eol)
         return "".join(out).encode()
 
+    @property
+    def holding(self) -> bool:
+        """Whether any channel holds text back (a pause could release some)."""
+        return any(ch.held for ch in self.channels.values())
+
+    def pause(self) -> bytes:
+        """The upstream paused: what each channel may release now, as delta events made for it."""
+        if self.ended:
+            return b""
+        out: list[str] = []
+        try:
+            for ch in self.channels.values():
+                text = ch.pause()
+                if text and ch.synth is not None:
+                    name, payload = ch.synth(text)
+                    out.append(sse.render(name, encode(payload).decode(), self.reader.eol))
+        except refusals.Refused as exc:
+            self.ended, self.refused = True, exc
+            return "".join(out).encode() + refusals.sse_event(exc, self.protocol, self.jsonrpc_id,
+                                                                 self.reader.eol)
+        return "".join(out).encode()
+
     # --- channels ---------------------------------------------------------------------------------
 
     def _channel(self, key: tuple[Any, ...], *, json_string: bool = False) -> Channel:
         ch = self.channels.get(key)
         if ch is None:
-            ch = self.channels[key] = Channel(self.scan, self.window, json_string=json_string)
+            ch = self.channels[key] = Channel(self.scan, self.window, json_string=json_string,
+                                              pause_cut=self.pause_cut)
         return ch
 
     def _flush(self, which: Callable[[tuple[Any, ...]], bool]) -> list[str]:

@@ -131,6 +131,41 @@ def test_openai_chat_stream_split_values_masked_and_placeholder_restored(stack):
     assert "[CUSTOMER_1]" not in text
 
 
+def test_a_paused_stream_shows_its_clean_text_at_the_flush_deadline_and_never_a_value(stack):
+    """The demo model pauses 500 ms between deltas. Held text that no value can continue out of
+    goes out at the flush deadline (50 ms), long before the next delta; a card or an address
+    cut by a pause is held until it is whole (and masked)."""
+    import time
+
+    delay = 0.5
+    client = _openai(stack)
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model="gpt-general", stream=True, extra_headers={"x-demo-delay-ms": str(int(delay * 1000))},
+        messages=[{"role": "user", "content": "Tell me about Acme Corp. demo:leak"}])
+    seen: list[tuple[float, str]] = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            seen.append((time.monotonic() - started, chunk.choices[0].delta.content))
+    text = "".join(t for _, t in seen)
+    assert_clean(text)
+    assert text.startswith("Summary for Acme Corp.: card **** **** **** 6467, mail ***@acme.com")
+    # "Summary for " was sent at about 1 x delay, the next delta at 2 x delay: without the
+    # deadline it would wait for the answer's end (10 deltas later).
+    first_at, first = seen[0]
+    assert first == "Summary for " and first_at < 2 * delay, seen
+    assert len(seen) >= 4, seen  # released piece by piece, not all at the end
+
+
+def test_a_large_clean_stream_arrives_whole_through_duplex_pieces(stack):
+    """A 300 KB delta (under max_bytes) goes back to Envoy in 64 KiB pieces and arrives intact."""
+    client = _openai(stack)
+    stream = client.chat.completions.create(model="gpt-general", stream=True, max_tokens=75_000,
+                                            messages=[{"role": "user", "content": "demo:huge"}])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == ("lorem ipsum " * (2 * 1024 * 1024 // 12))[:300_000]
+
+
 def test_openai_chat_json_answer_restored_and_masked(stack):
     client = _openai(stack)
     r = client.chat.completions.create(model="gpt-general", messages=[
@@ -209,6 +244,73 @@ def test_bad_answers_fail_closed_in_the_protocol_shape(stack):
     # After all that, the same client still gets answers.
     r = client.chat.completions.create(model="gpt-general", messages=[{"role": "user", "content": "hi"}])
     assert "demo answer" in r.choices[0].message.content
+
+
+async def _mcp_broken(stack: Running, path: str):
+    token = stack.token("oscar", roles=["accounting"], scopes=["tools:calendar"])
+    errors = {}
+    async with create_mcp_http_client(headers=stack.auth(token)) as http, \
+            streamable_http_client(stack.url + path, http_client=http) as (read, write, *_), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        for kind in ("not_json", "not_utf8", "huge"):
+            with pytest.raises(MCPError) as info:
+                await asyncio.wait_for(session.call_tool("customer_broken_answer", {"kind": kind}), 20)
+            errors[kind] = info.value.error
+        after = await asyncio.wait_for(session.call_tool("customer_record", {"customer": "Globex"}), 20)
+    return errors, after
+
+
+@pytest.mark.parametrize("path", MCP_PATHS)
+def test_mcp_sdk_gets_a_jsonrpc_error_for_an_answer_it_cannot_be_given_unscanned(stack, path):
+    """A JSON answer (/mcp) or SSE event (/mcp/sse) that is not JSON, not UTF-8 or over
+    ``responses.max_bytes``: the SDK client raises the JSON-RPC error for its own request id,
+    and the session goes on."""
+    errors, after = asyncio.run(_mcp_broken(stack, path))
+    for kind in ("not_json", "not_utf8"):
+        assert errors[kind].code == -32603 and "not passed on unscanned" in errors[kind].message, kind
+        assert errors[kind].data == {"reason": "redaction.response_unreadable"}
+    assert errors["huge"].code == -32603 and errors["huge"].data == {"reason": "redaction.response_too_large"}
+    assert "larger than the 1048576 bytes" in errors["huge"].message
+    assert not after.is_error and "Globex" in after.model_dump_json()
+
+
+def test_mcp_broken_answers_on_the_wire(stack):
+    """Below the SDK: the refusal replaces the whole answer (nothing of it, no lorem ipsum)."""
+    token = stack.token("oscar", roles=["accounting"], scopes=["tools:calendar"])
+    call = {"jsonrpc": "2.0", "id": "call-7", "method": "tools/call",
+            "params": {"name": "customer_broken_answer", "arguments": {"kind": "huge"}}}
+    headers = {**stack.auth(token), "accept": "application/json, text/event-stream",
+               "mcp-protocol-version": "2025-06-18"}
+    for path in MCP_PATHS:
+        r = httpx.post(stack.url + path, json=call, headers=headers, timeout=20)
+        assert r.status_code == 200 and "lorem" not in r.text, path
+        message = json.loads(r.text.split("data: ", 1)[1]) if path.endswith("/sse") else r.json()
+        assert message["id"] == "call-7" and message["error"]["data"]["reason"] == "redaction.response_too_large"
+
+
+def test_anthropic_and_responses_streams_with_a_malformed_event_raise(stack):
+    token = stack.token("oscar", roles=["accounting"])
+    claude = anthropic.Anthropic(base_url=stack.url, api_key="unused", max_retries=0, timeout=20,
+                                 default_headers={"authorization": f"Bearer {token}"})
+    seen = []
+    with pytest.raises(anthropic.APIStatusError, match="not passed on unscanned"), \
+            claude.messages.stream(model="gpt-general", max_tokens=1000,
+                                   messages=[{"role": "user", "content": "demo:malformed"}]) as stream:
+        seen.extend(stream.text_stream)
+    with pytest.raises(anthropic.APIStatusError, match="larger than"), \
+            claude.messages.stream(model="gpt-general", max_tokens=1_000_000,  # not cut short
+                                   messages=[{"role": "user", "content": "demo:huge"}]) as stream:
+        seen.extend(stream.text_stream)
+    assert "lorem" not in "".join(seen)
+    with pytest.raises(anthropic.APIStatusError, match="not passed on unscanned"):
+        claude.messages.create(model="gpt-general", max_tokens=1000,
+                               messages=[{"role": "user", "content": "demo:malformed"}])
+    client = _openai(stack)
+    with pytest.raises(openai.APIError, match="not passed on unscanned"):
+        list(client.responses.create(model="gpt-general", stream=True, input="demo:malformed"))
+    with pytest.raises(openai.APIError, match="larger than"):
+        list(client.responses.create(model="gpt-general", stream=True, input="demo:huge"))
 
 
 def test_no_raw_value_in_the_bytes_on_the_wire(stack):

@@ -9,6 +9,7 @@ temporary directory, and driven through the real servicers with xds-protos messa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -513,9 +514,13 @@ async def test_process_stream_oddities(rt):
                                      P(response_body=body(b"data: " + b"x" * (1024 * 1024 + 1), end=False)),
                                      P(response_body=body(b"\n\n" + usage.body))], None),
     }
+    assert handoff_of(md.filter_metadata[METADATA_NAMESPACE]).response_body == "duplex"  # a guarded answer
     for name, (msgs, expected) in streams.items():
         responses = await process(rt, msgs)
-        assert len(responses) == len(msgs), name
+        # One answer per message, except body chunks of a duplex answer: one per piece sent (none
+        # while all of it is held back, a JSON answer that never ended for one).
+        bodies = sum(m.WhichOneof("request") == "response_body" for m in msgs)
+        assert len(msgs) - bodies <= len(responses) <= len(msgs), name
         assert immediate(responses) == expected, name
 
 
@@ -536,3 +541,33 @@ async def test_request_bodies_rewritten_in_process(rt, payload):
         P(request_body=body(payload)),
     ])
     assert immediate(responses) == (503, "body.rewrite_lost")
+
+
+async def test_a_duplex_answer_sends_held_text_at_a_pause_and_the_rest_before_the_trailers(rt):
+    """Process in FULL_DUPLEX_STREAMED, as Envoy drives it: the override asks for the mode (with
+    its trailers), a chunk whose text is all held gets no answer, the flush deadline releases the
+    clean part unasked, and trailers bring the rest before their own answer."""
+    md = metadata(await allowed_metadata(rt, "/v1/chat/completions", {"model": "gpt-general", "stream": True}))
+    chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": "Summary for card 4539 14"}, "finish_reason": None}]}
+
+    async def stream():
+        yield P(request_headers=headers({":path": "/v1/chat/completions"}), metadata_context=md)
+        yield P(response_headers=headers({":status": "200", "content-type": SSE}))
+        yield P(response_body=body(f"data: {json.dumps(chunk)}\n\n".encode(), end=False))
+        await asyncio.sleep(0.4)  # the model pauses: the deadline (50 ms) passes first
+        yield P(response_body=body(b"data: " + json.dumps({**chunk, "choices": [
+            {"index": 0, "delta": {"content": "88 0343 6467."}, "finish_reason": None}]}).encode() + b"\n\n",
+            end=False))
+        yield P(response_trailers=proc_pb2.HttpTrailers())
+
+    responses = [r async for r in ExternalProcessorServicer(rt).Process(stream(), None)]
+    mode = responses[0].mode_override
+    assert mode.response_body_mode == mode.FULL_DUPLEX_STREAMED and mode.response_trailer_mode == mode.SEND
+    pieces = [r.response_body.response.body_mutation.streamed_response for r in responses[2:-1]]
+    assert responses[-1].HasField("response_trailers") and not any(p.end_of_stream for p in pieces)
+    texts = [p.body.decode() for p in pieces]
+    # each chunk's event (its text held), the pause's release, the rest at the trailers
+    assert len(texts) == 4 and '"content":""' in texts[0] and '"content":""' in texts[2]
+    assert '"content":"Summary for card "' in texts[1] and "4539" not in "".join(texts)
+    assert '"content":"**** **** **** 6467."' in texts[3]

@@ -41,12 +41,34 @@ async def test_the_sdk_client_initializes_lists_and_calls(mcp_url):
     tools, result = await session_run(mcp_url, run)
     names = {t.name for t in tools.tools}
     assert names == {"get_calendar", "list_invoices", "delete_invoice", "search_patients", "whoami",
-                     "customer_record", "customer_credentials"}
+                     "customer_record", "customer_credentials", "customer_broken_answer"}
     by_name = {t.name: t for t in tools.tools}
     assert by_name["delete_invoice"].annotations.destructive_hint is True
     assert by_name["get_calendar"].annotations.read_only_hint is True
     assert not result.is_error and "Stand-up" in str(result.content)
     assert result.structured_content["result"][0]["day"] == "mon"
+
+
+async def test_broken_answers_are_the_bytes_their_kind_names(mcp_url):
+    """customer_broken_answer (what the sidecar must refuse, tests/e2e/test_answers.py) and, on
+    the same server, an ordinary call afterwards."""
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "customer_broken_answer", "arguments": {"kind": "not_json"}}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(mcp_url, json=call, headers=MCP_HEADERS) as r:
+            assert r.status == 200 and r.content_type == "application/json"
+            assert await r.read() == b'{"jsonrpc": "2.0", "id": 9, "result": {oops'
+        async with http.post(mcp_url + "/sse", json={**call, "params": {**call["params"], "arguments": {
+                "kind": "not_utf8"}}}, headers=MCP_HEADERS) as r:
+            assert r.content_type == "text/event-stream"
+            body = await r.read()
+            assert body.startswith(b"event: message\ndata: ") and b"\xff" in body
+    assert len(mcp_server.broken_answer("huge", 1, sse=False)) > 2 * 1024 * 1024
+
+    async def run(session):
+        return await session.call_tool("get_calendar", {"day": "tue"})
+
+    assert not (await session_run(mcp_url, run)).is_error
 
 
 async def test_invoices_patients_resource_and_prompt(mcp_url):

@@ -90,7 +90,7 @@ LLM_REQUEST = {"model": "m", "stream": True, "messages": [{"role": "user", "cont
 async def test_a_card_split_across_four_deltas_never_goes_out_raw():
     s = stage()
     ctx = await check(s, "/v1/chat/completions", LLM_REQUEST)
-    assert ctx.handoff.response_body == "streamed" and ctx.handoff.response_rule == "llm"
+    assert ctx.handoff.response_body == "duplex" and ctx.handoff.response_rule == "llm"
     deltas = ["Your card is 4539 ", "1488 03", "43 64", "67, thanks. ", "More text " * 8]
     out = await answer(s, ctx, chat_stream(deltas), "text/event-stream")
     text, errors = chat_text(out)
@@ -314,7 +314,8 @@ def test_the_body_mode_that_sees_more_wins():
     from authz.model import Handoff
 
     h = Handoff()
-    for mode, expected in (("streamed", "streamed"), ("partial", "partial"), ("streamed", "partial"),
+    for mode, expected in (("streamed", "streamed"), ("duplex", "duplex"), ("streamed", "duplex"),
+                           ("partial", "partial"), ("streamed", "partial"),
                            ("buffered", "buffered"), ("partial", "buffered")):
         h.want_body("response", mode)
         assert h.response_body == expected
