@@ -561,7 +561,8 @@ async def test_a_duplex_answer_sends_held_text_at_a_pause_and_the_rest_before_th
             end=False))
         yield P(response_trailers=proc_pb2.HttpTrailers())
 
-    responses = [r async for r in ExternalProcessorServicer(rt).Process(stream(), None)]
+    responses = [proc_pb2.ProcessingResponse.FromString(r)
+                 async for r in ExternalProcessorServicer(rt).Process(stream(), None)]
     mode = responses[0].mode_override
     assert mode.response_body_mode == mode.FULL_DUPLEX_STREAMED and mode.response_trailer_mode == mode.SEND
     pieces = [r.response_body.response.body_mutation.streamed_response for r in responses[2:-1]]
