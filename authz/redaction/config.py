@@ -138,7 +138,7 @@ class RedactionConfig(Model):
     rules: tuple[RedactionRule, ...] = ()
     responses: Responses = Responses()
     decoding: DecodingConfig = DecodingConfig()
-    query: bool = True                 # scan the URL query string (a finding there is refused: 403)
+    query: bool = True                 # scan the URL query string (values masked in place; see README)
     headers: tuple[str, ...] = ()      # request headers scanned and rewritten like the body
 
     @field_validator("headers")

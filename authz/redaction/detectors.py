@@ -22,7 +22,7 @@ import re2
 
 from authz.redaction import engine
 from authz.redaction.dictionary import LEGAL_FORMS, dictionary_pattern
-from authz.redaction.shadow import Shadow
+from authz.redaction.shadow import Shadow, spaced
 from authz.redaction.validators import IBAN_LENGTHS, VALIDATORS, compact, luhn, valid_iban
 
 __all__ = ["CATEGORIES", "PATTERNS", "Finding", "ScanTooComplex", "Scanner", "compile_custom", "luhn", "normalize",
@@ -165,7 +165,7 @@ class Scanner:
                  custom: Mapping[str, str] | None = None, *, decoding: Decoding | None = Decoding(),
                  variants: Mapping[str, Sequence[Sequence[str]]] | None = None) -> None:
         # One alternation, one pass over the shadow, for the structured detectors and custom
-        # patterns; one more per dictionary, over the collapsed shadow (see _scan_shadow). Apart,
+        # patterns; one more per dictionary, over the spaced shadow (see _scan_shadow). Apart,
         # because a match's cost grows with the program it comes from, and a dictionary of
         # thousands of names is a large one.
         wanted = set(detectors)
@@ -232,19 +232,18 @@ class Scanner:
 
     def _scan_shadow(self, shadow: Shadow) -> list[Finding]:
         """The structured detectors on the shadow, then the dictionaries on the shadow with every
-        run of whitespace, hyphens and underscores made one space (a name written across a line
-        break, a tab or a hyphen reads as written with a space); a name overlapping a structured
-        finding is left to it."""
+        whitespace, hyphen and underscore made a space (their patterns take any run of spaces
+        between words: a name written across a line break, a tab or a hyphen reads as written with
+        a space); a name overlapping a structured finding is left to it."""
         found = [self._finding(shadow, kind, s, e) for kind, s, e in self._find(shadow.value)]
         if not self._dictionaries:
             return found
-        collapsed = Shadow.collapsed(shadow.value)
+        text = spaced(shadow.value)  # one for one: its offsets are the shadow's
         names: list[Finding] = []
-        data = collapsed.value.encode("utf-8", "surrogatepass")
+        data = text.encode("utf-8", "surrogatepass")
         for kind, rx in self._dictionaries:
-            for _, s, e in engine.matches(rx, {1: kind}, [1], collapsed.value, data):
-                a, b = collapsed.span(s, e)
-                names.append(self._finding(shadow, kind, a, b))
+            for _, s, e in engine.matches(rx, {1: kind}, [1], text, data):
+                names.append(self._finding(shadow, kind, s, e))
         names.sort(key=lambda f: f.start)
         return _merge(found, names)
 

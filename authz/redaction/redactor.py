@@ -56,6 +56,15 @@ class Redactor:
     def text(self, value: str) -> str:
         return self.texts([value])[0]
 
+    def edits(self, text: str) -> list[tuple[Finding, str | None]]:
+        """The findings in ``text`` (counted), each with what replaces it (None: allowed), for a
+        caller that writes the replacements itself (the query string, into its encoded form)."""
+        out: list[tuple[Finding, str | None]] = []
+        for f in self.scanner.scan(text):
+            self.found[f.type] += 1
+            out.append((f, self.replacement(f)))
+        return out
+
     def texts(self, values: list[str], *, joined: bool = False) -> list[str]:
         """Redact many strings with one scan. Each string changes only inside the spans of its
         findings: everything else goes back exactly as it came (the shadow detection ran on is

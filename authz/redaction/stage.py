@@ -132,7 +132,7 @@ class RedactionStage(Stage):
         body = ctx.view.body
         started = time.perf_counter()
         red = self.redactor(rule)
-        header_values = scan_request_parts(red, ctx.request, self.cfg.headers, query=self.cfg.query)
+        parts = scan_request_parts(red, ctx.request, self.cfg.headers, query=self.cfg.query)
         parts_changed, red.changed = red.changed, False
         if body.kind == "none" and not red.found:
             return
@@ -175,8 +175,10 @@ class RedactionStage(Stage):
             if held:
                 await self._require_approval(ctx, rule, held)
         m.set_header(self.cfg.sensitivity_header, ",".join(categories))
-        for name, value in header_values.items():
+        for name, value in parts.headers.items():
             m.set_header(name, value)
+        if parts.path is not None:
+            m.set_header(":path", parts.path)  # the query with its values masked, all else as sent
         if out is not None and body_changed:
             out.replace(new)
             ACTIONS.labels(action="redacted").inc()
