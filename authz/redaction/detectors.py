@@ -22,19 +22,22 @@ import re2
 
 from authz.redaction import engine
 from authz.redaction.dictionary import LEGAL_FORMS, dictionary_pattern
+from authz.redaction.ner import PersonNames
 from authz.redaction.shadow import Shadow, spaced
 from authz.redaction.validators import IBAN_LENGTHS, VALIDATORS, compact, luhn, valid_iban
 
-__all__ = ["CATEGORIES", "PATTERNS", "Finding", "ScanTooComplex", "Scanner", "compile_custom", "luhn", "normalize",
-           "valid_iban"]
+__all__ = ["CATEGORIES", "MODEL_DETECTORS", "PATTERNS", "Finding", "ScanTooComplex", "Scanner", "compile_custom",
+           "luhn", "normalize", "valid_iban"]
 
 # type -> category; the sensitivity header names categories.
 CATEGORIES = {
     "email": "pii", "phone": "pii", "card": "pii", "ssn": "pii", "iban": "pii", "ipv4": "pii", "ipv6": "pii",
     "aws_key": "secret", "github_token": "secret", "openai_key": "secret", "anthropic_key": "secret",
     "slack_token": "secret", "jwt": "secret", "private_key": "secret", "password": "secret",
-    "cloud_key": "secret", "token": "secret",
+    "cloud_key": "secret", "token": "secret", "person": "pii",
 }
+# Detectors backed by a model (``authz.redaction.ner``, the ``authz[ner]`` extra): off unless listed.
+MODEL_DETECTORS = ("person",)
 
 # Between the digit groups of a number: a short run of spaces, dashes, dots, slashes or line
 # breaks (the shadow has already made every Unicode dash a "-" and every space a " ").
@@ -163,7 +166,8 @@ class Scanner:
 
     def __init__(self, detectors: Iterable[str], dictionaries: Mapping[str, Iterable[str]] | None = None,
                  custom: Mapping[str, str] | None = None, *, decoding: Decoding | None = Decoding(),
-                 variants: Mapping[str, Sequence[Sequence[str]]] | None = None) -> None:
+                 variants: Mapping[str, Sequence[Sequence[str]]] | None = None,
+                 names: PersonNames | None = None) -> None:
         # One alternation, one pass over the shadow, for the structured detectors and custom
         # patterns; one more per dictionary, over the spaced shadow (see _scan_shadow). Apart,
         # because a match's cost grows with the program it comes from, and a dictionary of
@@ -210,15 +214,20 @@ class Scanner:
         if self._specific is not None:
             self._specific_kinds = {i: self.types[g] for g, i in self._specific.groupindex.items()}
         self.decoding = decoding
+        self.names = names  # the person detector (a NER model), when listed
 
     # --- the scan ----------------------------------------------------------------------------------
 
-    def scan(self, text: str) -> list[Finding]:
-        """Findings in ``text``, in order, never overlapping, with spans of ``text`` itself."""
-        if (self._combined is None and not self._dictionaries) or not text:
+    def scan(self, text: str, *, names: bool = True) -> list[Finding]:
+        """Findings in ``text``, in order, never overlapping, with spans of ``text`` itself.
+        ``names``: the person detector reads it too, when there is one (not for the short
+        windows where two pieces meet, read again only to join a value split mid-word)."""
+        if (self._combined is None and not self._dictionaries and self.names is None) or not text:
             return []
         shadow = Shadow(text)
         found = self._scan_shadow(shadow)
+        if names and self.names is not None:
+            found = _merge(found, self._names(shadow))
         dec = self.decoding
         if dec is not None and dec.types:
             if dec.escapes and ("&" in text or "%" in text):
@@ -246,6 +255,15 @@ class Scanner:
                 names.append(self._finding(shadow, kind, s, e))
         names.sort(key=lambda f: f.start)
         return _merge(found, names)
+
+    def _names(self, shadow: Shadow) -> list[Finding]:
+        """Person names the model finds in the shadow (after every other detector: a name inside
+        a structured finding or a dictionary term is left to it)."""
+        assert self.names is not None
+        if len(shadow.value) > self.names.max_chars:
+            raise ScanTooComplex(f"the text is longer than the {self.names.max_chars} characters the person "
+                                 "detector reads (redaction.ner.max_chars)")
+        return [self._finding(shadow, "person", s, e) for s, e in self.names.spans(shadow.value)]
 
     def iter_types(self, text: str) -> Iterator[str]:
         for f in self.scan(text):

@@ -132,7 +132,7 @@ class Redactor:
             offsets.append(pos)
             pos += len(t) + len(SEPARATOR)
         extra: list[Finding] = []
-        for f in self.scanner.scan(joined):
+        for f in self.scanner.scan(joined, names=False):
             k = bisect.bisect_right(offsets, f.start) - 1
             i, tail_start, tail = windows[k]
             a, b = f.start - offsets[k], f.end - offsets[k]

@@ -66,7 +66,8 @@ class RedactionStage(Stage):
         self.categories = cfg.categories()
         self.scanner = Scanner(cfg.detectors, {d.name: d.all_terms() for d in cfg.dictionaries},
                                {p.name: p.regex for p in cfg.patterns}, decoding=cfg.decoding.decoding(),
-                               variants={d.name: d.variants for d in cfg.dictionaries if d.variants is not None})
+                               variants={d.name: d.variants for d in cfg.dictionaries if d.variants is not None},
+                               names=cfg.ner.person_names() if cfg.person else None)
         compiled = tuple((r, CompiledMatch(r.match), CompiledConditions(r.when)) for r in cfg.rules)
         self.rules = tuple(c for c in compiled if c[0].scans_requests)
         self.response_rules = tuple(c for c in compiled if c[0].scans_responses)
