@@ -9,6 +9,7 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -116,13 +117,28 @@ class Redactor:
     def _across(self, values: list[str], starts: list[int], findings: list[Finding]) -> list[Finding]:
         """Findings split mid-word between two adjacent pieces (``AKIAIOSF`` | ``ODNN7EXAMPLE``,
         ``oscar@`` | ``acme.com``), which the space joining them hides: the ends of each such
-        pair are scanned written together, in one scan for all pairs."""
+        pair are scanned written together, in one scan for all pairs.
+
+        A value found there that overlaps a finding of the main scan is dropped (the main scan's
+        stands), so each end is read only up to the nearest finding of the main scan: a pair
+        whose last or first character is already in a finding is not read again."""
         windows: list[tuple[int, int, int]] = []  # piece, where its tail starts, tail length
         texts: list[str] = []
+        found_starts = [f.start for f in findings]
+        found_ends = [f.end for f in findings]  # in order too: findings never overlap
         for i in range(len(values) - 1):
-            left, right = values[i][-ACROSS:], values[i + 1][:ACROSS]
+            end = starts[i] + len(values[i])
+            k = bisect.bisect_right(found_starts, end) - 1  # the last finding starting before the join
+            if k >= 0 and found_ends[k] > end - 1:
+                continue  # it covers the last character of the piece (or the join)
+            tail_start = max(end - ACROSS, starts[i], found_ends[k] if k >= 0 else 0)
+            head_end = starts[i + 1] + min(ACROSS, len(values[i + 1]))
+            if k + 1 < len(findings):
+                head_end = min(head_end, found_starts[k + 1])
+            left = values[i][tail_start - starts[i]:]
+            right = values[i + 1][:head_end - starts[i + 1]]
             if left and right and left[-1] in _WORDISH and right[0] in _WORDISH and _split_value(left, right):
-                windows.append((i, starts[i] + len(values[i]) - len(left), len(left)))
+                windows.append((i, tail_start, len(left)))
                 texts.append(left + right)
         if not windows:
             return findings
@@ -182,6 +198,8 @@ SEPARATOR = "\n\x00\n"  # no detector matches across it
 ACROSS = 32                # characters of each side scanned together where two pieces meet mid-word
 _WORDISH = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ@._+-%&#=")
 SOFT = " "                # a space: values split across pieces are found across it
+_TAIL_MARK = re.compile(r"[0-9@A-Z]")
+_HEAD_MARK = re.compile(r"[0-9@]")
 
 
 # Strings under these keys name the structure of a message (its type, role, model, ids), not
@@ -200,6 +218,8 @@ def _split_value(left: str, right: str) -> bool:
     again."""
     tail = left.rsplit(None, 1)[-1] if not left[-1].isspace() else ""
     head = right.split(None, 1)[0] if not right[0].isspace() else ""
+    if tail.isascii() and head.isascii():  # the common case, in C
+        return _TAIL_MARK.search(tail) is not None or _HEAD_MARK.search(head) is not None
     return any(c.isdigit() or c == "@" or c.isupper() for c in tail) or any(c.isdigit() or c == "@" for c in head)
 
 
