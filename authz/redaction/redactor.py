@@ -18,6 +18,18 @@ from authz.redaction.detectors import Finding, Scanner, merge_findings
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
 
 
+class _Stars(dict[int, str]):
+    """``str.translate`` table: each letter or digit (of any script) to ``*``, the rest kept."""
+
+    def __missing__(self, cp: int) -> str:
+        value = "*" if chr(cp).isalnum() else chr(cp)
+        self[cp] = value
+        return value
+
+
+_STARS = _Stars()
+
+
 class Redactor:
     """One request's redaction: placeholders are numbered consistently within it."""
 
@@ -46,10 +58,12 @@ class Redactor:
             return f"[{f.type.upper()}:{digest}]"
         # mask: on the text as written, or on its decoded shadow when it was written encoded
         value = f.norm if f.norm and ("&" in f.value or "%" in f.value) else f.value
-        if f.type in MASK_LAST4:
-            digits = [i for i, c in enumerate(value) if c.isalnum()]
-            keep = set(digits[-4:])
-            return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(value))
+        if f.type in MASK_LAST4:  # every letter and digit a "*" but the last four
+            k, kept = len(value), 0
+            while k > 0 and kept < 4:
+                k -= 1
+                kept += value[k].isalnum()
+            return value[:k].translate(_STARS) + value[k:]
         if f.type == "email" and "@" in value:
             return "***@" + value.rsplit("@", 1)[1]
         return f"[REDACTED:{f.type}]"
@@ -90,6 +104,14 @@ class Redactor:
         cursor = list(starts)
         for f in findings:
             first = bisect.bisect_right(starts, f.start) - 1
+            if f.end <= starts[first] + len(values[first]):  # inside one string: the common case
+                self.found[f.type] += 1
+                new = self.replacement(f)
+                if new is not None:
+                    out[first] += (text[cursor[first]:f.start], new)
+                    cursor[first] = f.end
+                    self.changed = True
+                continue
             last = bisect.bisect_right(starts, f.end - 1) - 1
             if last != first:
                 if not joined:
