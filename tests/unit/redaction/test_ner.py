@@ -3,11 +3,16 @@ default, refused at load with a clear message when listed without the model, and
 wired into the same findings and masking as every other detector (spans of the original text,
 nothing else changed)."""
 
+# ruff: noqa: RUF001  (look-alike and full-width letters are the point)
+
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz.config import parse_config
 from authz.errors import ConfigError
@@ -76,3 +81,25 @@ def test_text_longer_than_the_model_reads_is_refused_not_read_in_part(names):
 def test_listing_person_with_the_model_installed_loads():
     cfg = parse_config(CONFIG.format(model=MODEL), env={}).redaction
     assert cfg.person and cfg.ner.model == MODEL
+
+
+NOISE = ["👨\u200d👩\u200d👧", "می\u200cخواهم", "שָׁלוֹם", "e\u0301te\u0301", "ﬁnance", "Ｆｕｌｌ", "\u200f", "café", "日本語",
+         "the", "forecast", "shows", "growth", "\u00a0", "—", "oscar@acme.com", "Maria Gonzalez", "John Smith",
+         "Dr. Priya Raman", "Maria\u200b Gonzalez"]
+
+
+@needs_model
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(NOISE), max_size=10))
+def test_only_the_spans_of_findings_change_names_included(names, words):
+    text = " ".join(["Please", "ask", *words, "today."])
+    scanner = Scanner(PATTERNS, names=names)
+    found = scanner.scan(text)
+    out = Redactor(scanner, lambda t: "placeholder").text(text)
+    expected, pos = [], 0
+    for f in found:
+        assert text[f.start:f.end] == f.value
+        expected += [text[pos:f.start], f"[{f.type.upper()}_", "#"]
+        pos = f.end
+    pattern = "".join(re.escape(p) if p != "#" else r"\d+\]" for p in [*expected, text[pos:]])
+    assert re.fullmatch(pattern, out, re.DOTALL), (text, out)
