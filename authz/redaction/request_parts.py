@@ -93,7 +93,10 @@ def _query(red: Redactor, request: Request) -> str | None:
 
 
 def _param(raw: str) -> _Param:
+    """One parameter; one without ``=`` (``?oscar%40acme.com``) is all value."""
     name_raw, eq, value_raw = raw.partition("=")
+    if not eq:
+        name_raw, value_raw = "", raw
     name, _ = _decode(name_raw)
     value, offsets = _decode(value_raw)
     return _Param(raw, len(name_raw) + len(eq), name + eq + value, len(name) + len(eq), offsets)

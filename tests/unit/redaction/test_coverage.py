@@ -88,6 +88,12 @@ async def test_a_query_value_with_escaped_multibyte_characters_maps_back_exactly
     assert ctx.mutations.set_headers[":path"] == "/v1/chat/completions?q=caf%C3%A9%20***%40acme.com%FF"
 
 
+async def test_a_parameter_without_a_name_is_all_value():
+    ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?oscar%40acme.com&x")
+    await stage().on_request(ctx)
+    assert ctx.mutations.set_headers[":path"] == "/v1/chat/completions?***%40acme.com&x"
+
+
 async def test_a_query_without_findings_is_left_alone():
     ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?q=hello+world&n=3")
     await stage().on_request(ctx)
