@@ -182,6 +182,13 @@ def test_a_value_in_the_query_string_reaches_the_model_masked_and_nothing_else_c
     assert "oscar%40" not in r.text and "1488" not in r.text  # no header carries the original path
 
 
+def test_a_get_without_a_body_reaches_the_upstream_with_its_query_masked(stack):
+    token = stack.token("oscar", roles=["accounting"])
+    r = stack.http.get("/v1/models?owner=oscar%40acme.com&limit=5", headers=stack.auth(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["echo"]["path"] == "/v1/models?owner=***%40acme.com&limit=5"
+
+
 def test_a_value_in_a_query_parameter_name_is_refused(stack):
     token = stack.token("oscar", roles=["accounting"])
     r = stack.http.post("/v1/chat/completions?oscar%40acme.com=1", headers={**stack.auth(token)},
