@@ -144,7 +144,8 @@ def _headers(request: web.Request) -> dict[str, str]:
 
 
 def _echo(request: web.Request, body: Any = None) -> dict[str, Any]:
-    return {"upstream": request.app[NAME], "echo": {"headers": _headers(request), "body": body}}
+    return {"upstream": request.app[NAME],
+            "echo": {"headers": _headers(request), "body": body, "path": request.raw_path}}
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

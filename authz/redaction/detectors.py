@@ -22,19 +22,22 @@ import re2
 
 from authz.redaction import engine
 from authz.redaction.dictionary import LEGAL_FORMS, dictionary_pattern
-from authz.redaction.shadow import Shadow
+from authz.redaction.ner import PersonNames
+from authz.redaction.shadow import Shadow, spaced
 from authz.redaction.validators import IBAN_LENGTHS, VALIDATORS, compact, luhn, valid_iban
 
-__all__ = ["CATEGORIES", "PATTERNS", "Finding", "ScanTooComplex", "Scanner", "compile_custom", "luhn", "normalize",
-           "valid_iban"]
+__all__ = ["CATEGORIES", "MODEL_DETECTORS", "PATTERNS", "Finding", "ScanTooComplex", "Scanner", "compile_custom",
+           "luhn", "normalize", "valid_iban"]
 
 # type -> category; the sensitivity header names categories.
 CATEGORIES = {
     "email": "pii", "phone": "pii", "card": "pii", "ssn": "pii", "iban": "pii", "ipv4": "pii", "ipv6": "pii",
     "aws_key": "secret", "github_token": "secret", "openai_key": "secret", "anthropic_key": "secret",
     "slack_token": "secret", "jwt": "secret", "private_key": "secret", "password": "secret",
-    "cloud_key": "secret", "token": "secret",
+    "cloud_key": "secret", "token": "secret", "person": "pii",
 }
+# Detectors backed by a model (``authz.redaction.ner``, the ``authz[ner]`` extra): off unless listed.
+MODEL_DETECTORS = ("person",)
 
 # Between the digit groups of a number: a short run of spaces, dashes, dots, slashes or line
 # breaks (the shadow has already made every Unicode dash a "-" and every space a " ").
@@ -163,9 +166,10 @@ class Scanner:
 
     def __init__(self, detectors: Iterable[str], dictionaries: Mapping[str, Iterable[str]] | None = None,
                  custom: Mapping[str, str] | None = None, *, decoding: Decoding | None = Decoding(),
-                 variants: Mapping[str, Sequence[Sequence[str]]] | None = None) -> None:
+                 variants: Mapping[str, Sequence[Sequence[str]]] | None = None,
+                 names: PersonNames | None = None) -> None:
         # One alternation, one pass over the shadow, for the structured detectors and custom
-        # patterns; one more per dictionary, over the collapsed shadow (see _scan_shadow). Apart,
+        # patterns; one more per dictionary, over the spaced shadow (see _scan_shadow). Apart,
         # because a match's cost grows with the program it comes from, and a dictionary of
         # thousands of names is a large one.
         wanted = set(detectors)
@@ -210,15 +214,20 @@ class Scanner:
         if self._specific is not None:
             self._specific_kinds = {i: self.types[g] for g, i in self._specific.groupindex.items()}
         self.decoding = decoding
+        self.names = names  # the person detector (a NER model), when listed
 
     # --- the scan ----------------------------------------------------------------------------------
 
-    def scan(self, text: str) -> list[Finding]:
-        """Findings in ``text``, in order, never overlapping, with spans of ``text`` itself."""
-        if (self._combined is None and not self._dictionaries) or not text:
+    def scan(self, text: str, *, names: bool = True) -> list[Finding]:
+        """Findings in ``text``, in order, never overlapping, with spans of ``text`` itself.
+        ``names``: the person detector reads it too, when there is one (not for the short
+        windows where two pieces meet, read again only to join a value split mid-word)."""
+        if (self._combined is None and not self._dictionaries and self.names is None) or not text:
             return []
         shadow = Shadow(text)
         found = self._scan_shadow(shadow)
+        if names and self.names is not None:
+            found = _merge(found, self._names(shadow))
         dec = self.decoding
         if dec is not None and dec.types:
             if dec.escapes and ("&" in text or "%" in text):
@@ -232,21 +241,29 @@ class Scanner:
 
     def _scan_shadow(self, shadow: Shadow) -> list[Finding]:
         """The structured detectors on the shadow, then the dictionaries on the shadow with every
-        run of whitespace, hyphens and underscores made one space (a name written across a line
-        break, a tab or a hyphen reads as written with a space); a name overlapping a structured
-        finding is left to it."""
+        whitespace, hyphen and underscore made a space (their patterns take any run of spaces
+        between words: a name written across a line break, a tab or a hyphen reads as written with
+        a space); a name overlapping a structured finding is left to it."""
         found = [self._finding(shadow, kind, s, e) for kind, s, e in self._find(shadow.value)]
         if not self._dictionaries:
             return found
-        collapsed = Shadow.collapsed(shadow.value)
+        text = spaced(shadow.value)  # one for one: its offsets are the shadow's
         names: list[Finding] = []
-        data = collapsed.value.encode("utf-8", "surrogatepass")
+        data = text.encode("utf-8", "surrogatepass")
         for kind, rx in self._dictionaries:
-            for _, s, e in engine.matches(rx, {1: kind}, [1], collapsed.value, data):
-                a, b = collapsed.span(s, e)
-                names.append(self._finding(shadow, kind, a, b))
+            for _, s, e in engine.matches(rx, {1: kind}, [1], text, data):
+                names.append(self._finding(shadow, kind, s, e))
         names.sort(key=lambda f: f.start)
         return _merge(found, names)
+
+    def _names(self, shadow: Shadow) -> list[Finding]:
+        """Person names the model finds in the shadow (after every other detector: a name inside
+        a structured finding or a dictionary term is left to it)."""
+        assert self.names is not None
+        if len(shadow.value) > self.names.max_chars:
+            raise ScanTooComplex(f"the text is longer than the {self.names.max_chars} characters the person "
+                                 "detector reads (redaction.ner.max_chars)")
+        return [self._finding(shadow, "person", s, e) for s, e in self.names.spans(shadow.value)]
 
     def iter_types(self, text: str) -> Iterator[str]:
         for f in self.scan(text):

@@ -1,7 +1,7 @@
-"""Dictionary terms as patterns: whole words, case-insensitive, matched on the collapsed shadow
-(confusable letters and full-width forms folded, every run of whitespace, hyphens and underscores
-made one space: ``Umbrella\\nHealth`` and ``Umbrella-Health`` read ``Umbrella Health``), with the
-words of a term written with one space or none (``UmbrellaHealth``), and a company's legal form in
+"""Dictionary terms as patterns: whole words, case-insensitive, matched on the spaced shadow
+(confusable letters and full-width forms folded, every whitespace, hyphen and underscore made a
+space: ``Umbrella\\nHealth`` and ``Umbrella - Health`` read ``Umbrella Health``), with the words of
+a term written with any run of spaces between them or none (``UmbrellaHealth``), and a company's legal form in
 any of its spellings (``Acme Corp`` finds ``ACME Corporation``; ``Globex`` finds ``Globex Inc.``
 whole).
 
@@ -29,18 +29,15 @@ _WORDS = re.compile(r"[\s\-_]+")
 
 
 def _spellings(words: Sequence[str]) -> list[str]:
-    """A term's words with one space between them, and with none."""
-    out = [" ".join(words)]
-    if len(words) > 1:
-        out.append("".join(words))
-    return out
+    """A term's words with a space between them (read as any run of spaces, or none)."""
+    return [" ".join(words)]
 
 
 def _form(spelling: str) -> str:
     """One spelling of a legal form: its dots optional, a trailing dot allowed."""
     words = [w for w in _WORDS.split(spelling) if w]
     parts = [r"\.?".join(re2.escape(piece) for piece in w.split(".") if piece) for w in words]
-    return " ?".join(parts)
+    return " *".join(parts)
 
 
 def _forms(group: Sequence[str]) -> str:
@@ -72,12 +69,13 @@ def dictionary_pattern(terms: Iterable[str], variants: Sequence[Sequence[str]] =
         (formed.setdefault(form, set()) if form is not None else bare).update(spellings)
     alternatives = []
     for index, cores in sorted(formed.items()):
-        alternatives.append(rf"\b(?:{_literals(cores)}) ?{_forms(variants[index])}")
+        alternatives.append(rf"\b(?:{_literals(cores)}) *{_forms(variants[index])}")
     if bare:
-        suffix = f"(?: ?(?:{'|'.join(_forms(g) for g in variants)}))?" if variants else ""
+        suffix = f"(?: *(?:{'|'.join(_forms(g) for g in variants)}))?" if variants else ""
         alternatives.append(rf"\b(?:{_literals(bare)})\b{suffix}")
     return f"(?i:{'|'.join(alternatives)})" if alternatives else ""
 
 
 def _literals(cores: Iterable[str]) -> str:
-    return "|".join(re2.escape(c) for c in sorted(cores, key=len, reverse=True))
+    # Between words: any run of spaces, or none (the spaced shadow has no other separator).
+    return "|".join(re2.escape(c).replace("\\ ", " *") for c in sorted(cores, key=len, reverse=True))

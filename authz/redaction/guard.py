@@ -24,6 +24,7 @@ from authz.model import Context, Exchange
 from authz.redaction import refusals
 from authz.redaction.answer import AnswerScanner, framing_of, protocol_of
 from authz.redaction.config import RedactionConfig, RedactionRule
+from authz.redaction.detectors import ScanTooComplex
 from authz.redaction.redactor import Redactor
 from authz.redaction.responses import Scan
 from authz.redaction.restore import PlaceholderStore, Restorer, seed
@@ -118,6 +119,9 @@ class AnswerGuard:
         else:
             try:
                 out = scanner.feed(chunk, ex.response_end)
+            except ScanTooComplex as exc:  # beyond the retry budget or the person detector's max_chars
+                scanner.refused, scanner.ended = refusals.unreadable(f"it cannot be scanned within bounds: {exc}"), True
+                out = self._refusal(scanner, scanner.refused)
             except Exception:  # our bug, never the client's: still an error in its protocol, not a reset
                 log.exception("scanning the answer of request %s failed", ex.request.id)
                 scanner.refused, scanner.ended = refusals.unreadable("the sidecar failed"), True

@@ -9,12 +9,25 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from authz.redaction.detectors import Finding, Scanner, merge_findings
 
 MASK_LAST4 = frozenset({"card", "iban", "phone", "ssn"})
+
+
+class _Stars(dict[int, str]):
+    """``str.translate`` table: each letter or digit (of any script) to ``*``, the rest kept."""
+
+    def __missing__(self, cp: int) -> str:
+        value = "*" if chr(cp).isalnum() else chr(cp)
+        self[cp] = value
+        return value
+
+
+_STARS = _Stars()
 
 
 class Redactor:
@@ -45,16 +58,27 @@ class Redactor:
             return f"[{f.type.upper()}:{digest}]"
         # mask: on the text as written, or on its decoded shadow when it was written encoded
         value = f.norm if f.norm and ("&" in f.value or "%" in f.value) else f.value
-        if f.type in MASK_LAST4:
-            digits = [i for i, c in enumerate(value) if c.isalnum()]
-            keep = set(digits[-4:])
-            return "".join(c if (i in keep or not c.isalnum()) else "*" for i, c in enumerate(value))
+        if f.type in MASK_LAST4:  # every letter and digit a "*" but the last four
+            k, kept = len(value), 0
+            while k > 0 and kept < 4:
+                k -= 1
+                kept += value[k].isalnum()
+            return value[:k].translate(_STARS) + value[k:]
         if f.type == "email" and "@" in value:
             return "***@" + value.rsplit("@", 1)[1]
         return f"[REDACTED:{f.type}]"
 
     def text(self, value: str) -> str:
         return self.texts([value])[0]
+
+    def edits(self, text: str) -> list[tuple[Finding, str | None]]:
+        """The findings in ``text`` (counted), each with what replaces it (None: allowed), for a
+        caller that writes the replacements itself (the query string, into its encoded form)."""
+        out: list[tuple[Finding, str | None]] = []
+        for f in self.scanner.scan(text):
+            self.found[f.type] += 1
+            out.append((f, self.replacement(f)))
+        return out
 
     def texts(self, values: list[str], *, joined: bool = False) -> list[str]:
         """Redact many strings with one scan. Each string changes only inside the spans of its
@@ -80,6 +104,14 @@ class Redactor:
         cursor = list(starts)
         for f in findings:
             first = bisect.bisect_right(starts, f.start) - 1
+            if f.end <= starts[first] + len(values[first]):  # inside one string: the common case
+                self.found[f.type] += 1
+                new = self.replacement(f)
+                if new is not None:
+                    out[first] += (text[cursor[first]:f.start], new)
+                    cursor[first] = f.end
+                    self.changed = True
+                continue
             last = bisect.bisect_right(starts, f.end - 1) - 1
             if last != first:
                 if not joined:
@@ -107,13 +139,28 @@ class Redactor:
     def _across(self, values: list[str], starts: list[int], findings: list[Finding]) -> list[Finding]:
         """Findings split mid-word between two adjacent pieces (``AKIAIOSF`` | ``ODNN7EXAMPLE``,
         ``oscar@`` | ``acme.com``), which the space joining them hides: the ends of each such
-        pair are scanned written together, in one scan for all pairs."""
+        pair are scanned written together, in one scan for all pairs.
+
+        A value found there that overlaps a finding of the main scan is dropped (the main scan's
+        stands), so each end is read only up to the nearest finding of the main scan: a pair
+        whose last or first character is already in a finding is not read again."""
         windows: list[tuple[int, int, int]] = []  # piece, where its tail starts, tail length
         texts: list[str] = []
+        found_starts = [f.start for f in findings]
+        found_ends = [f.end for f in findings]  # in order too: findings never overlap
         for i in range(len(values) - 1):
-            left, right = values[i][-ACROSS:], values[i + 1][:ACROSS]
+            end = starts[i] + len(values[i])
+            k = bisect.bisect_right(found_starts, end) - 1  # the last finding starting before the join
+            if k >= 0 and found_ends[k] > end - 1:
+                continue  # it covers the last character of the piece (or the join)
+            tail_start = max(end - ACROSS, starts[i], found_ends[k] if k >= 0 else 0)
+            head_end = starts[i + 1] + min(ACROSS, len(values[i + 1]))
+            if k + 1 < len(findings):
+                head_end = min(head_end, found_starts[k + 1])
+            left = values[i][tail_start - starts[i]:]
+            right = values[i + 1][:head_end - starts[i + 1]]
             if left and right and left[-1] in _WORDISH and right[0] in _WORDISH and _split_value(left, right):
-                windows.append((i, starts[i] + len(values[i]) - len(left), len(left)))
+                windows.append((i, tail_start, len(left)))
                 texts.append(left + right)
         if not windows:
             return findings
@@ -123,7 +170,7 @@ class Redactor:
             offsets.append(pos)
             pos += len(t) + len(SEPARATOR)
         extra: list[Finding] = []
-        for f in self.scanner.scan(joined):
+        for f in self.scanner.scan(joined, names=False):
             k = bisect.bisect_right(offsets, f.start) - 1
             i, tail_start, tail = windows[k]
             a, b = f.start - offsets[k], f.end - offsets[k]
@@ -173,6 +220,8 @@ SEPARATOR = "\n\x00\n"  # no detector matches across it
 ACROSS = 32                # characters of each side scanned together where two pieces meet mid-word
 _WORDISH = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ@._+-%&#=")
 SOFT = " "                # a space: values split across pieces are found across it
+_TAIL_MARK = re.compile(r"[0-9@A-Z]")
+_HEAD_MARK = re.compile(r"[0-9@]")
 
 
 # Strings under these keys name the structure of a message (its type, role, model, ids), not
@@ -191,6 +240,8 @@ def _split_value(left: str, right: str) -> bool:
     again."""
     tail = left.rsplit(None, 1)[-1] if not left[-1].isspace() else ""
     head = right.split(None, 1)[0] if not right[0].isspace() else ""
+    if tail.isascii() and head.isascii():  # the common case, in C
+        return _TAIL_MARK.search(tail) is not None or _HEAD_MARK.search(head) is not None
     return any(c.isdigit() or c == "@" or c.isupper() for c in tail) or any(c.isdigit() or c == "@" for c in head)
 
 

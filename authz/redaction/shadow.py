@@ -21,9 +21,6 @@ import html
 import re
 import unicodedata
 
-import re2
-
-from authz.redaction import engine
 from authz.redaction.confusables import LATIN_LOOKALIKES
 
 # Letters of other scripts that render like a Latin letter: these first (chosen by hand: the
@@ -88,8 +85,10 @@ class _FoldTable(dict[int, str]):
 FOLD = _FoldTable({cp: chr(cp) for cp in range(128)})
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
-# A run of whitespace, hyphens and underscores that is not just one space (RE2: linear on any run).
-_SEPARATOR_RUN = re2.compile(r"[\s\x0b\-_]*[\t\n\r\x0b\x0c\-_][\s\x0b\-_]*| {2,}")
+# Whitespace, hyphens and underscores, which dictionaries read as spaces.
+_SEPARATORS = "\t\n\r\x0b\x0c-_"
+_TO_SPACE = str.maketrans(dict.fromkeys(_SEPARATORS, " "))
+_TO_SPACE_BYTES = bytes.maketrans(_SEPARATORS.encode(), b" " * len(_SEPARATORS))
 
 # HTML character references and percent-escapes (decoded only where asked: a decoding layer).
 _ENCODED = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)|(?:%[0-9A-Fa-f]{2})+")
@@ -163,34 +162,6 @@ class Shadow:
             self.regular.insert(0, True)
             self._piece(len(self.value), len(text), False)  # the end
 
-    @classmethod
-    def collapsed(cls, text: str) -> Shadow:
-        """``text`` with every run of whitespace, hyphens and underscores other than one space made
-        one space, and the way back (what dictionaries are matched on)."""
-        self = cls.__new__(cls)
-        self.text = text
-        self.starts, self.origins, self.regular = [], [], []
-        out: list[str] = []
-        pos = shadow_pos = 0
-        for start, end in engine.spans(_SEPARATOR_RUN, text):
-            out.append(text[pos:start])
-            shadow_pos += start - pos
-            self._piece(shadow_pos, start, False)
-            self._piece(shadow_pos + 1, end, True)
-            out.append(" ")
-            shadow_pos += 1
-            pos = end
-        if not self.starts:
-            self.value = text
-            return self
-        out.append(text[pos:])
-        self.value = "".join(out)
-        self.starts.insert(0, 0)
-        self.origins.insert(0, 0)
-        self.regular.insert(0, True)
-        self._piece(len(self.value), len(text), False)
-        return self
-
     def _piece(self, shadow_start: int, origin: int, regular: bool) -> None:
         self.starts.append(shadow_start)
         self.origins.append(origin)
@@ -213,3 +184,12 @@ class Shadow:
         if self.regular[k]:
             return origin + (pos - self.starts[k]) + (1 if after else 0)
         return self.origins[k + 1] if after else origin
+
+
+def spaced(shadow: str) -> str:
+    """``shadow`` with every tab, line break, hyphen and underscore made a space, one for one (no
+    offset moves): what dictionaries are matched on, their patterns taking any run of spaces
+    between words (``Umbrella\\nHealth``, ``Umbrella - Health`` read as written with a space)."""
+    if shadow.isascii():
+        return shadow.encode("ascii").translate(_TO_SPACE_BYTES).decode("ascii")
+    return shadow.translate(_TO_SPACE)

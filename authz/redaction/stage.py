@@ -67,7 +67,8 @@ class RedactionStage(Stage):
         self.categories = cfg.categories()
         self.scanner = Scanner(cfg.detectors, {d.name: d.all_terms() for d in cfg.dictionaries},
                                {p.name: p.regex for p in cfg.patterns}, decoding=cfg.decoding.decoding(),
-                               variants={d.name: d.variants for d in cfg.dictionaries if d.variants is not None})
+                               variants={d.name: d.variants for d in cfg.dictionaries if d.variants is not None},
+                               names=cfg.ner.person_names() if cfg.person else None)
         compiled = tuple((r, CompiledMatch(r.match), CompiledConditions(r.when)) for r in cfg.rules)
         self.rules = tuple(c for c in compiled if c[0].scans_requests)
         self.response_rules = tuple(c for c in compiled if c[0].scans_responses)
@@ -137,7 +138,7 @@ class RedactionStage(Stage):
         body = ctx.view.body
         started = time.perf_counter()
         red = self.redactor(rule)
-        header_values = scan_request_parts(red, ctx.request, self.cfg.headers, query=self.cfg.query)
+        parts = scan_request_parts(red, ctx.request, self.cfg.headers, query=self.cfg.query)
         parts_changed, red.changed = red.changed, False
         if body.kind == "none" and not red.found:
             return
@@ -180,8 +181,10 @@ class RedactionStage(Stage):
             if held:
                 await self._require_approval(ctx, rule, held)
         m.set_header(self.cfg.sensitivity_header, ",".join(categories))
-        for name, value in header_values.items():
+        for name, value in parts.headers.items():
             m.set_header(name, value)
+        if parts.path is not None:
+            m.set_header(":path", parts.path)  # the query with its values masked, all else as sent
         if out is not None and body_changed:
             out.replace(new)
             ACTIONS.labels(action="redacted").inc()

@@ -171,9 +171,27 @@ def test_values_split_mid_word_never_reach_the_model(stack):
     assert "AKIAIOSF" not in seen and "ODNN7EXAMPLE" not in seen and "oscar@" not in seen, seen
 
 
-def test_a_value_in_the_query_string_is_refused(stack):
+def test_a_value_in_the_query_string_reaches_the_model_masked_and_nothing_else_changes(stack):
     token = stack.token("oscar", roles=["accounting"])
-    r = stack.http.post("/v1/chat/completions?note=oscar%40acme.com", headers={**stack.auth(token)},
+    query = "a=1&note=mail+oscar%40acme.com+today&b=%7Ex+y&card=4539%201488%200343%206467"
+    r = stack.http.post(f"/v1/chat/completions?{query}", headers={**stack.auth(token)},
+                        json={"model": "gpt-general", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["echo"]["path"] == ("/v1/chat/completions?a=1&note=mail+***%40acme.com+today&b=%7Ex+y"
+                                        "&card=****%20****%20****%206467")
+    assert "oscar%40" not in r.text and "1488" not in r.text  # no header carries the original path
+
+
+def test_a_get_without_a_body_reaches_the_upstream_with_its_query_masked(stack):
+    token = stack.token("oscar", roles=["accounting"])
+    r = stack.http.get("/v1/models?owner=oscar%40acme.com&limit=5", headers=stack.auth(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["echo"]["path"] == "/v1/models?owner=***%40acme.com&limit=5"
+
+
+def test_a_value_in_a_query_parameter_name_is_refused(stack):
+    token = stack.token("oscar", roles=["accounting"])
+    r = stack.http.post("/v1/chat/completions?oscar%40acme.com=1", headers={**stack.auth(token)},
                         json={"model": "gpt-general", "messages": [{"role": "user", "content": "hi"}]})
     assert (r.status_code, r.headers["x-authz-reason"]) == (403, "redaction.query")
     assert "oscar" not in r.text and "email" in r.text

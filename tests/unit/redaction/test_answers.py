@@ -409,3 +409,19 @@ def test_placeholders_on_the_way_back_do_not_stop_the_hold_back():
     assert not channel(lambda: s.redactor(rule))._safe(cut)  # numbered apart: [CUSTOMER_1] twice
     assert channel(lambda: s.probe(rule))._safe(cut)
     assert not channel(lambda: s.probe(rule))._safe(text.index("Corp"))  # a real straddle still is one
+
+
+async def test_an_answer_beyond_the_scan_bounds_is_refused_saying_so(monkeypatch):
+    """The retry budget, or the person detector's max_chars: refused in the protocol's shape."""
+    from authz.redaction.detectors import ScanTooComplex
+
+    s = stage()
+    ctx = await check(s, "/mcp", {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "x"}})
+
+    def too_long(*_: object, **__: object) -> None:
+        raise ScanTooComplex("the text is longer than the 256 characters the person detector reads")
+    monkeypatch.setattr(s.scanner, "scan", too_long)
+    body = json.dumps({"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "x" * 300}]}})
+    out = json.loads(await answer(s, ctx, [body.encode()], "application/json"))
+    assert out["error"]["data"]["reason"] == "redaction.response_unreadable" and out["id"] == 3
+    assert "within bounds" in out["error"]["message"] and "x" * 300 not in json.dumps(out)

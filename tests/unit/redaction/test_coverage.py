@@ -71,19 +71,56 @@ async def test_values_split_across_content_parts_and_messages_are_masked_each_in
     assert out["messages"][1]["content"] == "we met [CUSTOMER_1]" and out["messages"][2]["content"] == " today"
 
 
-async def test_a_finding_in_the_query_string_is_refused_naming_the_type():
-    ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?email=oscar%40acme.com")
+async def test_a_finding_in_a_query_value_is_masked_in_place_and_every_other_byte_kept():
+    query = "a=1&note=mail+oscar%40acme.com+today&b=%7Ex+y&card=4539%201488%200343%206467;z"
+    ctx = ctx_for({"model": "m", "messages": []}, path=f"/v1/chat/completions?{query}")
+    await stage().on_request(ctx)
+    assert ctx.mutations.set_headers[":path"] == (
+        "/v1/chat/completions?a=1&note=mail+***%40acme.com+today&b=%7Ex+y"
+        "&card=%2A%2A%2A%2A%20%2A%2A%2A%2A%20%2A%2A%2A%2A%206467;z".replace("%2A", "*"))
+    assert ctx.facts["redaction"]["found"] == {"card": 1, "email": 1}
+
+
+async def test_a_query_value_with_escaped_multibyte_characters_maps_back_exactly():
+    # "é" as %C3%A9 before the value, a lone invalid byte after it: both kept as sent
+    ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?q=caf%C3%A9%20oscar%40acme.com%FF")
+    await stage().on_request(ctx)
+    assert ctx.mutations.set_headers[":path"] == "/v1/chat/completions?q=caf%C3%A9%20***%40acme.com%FF"
+
+
+async def test_a_parameter_without_a_name_is_all_value():
+    ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?oscar%40acme.com&x")
+    await stage().on_request(ctx)
+    assert ctx.mutations.set_headers[":path"] == "/v1/chat/completions?***%40acme.com&x"
+
+
+async def test_a_query_without_findings_is_left_alone():
+    ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?q=hello+world&n=3")
+    await stage().on_request(ctx)
+    assert ":path" not in ctx.mutations.set_headers
+
+
+async def test_a_finding_in_a_query_parameter_name_is_refused_naming_the_type():
+    ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?oscar%40acme.com=1")
     with pytest.raises(Forbidden) as info:
         await stage().on_request(ctx)
     assert info.value.reason == "redaction.query" and info.value.details["entity_types"] == ["email"]
     assert "oscar" not in info.value.message
 
 
-async def test_a_query_without_body_is_scanned_too():
+async def test_a_query_without_body_is_masked_too():
     ctx = Context(request=Request(id="r", method="GET", scheme="http", host="h",
                                   path="/files?card=4539+1488+0343+6467", headers={}), principal=OSCAR)
-    with pytest.raises(Forbidden):
-        await stage().on_request(ctx)
+    await stage().on_request(ctx)
+    assert ctx.mutations.set_headers[":path"] == "/files?card=****%20****%20****%206467"
+
+
+async def test_a_blocked_type_in_the_query_is_refused_as_blocked():
+    cfg = parse_config(CONFIG.replace("default: mask", "default: mask, email: block"), env={}).redaction
+    ctx = ctx_for({"model": "m", "messages": []}, path="/v1/chat/completions?to=oscar%40acme.com")
+    with pytest.raises(Forbidden) as info:
+        await RedactionStage(cfg, MemoryStore()).on_request(ctx)
+    assert info.value.reason == "redaction.blocked"
 
 
 async def test_configured_headers_are_rewritten():
