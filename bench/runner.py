@@ -16,8 +16,18 @@ from typing import Any
 
 import yaml
 
-from authz.dev.stack import ROOT, ManagedProcess, Ports, RedisNotFound, Stack, http_ok, port_open, start_redis
-from bench import cpu, envoy_bench
+from authz.dev.stack import (
+    ROOT,
+    ManagedProcess,
+    Ports,
+    RedisNotFound,
+    Stack,
+    free_port,
+    http_ok,
+    port_open,
+    start_redis,
+)
+from bench import cpu, envoy_bench, upstream
 from bench.load import run_wrk
 from bench.scenarios import Context, Request, Scenario
 
@@ -111,7 +121,10 @@ def run_scenario(sc: Scenario, settings: Settings, workdir: Path) -> dict[str, A
             stack.stop()
 
 
-def _start(sc: Scenario, settings: Settings, stack: Stack) -> Context:
+def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tuple[str, ...] = (),
+           sidecar_timeout: float = 60) -> Context:
+    """Start what ``sc`` needs on ``stack``'s ports. ``sidecar_prefix`` runs authz under another
+    program (valgrind: bench/instructions.py), given ``sidecar_timeout`` seconds to be ready."""
     ports = stack.ports
     redis_url = None
     if sc.redis:
@@ -129,15 +142,61 @@ def _start(sc: Scenario, settings: Settings, stack: Stack) -> Context:
         assert sc.config is not None
         config = stack.workdir / "authz.yaml"
         config.write_text(yaml.safe_dump(sc.config(ctx), sort_keys=False))
-        stack.start_authz(config)
+        if sidecar_prefix:
+            _start_sidecar(stack, config, sidecar_prefix, sidecar_timeout)
+        else:
+            stack.start_authz(config)
     envoy_config = stack.workdir / "envoy.yaml"
-    envoy_config.write_text(envoy_bench.render(ports, ext_authz=sc.backend != "none"))
+    if sc.upstream is not None:
+        upstream_port = _start_upstream(sc, stack)
+        envoy_config.write_text(envoy_bench.render_path(ports, upstream_port, ext_proc=sc.ext_proc))
+    else:
+        envoy_config.write_text(envoy_bench.render(ports, ext_authz=sc.backend != "none"))
     argv = envoy_bench.envoy_argv(envoy_config, concurrency=settings.envoy_concurrency)
     envoy = ManagedProcess("envoy", argv, cwd=ROOT).start()
     stack.procs["envoy"] = envoy
     envoy.wait_ready(lambda: http_ok(f"http://127.0.0.1:{ports.envoy_admin}/ready"), timeout=60,
                      cancel=stack.cancel)
     return ctx
+
+
+def _start_upstream(sc: Scenario, stack: Stack) -> int:
+    """The canned upstream (its own Envoy) answering what ``sc`` says; returns its port."""
+    assert sc.upstream is not None
+    port, admin = free_port(), free_port()
+    config = stack.workdir / "upstream.yaml"
+    config.write_text(upstream.render(port, admin, sc.upstream()))
+    proc = ManagedProcess("upstream", upstream.envoy_argv(config), cwd=ROOT).start()
+    stack.procs["upstream"] = proc
+    proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), timeout=60, cancel=stack.cancel)
+    return port
+
+
+def _start_sidecar(stack: Stack, config: Path, prefix: tuple[str, ...], timeout: float) -> ManagedProcess:
+    """``authz serve`` as the dev stack starts it (Stack.start_authz), under ``prefix``."""
+    p = stack.ports
+    argv = [*prefix, sys.executable, "-m", "authz", "serve", "--config", str(config),
+            "--grpc-address", f"127.0.0.1:{p.authz_grpc}", "--http-address", f"127.0.0.1:{p.authz_http}"]
+    proc = ManagedProcess("authz", argv, env=stack.env, cwd=ROOT).start()
+    stack.procs["authz"] = proc
+    proc.wait_ready(lambda: http_ok(f"{stack.authz_http}/readyz"), timeout=timeout, cancel=stack.cancel)
+    return proc
+
+
+# What each figure of a whole-path row adds up: the sidecar is whichever answers Check and Process.
+SIDECARS = ("authz", "noop")
+PATH_PROCESSES = ("sidecar", "envoy", "redis")
+
+
+def path_totals(out: dict[str, Any]) -> None:
+    """Add ``sidecar_cpu_us_per_request`` (authz or the do-nothing servicer) and
+    ``path_cpu_us_per_request`` (sidecar + Envoy + Redis: not the upstream, not wrk) in place."""
+    for name in SIDECARS:
+        if f"{name}_cpu_us_per_request" in out:
+            out["sidecar_cpu_us_per_request"] = out[f"{name}_cpu_us_per_request"]
+    parts = [out.get(f"{name}_cpu_us_per_request") for name in PATH_PROCESSES]
+    if out.get("sidecar_cpu_us_per_request") is not None and out.get("envoy_cpu_us_per_request") is not None:
+        out["path_cpu_us_per_request"] = round(sum(p for p in parts if p is not None), 1)
 
 
 def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> dict[str, Any]:
@@ -147,12 +206,17 @@ def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> di
     if status != 200:
         raise ScenarioFailed(f"its request is answered {status} ({text.strip()[:300]}), not 200\n"
                              f"{stack.logs()}")
+    wrong = [f"{w!r} missing" for w in sc.expect if w not in text] + [f"{w!r} present" for w in sc.absent if w in text]
+    if wrong:
+        raise ScenarioFailed(f"its answer is not the one expected ({', '.join(wrong)}): {text.strip()[:500]}\n"
+                             f"{stack.logs()}")
     connections = sc.connections or settings.connections
     load = {"url": url, "seconds": settings.warmup, "connections": connections,
             "threads": settings.wrk_threads, "method": req.method, "headers": req.headers, "body": req.body}
     if settings.warmup > 0:
         run_wrk(**load)
-    pids = {name: p.pid for name, p in stack.procs.items() if name in ("envoy", "noop", "authz", "redis")}
+    pids = {name: p.pid for name, p in stack.procs.items()
+            if name in ("envoy", "noop", "authz", "redis", "upstream")}
     redis_counter = RedisCounter(ctx.redis_url) if ctx.redis_url else None
     before = cpu.CpuSample.take(pids)
     started = time.monotonic()
@@ -161,6 +225,7 @@ def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> di
     after = cpu.CpuSample.take(pids)
     out: dict[str, Any] = {"status": "ok", **dataclasses.asdict(result)}
     out.update(cpu.usage_between(before, after, wall_seconds=wall, requests=result.requests))
+    path_totals(out)
     if redis_counter is not None:
         out.update(redis_counter.since(result.requests))
     dead = [name for name, p in stack.procs.items() if not p.alive()]
