@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -234,6 +235,14 @@ def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["rounds_requests_per_second"] = [round(r["requests_per_second"]) for r in runs]
     chosen["rounds_p50_ms"] = [r["p50_ms"] for r in runs]
+    # CPU per request: each process's own median over the rounds (steadier than the figures of
+    # whichever round had the median throughput).
+    for key in {k for r in runs for k in r if k.endswith("_cpu_us_per_request")}:
+        values = [r[key] for r in runs if key in r]
+        if len(values) == len(runs):
+            chosen[key] = round(statistics.median(values), 1)
+    if all("path_cpu_us_per_request" in r for r in runs):
+        chosen["rounds_path_cpu_us"] = [r["path_cpu_us_per_request"] for r in runs]
     return chosen
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +122,11 @@ def run_scenario(sc: Scenario, settings: Settings, workdir: Path) -> dict[str, A
 
 
 def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tuple[str, ...] = (),
-           sidecar_timeout: float = 60) -> Context:
-    """Start what ``sc`` needs on ``stack``'s ports. ``sidecar_prefix`` runs authz under another
-    program (valgrind: bench/instructions.py), given ``sidecar_timeout`` seconds to be ready."""
+           sidecar_timeout: float = 60, envoy_config_edit: Callable[[Path], None] | None = None) -> Context:
+    """Start what ``sc`` needs on ``stack``'s ports. ``sidecar_prefix`` runs the sidecar (authz or
+    the do-nothing servicer) under another program (valgrind: bench/instructions.py), given
+    ``sidecar_timeout`` seconds to be ready; ``envoy_config_edit`` changes Envoy's config file
+    before Envoy starts."""
     ports = stack.ports
     redis_url = None
     if sc.redis:
@@ -134,10 +136,11 @@ def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tu
         stack.start_issuer()
     ctx = Context(workdir=stack.workdir, issuer_url=stack.issuer_url, redis_url=redis_url)
     if sc.backend == "noop":
-        argv = [sys.executable, "-m", "bench.noop_authz", "--port", str(ports.authz_grpc), *sc.noop_args]
-        noop = ManagedProcess("noop", argv, cwd=ROOT).start()
+        argv = [*sidecar_prefix, sys.executable, "-m", "bench.noop_authz", "--port", str(ports.authz_grpc),
+                *sc.noop_args]
+        noop = ManagedProcess("noop", argv, env=stack.env, cwd=ROOT).start()
         stack.procs["noop"] = noop
-        noop.wait_ready(lambda: port_open(ports.authz_grpc), cancel=stack.cancel)
+        noop.wait_ready(lambda: port_open(ports.authz_grpc), timeout=sidecar_timeout, cancel=stack.cancel)
     elif sc.backend == "authz":
         assert sc.config is not None
         config = stack.workdir / "authz.yaml"
@@ -152,6 +155,8 @@ def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tu
         envoy_config.write_text(envoy_bench.render_path(ports, upstream_port, ext_proc=sc.ext_proc))
     else:
         envoy_config.write_text(envoy_bench.render(ports, ext_authz=sc.backend != "none"))
+    if envoy_config_edit is not None:
+        envoy_config_edit(envoy_config)
     argv = envoy_bench.envoy_argv(envoy_config, concurrency=settings.envoy_concurrency)
     envoy = ManagedProcess("envoy", argv, cwd=ROOT).start()
     stack.procs["envoy"] = envoy
