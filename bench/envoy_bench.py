@@ -12,11 +12,10 @@ there reaches them) and drop only the access log.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import dataclasses
 
 from authz.dev.stack import Ports, envoy_binary, render_envoy_config
 
