@@ -67,9 +67,9 @@ def probe(url: str, req: Request) -> tuple[int, str]:
     r = urllib.request.Request(url, data=req.body or None, headers=dict(req.headers), method=req.method)
     try:
         with urllib.request.urlopen(r, timeout=10) as resp:
-            return resp.status, resp.read(2000).decode("utf-8", "replace")
+            return resp.status, resp.read(1 << 20).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(2000).decode("utf-8", "replace")
+        return exc.code, exc.read(1 << 20).decode("utf-8", "replace")
 
 
 class RedisCounter:

@@ -350,7 +350,7 @@ SCENARIOS: tuple[Scenario, ...] = (
              cpu_target=CpuTarget("issue 22", sidecar_us=1000, path_us=1300)),
     Scenario("llm-chat-sse", "whole path: the same chat, streamed answer (SSE, usage in the last event)",
              "authz", pipeline(), chat(stream=True), issuer=True, redis=True, upstream=upstream.chat_sse,
-             expect=("data: [DONE]", "Thursday")),
+             expect=("data: [DONE]", '"usage"')),
     Scenario("mcp-call", "whole path: reference pipeline, MCP tools/call (argument and result "
              "redaction rules)", "authz", pipeline(), signed_in_mcp_call, issuer=True, redis=True,
              upstream=upstream.mcp_call_result, expect=("You are oscar",)),
