@@ -128,6 +128,8 @@ def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tu
     ``sidecar_timeout`` seconds to be ready; ``envoy_config_edit`` changes Envoy's config file
     before Envoy starts."""
     ports = stack.ports
+    # The canned upstream starts first and is waited for last: its start overlaps the others'.
+    upstream_ready = _start_upstream(sc, stack) if sc.upstream is not None else None
     redis_url = None
     if sc.redis:
         redis_url, redis_proc = start_redis(stack.workdir / "redis")
@@ -150,8 +152,8 @@ def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tu
         else:
             stack.start_authz(config)
     envoy_config = stack.workdir / "envoy.yaml"
-    if sc.upstream is not None:
-        upstream_port = _start_upstream(sc, stack)
+    if upstream_ready is not None:
+        upstream_port = upstream_ready()
         envoy_config.write_text(envoy_bench.render_path(ports, upstream_port, ext_proc=sc.ext_proc))
     else:
         envoy_config.write_text(envoy_bench.render(ports, ext_authz=sc.backend != "none"))
@@ -165,16 +167,20 @@ def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tu
     return ctx
 
 
-def _start_upstream(sc: Scenario, stack: Stack) -> int:
-    """The canned upstream (its own Envoy) answering what ``sc`` says; returns its port."""
+def _start_upstream(sc: Scenario, stack: Stack) -> Callable[[], int]:
+    """Start the canned upstream (its own Envoy) answering what ``sc`` says; the returned call
+    waits until it is ready and gives its port."""
     assert sc.upstream is not None
     port, admin = free_port(), free_port()
     config = stack.workdir / "upstream.yaml"
     config.write_text(upstream.render(port, admin, sc.upstream()))
     proc = ManagedProcess("upstream", upstream.envoy_argv(config), cwd=ROOT).start()
     stack.procs["upstream"] = proc
-    proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), timeout=60, cancel=stack.cancel)
-    return port
+
+    def ready() -> int:
+        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), timeout=60, cancel=stack.cancel)
+        return port
+    return ready
 
 
 def _start_sidecar(stack: Stack, config: Path, prefix: tuple[str, ...], timeout: float) -> ManagedProcess:

@@ -307,7 +307,7 @@ SCENARIOS: tuple[Scenario, ...] = (
              allow_all(decision_log=True), default=False),
     Scenario("identity", "+ bearer token (cached) and signed identity assertion", "authz",
              reference(policy=False), signed_in_mcp_call, issuer=True,
-             target=Target("floor+token", 0.85, "issue 3")),
+             target=Target("floor+token", 0.85, "issue 3"), default=False),
     Scenario("identity-caller-assertion", "identity with the assertion bound to the caller "
              "(binding: caller, re-signed every 30 s)", "authz",
              reference(policy=False, binding="caller"), signed_in_mcp_call, issuer=True, default=False),
@@ -315,7 +315,7 @@ SCENARIOS: tuple[Scenario, ...] = (
              reference(policy=False, assertion=False), signed_in_mcp_call, issuer=True, default=False),
     Scenario("policy", "+ reference MCP policy on the tools/call body", "authz",
              reference(policy=True), signed_in_mcp_call, issuer=True,
-             target=Target("floor+token", 0.80, "issue 4")),
+             target=Target("floor+token", 0.80, "issue 4"), default=False),
     Scenario("policy+audit", "policy with the tamper-evident audit log on (default durability: "
              "answered, each decision record written before Check answers)", "authz",
              reference(policy=True, audit=True), signed_in_mcp_call, issuer=True,
