@@ -20,6 +20,7 @@ counts the scenarios marked ``instructions=True`` once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import os
 import shutil
@@ -38,7 +39,8 @@ from bench import envoy_bench
 from bench.runner import ScenarioFailed, ScenarioSkipped, Settings, _start, signals_held
 from bench.scenarios import SCENARIOS, Scenario
 
-REQUESTS = 100          # counted per run (~20 s under callgrind for the LLM path)
+REQUESTS = 200          # counted per run (~30 s under callgrind for the LLM path); at 100, the
+                        # time-driven work (timers, idle wake-ups) moved the figure by up to 1%
 WARMUP = 100            # before instrumentation (native speed, nearly)
 WARMUP_INSTRUMENTED = 20
 # Under callgrind the sidecar runs ~50x slower: Envoy's timeouts for the sidecar (0.5 s for
@@ -79,6 +81,21 @@ def slow_sidecar_edit(cfg: dict[str, Any]) -> None:
             inner["message_timeout"] = SLOW_TIMEOUT
 
 
+def slow_store(cfg: dict[str, Any]) -> dict[str, Any]:
+    """authz's config with a store timeout a sidecar under valgrind can meet (the scenario's
+    100 ms would refuse some requests with 503)."""
+    if isinstance(cfg.get("store"), dict) and cfg["store"].get("redis_url"):
+        cfg["store"]["timeout_ms"] = 10_000
+    return cfg
+
+
+def _under_valgrind(sc: Scenario) -> Scenario:
+    config = sc.config
+    if config is None:
+        return sc
+    return dataclasses.replace(sc, config=lambda ctx: slow_store(config(ctx)))
+
+
 def _slow_down(path: Path) -> None:
     cfg = yaml.safe_load(path.read_text())
     slow_sidecar_edit(cfg)
@@ -98,6 +115,7 @@ def count(sc: Scenario, workdir: Path, *, requests: int = REQUESTS, warmup: int 
     if sc.backend == "none":
         raise ValueError(f"scenario {sc.name} has no sidecar to count")
     valgrind, control = ensure_valgrind()
+    sc = _under_valgrind(sc)
     workdir.mkdir(parents=True, exist_ok=True)
     out_file = workdir / "callgrind.out"
     prefix = (valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}.%p",
@@ -137,10 +155,11 @@ def count(sc: Scenario, workdir: Path, *, requests: int = REQUESTS, warmup: int 
         subprocess.run([control, "--dump", str(sidecar.pid)], check=True, capture_output=True, timeout=60)
         conn.close()
         total = _totals(workdir)
-        if failed or bad:
+        if failed:
             raise ScenarioFailed(f"{len(failed)} of the {requests} counted requests (and {len(bad)} of the "
-                                 f"warm-up) were not answered 200 (first: {(failed or bad)[0]})\n{stack.logs()}")
+                                 f"warm-up) were not answered 200 (first: {failed[0]})\n{stack.logs()}")
         return {"instructions_per_request": round(total / requests), "requests": requests,
+                "warmup_not_200": len(bad),
                 "seconds": {"start": round(t1 - t0, 1), "warmup": round(t2 - t1, 1),
                             "instrumented": round(started - t2, 1), "counted": round(seconds, 1)}}
     except RedisNotFound as exc:
