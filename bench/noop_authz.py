@@ -4,7 +4,9 @@
 ``python -m bench.noop_authz --port 9001 [--event-loop uvloop] [--request-body MODE]
 [--response-body MODE]``. The ext_proc servicer answers every message with an empty answer of
 the matching kind; answering the request headers it asks for the body modes given (what authz
-asks for on the scenario's request), so Envoy sends the same messages it sends authz.
+asks for on the scenario's request), so Envoy sends the same messages it sends authz. Given body
+modes, Check also leaves a hand-off in Envoy's dynamic metadata as authz does, without which the
+reference Envoy config opens no ext_proc stream.
 Whatever authz costs on top of this is ours.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,9 +33,23 @@ BODY_MODES = {"none": Mode.NONE, "streamed": Mode.STREAMED, "partial": Mode.BUFF
               "buffered": Mode.BUFFERED}
 
 
-class Noop(external_auth_pb2_grpc.AuthorizationServicer):
-    async def Check(self, request, context):
+def check_answer(handoff: str) -> external_auth_pb2.CheckResponse:
+    """OK; with ``handoff``, carrying it as authz's hand-off to Process (dynamic metadata
+    ``authz``): the reference Envoy config skips ext_proc for a request without one."""
+    if not handoff:
         return OK
+    answer = external_auth_pb2.CheckResponse()
+    answer.CopyFrom(OK)
+    answer.dynamic_metadata.update({"authz": handoff})
+    return answer
+
+
+class Noop(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, handoff: str = "") -> None:
+        self.answer = check_answer(handoff)
+
+    async def Check(self, request, context):
+        return self.answer
 
 
 def answers(request_body: str, response_body: str) -> dict[str, proc_pb2.ProcessingResponse]:
@@ -66,7 +83,11 @@ class NoopProcessor(proc_grpc.ExternalProcessorServicer):
 
 async def serve(port: int, request_body: str = "none", response_body: str = "none") -> None:
     server = grpc.aio.server()
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Noop(), server)
+    # Asked for bodies, Check leaves a hand-off as authz does when Process has work (its size is
+    # about that of authz's for the chat request's modes, principal and action).
+    handoff = "" if request_body == response_body == "none" else json.dumps(
+        {"rb": request_body, "pb": response_body, "p": {"sub": "oscar", "roles": ["accounting"]}})
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Noop(handoff), server)
     proc_grpc.add_ExternalProcessorServicer_to_server(NoopProcessor(request_body, response_body), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

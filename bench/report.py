@@ -185,6 +185,8 @@ def path_notes(r: Mapping[str, Any]) -> str:
         out.append(f"NOT CLEAN: {r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} socket errors")
     if len(r.get("rounds_requests_per_second", ())) > 1:
         out.append("rounds " + "/".join(str(x) for x in r["rounds_requests_per_second"]))
+    if "ext_proc_streams_per_request" in r:
+        out.append(f"ext_proc streams/req {r['ext_proc_streams_per_request']:.2f}")
     if len(r.get("rounds_path_cpu_us", ())) > 1:
         out.append("path us " + "/".join(f"{x:.0f}" for x in r["rounds_path_cpu_us"]))
     if r.get("other_cpu_percent", 0) > BUSY_MACHINE_PERCENT:

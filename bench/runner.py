@@ -210,6 +210,15 @@ def path_totals(out: dict[str, Any]) -> None:
         out["path_cpu_us_per_request"] = round(sum(p for p in parts if p is not None), 1)
 
 
+def ext_proc_streams(admin: str) -> int:
+    """ext_proc streams Envoy has opened (its ``ext_proc.streams_started`` counter; 0 without the
+    filter)."""
+    with urllib.request.urlopen(f"{admin}/stats?filter=streams_started", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines()
+               if line.split(":", 1)[0].endswith("ext_proc.streams_started"))
+
+
 def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> dict[str, Any]:
     req = sc.request(ctx)
     url = f"{stack.url}{req.path}"
@@ -229,6 +238,8 @@ def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> di
     pids = {name: p.pid for name, p in stack.procs.items()
             if name in ("envoy", "noop", "authz", "redis", "upstream")}
     redis_counter = RedisCounter(ctx.redis_url) if ctx.redis_url else None
+    admin = f"http://127.0.0.1:{stack.ports.envoy_admin}"
+    streams = ext_proc_streams(admin) if sc.upstream is not None else None
     before = cpu.CpuSample.take(pids)
     started = time.monotonic()
     result = run_wrk(**{**load, "seconds": settings.duration})
@@ -237,6 +248,10 @@ def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> di
     out: dict[str, Any] = {"status": "ok", **dataclasses.asdict(result)}
     out.update(cpu.usage_between(before, after, wall_seconds=wall, requests=result.requests))
     path_totals(out)
+    if streams is not None:
+        # wrk counts the requests answered; a few in flight when it stopped opened a stream too.
+        opened = ext_proc_streams(admin) - streams
+        out["ext_proc_streams_per_request"] = round(opened / max(1, result.requests), 3)
     if redis_counter is not None:
         out.update(redis_counter.since(result.requests))
     dead = [name for name, p in stack.procs.items() if not p.alive()]

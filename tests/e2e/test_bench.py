@@ -41,6 +41,12 @@ def test_a_whole_path_scenario_runs_and_measures_every_process(sc, tmp_path: Pat
     assert r["path_cpu_us_per_request"] >= r["sidecar_cpu_us_per_request"] + r["envoy_cpu_us_per_request"]
     if sc.redis:
         assert "redis_cpu_us_per_request" in r
+    # Envoy's own count: every request of the floor and of the LLM chat opens a Process stream
+    # (they have work for it), none does without the ext_proc filter.
+    if sc.name in ("path-floor", "llm-chat", "llm-chat-sse", "mcp-list"):
+        assert r["ext_proc_streams_per_request"] >= 0.99, r
+    if not sc.ext_proc:
+        assert r["ext_proc_streams_per_request"] == 0
     RESULTS[sc.name] = {**r, "about": sc.about}
 
 
