@@ -82,6 +82,8 @@ def test_the_default_group_has_the_whole_path_and_the_core_check():
 
 def test_cpu_is_summed_over_a_process_and_its_children(tmp_path):
     """A sidecar with workers (server.workers) is measured whole: a child's CPU counts."""
+    import os
+    import signal
     import subprocess
     import sys
     import time
@@ -91,7 +93,7 @@ def test_cpu_is_summed_over_a_process_and_its_children(tmp_path):
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\ntime.sleep(30)"
     parent = subprocess.Popen([sys.executable, "-c",
                                f"import subprocess, sys, time\np = subprocess.Popen([sys.executable, '-c', {burn!r}])\n"
-                               "time.sleep(30)"])
+                               "time.sleep(30)"], start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -101,8 +103,7 @@ def test_cpu_is_summed_over_a_process_and_its_children(tmp_path):
             time.sleep(0.1)
         assert tree is not None and alone is not None and tree - alone >= 0.35, (alone, tree)
     finally:
-        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
-        parent.kill()
+        os.killpg(parent.pid, signal.SIGKILL)   # the parent and its child: their own group
         parent.wait()
 
 
