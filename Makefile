@@ -45,8 +45,19 @@ test-tools:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	      prometheus) >/dev/null 2>&1 || echo "make test: could not install promtool; the alert tests will be skipped"; \
 	  else echo "make test: promtool not found (apt-get install prometheus); the alert tests will be skipped"; fi; }
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make test: installing wrk for the bench smoke tests"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk || { apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }) >/dev/null 2>&1 \
+	      || echo "make test: could not install wrk; the bench smoke tests will be skipped"; \
+	  else echo "make test: wrk not found (apt-get install wrk); the bench smoke tests will be skipped"; fi; }
 
-## bench: throughput and latency through Envoy: alone, with a do-nothing ext_authz, with authz
+## bench: throughput, latency and CPU per request through Envoy (Check alone, and the whole path
+## with ext_proc and an upstream), instructions per request under callgrind. wrk and valgrind are
+## installed when missing and this runs as root with apt-get (else: wrk is required, and the
+## instructions column is skipped with a message). BENCH_GROUP=check|path|all, BENCH_SCENARIOS=a,b,
+## BENCH_ROUNDS, BENCH_SECONDS, BENCH_INSTRUCTIONS=0 (python -m bench --help)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

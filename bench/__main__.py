@@ -1,10 +1,14 @@
-"""`make bench`: requests/s and p50/p99 latency through real Envoy, scenario by scenario, each
-relative to the floor (Envoy + a do-nothing Python ext_authz servicer: the cost of the gRPC hop
-itself), then the redaction corpus scores and scanning throughput.
+"""`make bench`: requests/s, p50/p99 latency and CPU per request through real Envoy, scenario by
+scenario, each relative to its floor, and instructions per request under callgrind.
 
-Every scenario but `envoy` uses the ext_authz filter of deploy/envoy/envoy.yaml as is (request
-body included); the route answers directly, so no upstream is measured. wrk drives the load.
-Results go to bench/results/latest.json as well. Scenarios are listed in bench/scenarios.py.
+Two groups of scenarios (bench/scenarios.py). *Check*: the ext_authz filter of
+deploy/envoy/envoy.yaml as is (request body included) in front of a direct response, against the
+floor (a do-nothing Python ext_authz servicer: the cost of the gRPC hop itself). *Whole path*:
+deploy/envoy/envoy.yaml as deployed, ext_proc included, in front of a canned upstream (a second
+Envoy), with the sidecar's, Envoy's and Redis's CPU per request, against the whole-path floor
+(do-nothing ext_authz + ext_proc). wrk drives the load. The default list (--group default) is
+the core Check scenarios, the whole path and the redaction corpus, 3 rounds, ~6 minutes;
+--group all runs every scenario, --scenario picks. Results go to bench/results/latest.json as well.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from authz.dev.stack import ROOT, envoy_binary
-from bench import cpu, report
+from bench import cpu, instructions, report
 from bench.load import WrkError, ensure_wrk
 from bench.runner import STOP_SIGNALS, ScenarioFailed, ScenarioSkipped, Settings, run_scenario
-from bench.scenarios import SCENARIOS, Scenario, by_name
+from bench.scenarios import GROUPS, SCENARIOS, Scenario, by_group, by_name
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 REDACTION = "redaction"
@@ -44,13 +49,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="scenarios: " + ", ".join([*names, REDACTION]))
-    p.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_SECONDS", 5)),
-                   help="seconds measured per scenario and round (default 5, or $BENCH_SECONDS)")
-    p.add_argument("--warmup", type=float, default=2, help="seconds of load before measuring (default 2)")
-    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 5)),
+    p.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_SECONDS", 4)),
+                   help="seconds measured per scenario and round (default 4, or $BENCH_SECONDS)")
+    p.add_argument("--warmup", type=float, default=1, help="seconds of load before measuring (default 1)")
+    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)),
                    help="run the scenario list this many times, interleaved, and report each "
-                        "scenario's median round (default 5, or $BENCH_ROUNDS): a shared VM drifts "
+                        "scenario's median round (default 3, or $BENCH_ROUNDS): a shared VM drifts "
                         "by 5-30%% between minutes, more than the margins the targets judge")
+    p.add_argument("--group", choices=tuple(GROUPS), default=os.environ.get("BENCH_GROUP", "default"),
+                   help="which scenarios, when --scenario is not given (default: default, or $BENCH_GROUP): "
+                        + "; ".join(f"{k}: {v}" for k, v in GROUPS.items()))
+    p.add_argument("--instructions", action=argparse.BooleanOptionalAction,
+                   default=os.environ.get("BENCH_INSTRUCTIONS", "1") not in ("0", "no", "false"),
+                   help="count instructions per request under callgrind for the scenarios marked so "
+                        "(~1 minute each; default on, or $BENCH_INSTRUCTIONS=0 for off)")
+    p.add_argument("--instruction-requests", type=int, default=instructions.REQUESTS,
+                   help=f"requests counted under callgrind (default {instructions.REQUESTS})")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--envoy-concurrency", type=int, default=ENVOY_CONCURRENCY,
@@ -63,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = p.parse_args(argv)
+    if not args.scenario and os.environ.get("BENCH_SCENARIOS"):
+        args.scenario = [os.environ["BENCH_SCENARIOS"]]
     if args.scenario:
         args.scenario = [n.strip() for item in args.scenario for n in item.split(",") if n.strip()]
         unknown = sorted(set(args.scenario) - {*names, REDACTION})
@@ -119,18 +135,22 @@ def header(settings: Settings, busy: float | None, envoy: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.scenario:
-        scenarios_to_run = list(SCENARIOS)
+        scenarios_to_run = by_group(args.group)
     elif set(args.scenario) == {REDACTION}:
         scenarios_to_run = []
     else:
         scenarios_to_run = by_name([n for n in args.scenario if n != REDACTION])
-    run_redaction = not args.scenario or REDACTION in args.scenario
+    run_redaction = ((not args.scenario and args.group in ("default", "all"))
+                     or REDACTION in (args.scenario or ()))
     if args.list:
         for sc in SCENARIOS:
             target = f"  [target {sc.target.describe()}, {sc.target.source}]" if sc.target else ""
             if sc.latency_target:
                 target += f"  [target {sc.latency_target.describe()}, {sc.latency_target.source}]"
-            print(f"{sc.name:<24} {sc.about}{target}")
+            if sc.cpu_target:
+                target += f"  [target {sc.cpu_target.describe()}, {sc.cpu_target.source}]"
+            marks = [m for m, on in (("default", sc.default), ("instructions", sc.instructions)) if on]
+            print(f"{sc.name:<24} [{sc.group}{', ' + ', '.join(marks) if marks else ''}] {sc.about}{target}")
         print(f"{REDACTION:<24} redaction corpus precision/recall per type and MB/s (no Envoy)")
         return 0
     settings = Settings(duration=args.duration, warmup=args.warmup, connections=args.connections,
@@ -169,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                     r = _measure(sc, settings, Path(tmp) / f"{sc.name.replace('+', '-')}-{n}")
                     rounds.setdefault(sc.name, []).append(r)
                     results[sc.name] = median_round(rounds[sc.name])
+            if args.instructions:
+                _count_instructions(scenarios_to_run, results, Path(tmp), args.instruction_requests)
+                doc["instructions"] = {n: r["instructions_per_request"] for n, r in results.items()
+                                       if "instructions_per_request" in r}
         if run_redaction:
             from bench import answers, redaction
 
@@ -223,6 +247,31 @@ def _measure(sc: Scenario, settings: Settings, workdir: Path) -> dict[str, Any]:
     return r
 
 
+def _count_instructions(scenarios: list[Scenario], results: dict[str, dict[str, Any]], tmp: Path,
+                        requests: int) -> None:
+    """Instructions per request of the sidecar, under callgrind, for the scenarios marked so."""
+    marked = [sc for sc in scenarios if sc.instructions and results.get(sc.name, {}).get("status") == "ok"]
+    if not marked:
+        return
+    try:
+        instructions.ensure_valgrind()
+    except instructions.ValgrindMissing as exc:
+        print(f"\nbench: {exc}", flush=True)
+        return
+    print(f"\ninstructions per request under callgrind ({requests} requests, one at a time; ~1 minute each)",
+          flush=True)
+    for sc in marked:
+        print(f"  {sc.name:<26} ...", end="", flush=True)
+        started = time.monotonic()
+        try:
+            r = instructions.count(sc, tmp / f"ir-{sc.name.replace('+', '-')}", requests=requests)
+        except (ScenarioFailed, ScenarioSkipped) as exc:
+            print(f" {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+            continue
+        results[sc.name]["instructions_per_request"] = r["instructions_per_request"]
+        print(f" {r['instructions_per_request']:,} ({time.monotonic() - started:.0f}s)", flush=True)
+
+
 def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median req/s (its latencies and CPU figures with it), plus every round's
     req/s. A failed or skipped round makes the scenario failed or skipped: no silent averaging."""
@@ -234,6 +283,14 @@ def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["rounds_requests_per_second"] = [round(r["requests_per_second"]) for r in runs]
     chosen["rounds_p50_ms"] = [r["p50_ms"] for r in runs]
+    # CPU per request: each process's own median over the rounds (steadier than the figures of
+    # whichever round had the median throughput).
+    for key in {k for r in runs for k in r if k.endswith("_cpu_us_per_request")}:
+        values = [r[key] for r in runs if key in r]
+        if len(values) == len(runs):
+            chosen[key] = round(statistics.median(values), 1)
+    if all("path_cpu_us_per_request" in r for r in runs):
+        chosen["rounds_path_cpu_us"] = [r["path_cpu_us_per_request"] for r in runs]
     return chosen
 
 

@@ -26,11 +26,45 @@ def process_seconds(pid: int) -> float | None:
     return cpu_seconds_from_stat(stat)
 
 
-def cpu_seconds_from_stat(stat: str) -> float:
+def cpu_seconds_from_stat(stat: str, *, reaped_children: bool = False) -> float:
+    """User + system seconds from a /proc/PID/stat line; with ``reaped_children`` plus those of
+    its children it has waited for (cutime, cstime)."""
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     fields = stat[stat.rindex(")") + 2:].split()
-    utime, stime = int(fields[11]), int(fields[12])   # fields 14 and 15 of proc(5)
-    return (utime + stime) / _TICKS
+    ticks = int(fields[11]) + int(fields[12])   # utime, stime: fields 14 and 15 of proc(5)
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])   # cutime, cstime: fields 16 and 17
+    return ticks / _TICKS
+
+
+def parent_from_stat(stat: str) -> int:
+    return int(stat[stat.rindex(")") + 2:].split()[1])   # ppid: field 4 of proc(5)
+
+
+def tree_seconds(pid: int) -> float | None:
+    """CPU seconds of a process and all its descendants: the live ones, and those that exited
+    and were waited for (in their parent's cutime/cstime). A server forking workers (authz's
+    ``server.workers``) is measured whole, however many it runs; between two readings a worker
+    that exited and was reaped still counts, once."""
+    stats: dict[int, str] = {}
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stats[int(entry.name)] = (entry / "stat").read_text()
+        except OSError:
+            continue   # exited while we looked
+    if pid not in stats:
+        return None
+    children: dict[int, list[int]] = {}
+    for child, stat in stats.items():
+        children.setdefault(parent_from_stat(stat), []).append(child)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu_seconds_from_stat(stats[p], reaped_children=True)
+        todo.extend(children.get(p, ()))
+    return total
 
 
 def machine_busy_seconds() -> float | None:
@@ -74,7 +108,8 @@ class CpuSample:
 
     @classmethod
     def take(cls, pids: Mapping[str, int]) -> CpuSample:
-        return cls({name: process_seconds(pid) for name, pid in pids.items()}, machine_busy_seconds(),
+        """CPU of each named process with its descendants (a sidecar's workers, if any)."""
+        return cls({name: tree_seconds(pid) for name, pid in pids.items()}, machine_busy_seconds(),
                    children_seconds(), self_seconds())
 
 

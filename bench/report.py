@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bench.scenarios import Scenario
+from bench.scenarios import CHECK, PATH, CpuTarget, Scenario
 
 # Above this share of the machine's CPUs used by processes that are not the bench, a number says
 # more about the neighbours than about us.
@@ -34,7 +34,7 @@ def compare(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]
         r = results.get(sc.name)
         if r is None or _rps(r) is None:
             continue
-        of_floor = ratio(r, results.get("floor"))
+        of_floor = ratio(r, results.get(sc.floor))
         if of_floor is not None:
             r["percent_of_floor"] = round(of_floor * 100, 1)
         if sc.target is not None:
@@ -47,9 +47,33 @@ def compare(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]
             r["target"] = judged
         if sc.latency_target is not None:
             r["latency_target"] = _latency(sc, r, results.get(sc.latency_target.baseline))
+        if sc.cpu_target is not None:
+            r["cpu_target"] = judge_cpu(sc.cpu_target, r, results.get(sc.cpu_target.baseline or ""))
         if sc.redis_round_trips is not None and "redis_round_trips_per_request" in r:
             # A few health-check PINGs over the run are not the request path's.
             r["redis_round_trips_met"] = r["redis_round_trips_per_request"] <= sc.redis_round_trips + 0.01
+
+
+def judge_cpu(t: CpuTarget, r: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
+    """CPU per request against its limits; ``met`` only when every part could be judged."""
+    judged: dict[str, Any] = {"source": t.source, "describe": t.describe()}
+    verdicts = []
+    sidecar, path = r.get("sidecar_cpu_us_per_request"), r.get("path_cpu_us_per_request")
+    if t.sidecar_us is not None:
+        verdicts.append(None if sidecar is None else sidecar <= t.sidecar_us)
+    if t.path_us is not None:
+        verdicts.append(None if path is None else path <= t.path_us)
+    if t.baseline is not None and t.ratio is not None:
+        key = f"{t.what}_cpu_us_per_request"
+        mine, theirs = r.get(key), (base or {}).get(key) if _rps(base) is not None else None
+        if mine is not None and theirs:
+            judged["of_baseline"] = round(mine / theirs, 2)
+            verdicts.append(mine / theirs <= t.ratio)
+        else:
+            verdicts.append(None)
+    if verdicts and all(v is not None for v in verdicts):
+        judged["met"] = all(verdicts) and clean(r)
+    return judged
 
 
 def _latency(sc: Scenario, r: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -93,6 +117,8 @@ def notes(r: Mapping[str, Any], *, backend: str | None = None) -> str:
            for who in (backend, "envoy") if who and f"{who}_cpu_us_per_request" in r]
     if cpu:
         out.append(f"CPU us/req: {', '.join(cpu)}")
+    if "instructions_per_request" in r:
+        out.append(f"instructions/req {r['instructions_per_request'] / 1e6:.2f}M (callgrind)")
     if "redis_round_trips_per_request" in r:
         verdict = "" if r.get("redis_round_trips_met", True) else " MISS"
         out.append(f"Redis round trips/req {r['redis_round_trips_per_request']:.2f}{verdict}")
@@ -118,7 +144,76 @@ def target_cell(r: Mapping[str, Any]) -> str:
 
 
 def table(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> str:
-    """The human-readable table, one row per scenario that ran (or failed to)."""
+    """The human-readable tables: the Check scenarios, then the whole path, one row per
+    scenario that ran (or failed to)."""
+    scenarios = list(scenarios)
+    out = []
+    check = [sc for sc in scenarios if sc.group == CHECK and sc.name in results]
+    path = [sc for sc in scenarios if sc.group == PATH and sc.name in results]
+    if check:
+        out.append(check_table(check, results))
+    if path:
+        out.append("whole path (deploy/envoy/envoy.yaml with ext_proc, canned upstream; CPU us per request; "
+                   "path = sidecar + Envoy + Redis)\n" + path_table(path, results))
+    return "\n\n".join(out)
+
+
+def _cpu(r: Mapping[str, Any], who: str) -> str:
+    v = r.get(f"{who}_cpu_us_per_request")
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def path_table(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> str:
+    rows = [("scenario", "req/s", "p50 ms", "p99 ms", "sidecar", "envoy", "redis", "path", "upstream",
+             "instr/req", "target", "notes")]
+    for sc in scenarios:
+        r = results[sc.name]
+        if r.get("status") != "ok":
+            rows.append((sc.name, *["-"] * 9, "", notes(r)))
+            continue
+        ir = r.get("instructions_per_request")
+        rows.append((sc.name, f"{r['requests_per_second']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                     _cpu(r, "sidecar"), _cpu(r, "envoy"), _cpu(r, "redis"), _cpu(r, "path"),
+                     _cpu(r, "upstream"), "-" if ir is None else f"{ir / 1e6:.2f}M", cpu_target_cell(r),
+                     path_notes(r)))
+    return _render(rows, right=range(1, 10))
+
+
+def path_notes(r: Mapping[str, Any]) -> str:
+    out = []
+    if not clean(r):
+        out.append(f"NOT CLEAN: {r.get('non_2xx', 0)} non-2xx, {r.get('errors', 0)} socket errors")
+    if len(r.get("rounds_requests_per_second", ())) > 1:
+        out.append("rounds " + "/".join(str(x) for x in r["rounds_requests_per_second"]))
+    if "ext_proc_streams_per_request" in r:
+        out.append(f"ext_proc streams/req {r['ext_proc_streams_per_request']:.2f}")
+    if len(r.get("rounds_path_cpu_us", ())) > 1:
+        out.append("path us " + "/".join(f"{x:.0f}" for x in r["rounds_path_cpu_us"]))
+    if r.get("other_cpu_percent", 0) > BUSY_MACHINE_PERCENT:
+        out.append(f"machine busy: others used {r['other_cpu_percent']:.0f}% CPU")
+    return "; ".join(out)
+
+
+def cpu_target_cell(r: Mapping[str, Any]) -> str:
+    t = r.get("cpu_target")
+    if not t:
+        return ""
+    verdict = "n/a" if "met" not in t else ("ok" if t["met"] else "MISS")
+    extra = f" ({t['of_baseline']:.2f}x)" if "of_baseline" in t else ""
+    return f"{t['describe']}{extra}: {verdict}"
+
+
+def _render(rows: list[tuple[str, ...]], *, right: Iterable[int]) -> str:
+    right = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def check_table(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> str:
     rows = [("scenario", "req/s", "p50 ms", "p99 ms", "of floor", "target", "notes")]
     for sc in scenarios:
         r = results.get(sc.name)
@@ -128,7 +223,8 @@ def table(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) 
             of_floor = f"{r['percent_of_floor']:.0f}%" if "percent_of_floor" in r else "n/a"
             rps = f"{r['requests_per_second']:.0f}"
             figures = (rps, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", of_floor)
-            rows.append((sc.name, *figures, target_cell(r), notes(r, backend=_backend_label(sc))))
+            cells = [target_cell(r), cpu_target_cell(r)]
+            rows.append((sc.name, *figures, "; ".join(c for c in cells if c), notes(r, backend=_backend_label(sc))))
         else:
             rows.append((sc.name, "-", "-", "-", "-", target_cell(r), notes(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -163,6 +259,13 @@ def summary(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]
         if lat and lat.get("met") is False:
             lines.append(f"{sc.name}: p50 {lat['added_ms']:+.2f} ms over {lat['baseline']}, target "
                          f"<= {lat['max_added_ms']:g} ms ({lat['source']})")
+        ct = r.get("cpu_target")
+        if ct and ct.get("met") is False:
+            got = [f"{who} {r[f'{who}_cpu_us_per_request']:,.0f} us" for who in ("sidecar", "path")
+                   if f"{who}_cpu_us_per_request" in r]
+            if "of_baseline" in ct:
+                got.append(f"{ct['of_baseline']:.2f}x {sc.cpu_target.baseline if sc.cpu_target else ''}")
+            lines.append(f"{sc.name}: CPU per request {', '.join(got)}; target {ct['describe']} ({ct['source']})")
         if r.get("redis_round_trips_met") is False:
             lines.append(f"{sc.name}: {r['redis_round_trips_per_request']:.2f} Redis round trips per "
                          f"request, expected {sc.redis_round_trips:g}")
