@@ -382,6 +382,25 @@ def test_cluster_limits_all_or_nothing_and_a_dead_master_costs_only_its_slots(re
     redis_cluster.wait_ok()
 
 
+def test_cluster_first_seed_dead_at_start_the_next_seed_serves(redis_cluster, tmp_path):
+    """``redis_url`` names a node that is down when the sidecar starts: the slot map comes from the
+    next of ``cluster_seeds``, and limits are counted on the Cluster from the first request."""
+    dead = free_port()
+    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/hour", "burst": 100,
+                               "on_store_error": "fail_closed"}]}
+
+    def seeds(cfg: dict) -> None:
+        cfg["store"]["cluster_seeds"] = [f"127.0.0.1:{dead}", *[f"127.0.0.1:{p}" for p in redis_cluster.ports]]
+    cfg, prefix = write_config(tmp_path, f"redis://127.0.0.1:{dead}/0", limits, cluster=True, edit=seeds)
+    with Stack(authz_config=cfg) as stack:
+        s = Running(stack)
+        store = httpx.get(f"{stack.authz_http}/readyz").json()["components"]["store"]
+        assert store["ok"] and not store["detail"], store
+        token = s.token("sam", roles=["accounting"])
+        assert [s.http.get("/v1/models", headers=s.auth(token)).status_code for _ in range(3)] == [200] * 3
+        assert list(snapshot(redis_cluster.url, True, prefix)) == [f"{prefix}rl:{{user=sam}}:per-user"]
+
+
 # -- the overshoot bound --------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("bytes_per_token", "given"), [
