@@ -45,6 +45,7 @@ from prometheus_client import Counter, Gauge
 from authz.audit.canonical import canonical
 from authz.audit.config import AuditConfig
 from authz.audit.digests import body_digest, digest_key_id, load_digest_key
+from authz.metrics import COMPONENT_UP
 
 if TYPE_CHECKING:
     from authz.audit.redis_stream import RedisStreamSink
@@ -65,6 +66,8 @@ QUEUE_DEPTH = Gauge("authz_audit_queue_depth", "Audit records waiting for the wr
 CHECKPOINT_LAG = Gauge("authz_audit_checkpoint_lag_seconds",
                        "Seconds since the last signed checkpoint (records after it are unsealed).")
 WRITE_FAILURES = Counter("authz_audit_write_failures_total", "Audit writes that failed.")
+WRITER_UP = Gauge("authz_audit_writer_up", "1 while the audit writer runs and its writes succeed; 0 when "
+                  "it stopped or its writes fail (see /readyz components.audit.detail).")
 REFUSED = Counter("authz_audit_refused_total",
                   "Requests refused, or records lost after the answer: the queue was full (when=check, "
                   "outcome) or a decision record could not be written before the answer (when=write).",
@@ -160,6 +163,9 @@ class AuditLog:
         # writer's last take wait for, and the one of the batch it is writing.
         self._commit: asyncio.Future[bool] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._stopped = ""  # why the writer stopped (a bug), for readiness
+        self._write_error = ""  # the last write's error while writes fail (disk full, unwritable)
+        self._failing_since = 0.0  # time.time() of the first of the failing writes
         self._pending: list[bytes] = []
         self._written: dict[str, int] = {}  # records written this round, by type (for RECORDS)
         self.users = 0
@@ -204,14 +210,60 @@ class AuditLog:
             self.stream.start()
         self._writer = asyncio.get_running_loop().create_task(self._run())
         self._writer.add_done_callback(self._writer_ended)
+        WRITER_UP.set(1)
+        COMPONENT_UP.labels(component="audit").set(1)
 
     def _writer_ended(self, task: asyncio.Task[None]) -> None:
-        """Requests waiting for a write that will not come (the writer died: a bug) are told."""
+        """Requests waiting for a write that will not come (the writer died: a bug) are told,
+        and so are readiness, the metrics and the log."""
         if task.cancelled():  # close() did it, and writes what is queued itself
             return
-        log.error("the audit writer stopped: %r", task.exception())
+        self._stopped = repr(task.exception())
+        WRITER_UP.set(0)
+        COMPONENT_UP.labels(component="audit").set(0)
+        log.error("the audit writer of %s stopped: %s; no record is written from now on (%s), /readyz "
+                  "reports it; restart the sidecar", self.instance, self._stopped, self._consequence())
         commit, self._commit = self._commit, None
         _resolve(commit, False)
+
+    def _consequence(self) -> str:
+        if self.cfg.durability != "queued":
+            return "every allowed request is refused with 503 audit.unavailable"
+        return "records queue until the queue is full, then requests are refused with 503 audit.unavailable"
+
+    def _write_failed(self, exc: OSError) -> None:
+        WRITE_FAILURES.inc()
+        if not self._write_error:
+            self._failing_since = time.time()
+            WRITER_UP.set(0)
+            COMPONENT_UP.labels(component="audit").set(0)
+            log.error("audit writes to %s fail (%s): %s; /readyz reports it until a write succeeds",
+                      self.dir, exc, self._consequence())
+        else:
+            log.debug("audit write failed again", exc_info=exc)
+        self._write_error = f"{type(exc).__name__}: {exc}"
+
+    def _write_succeeded(self) -> None:
+        if self._write_error:
+            log.warning("audit writes to %s succeed again (they failed for %.1f s: %s)", self.dir,
+                        time.time() - self._failing_since, self._write_error)
+            self._write_error = ""
+            WRITER_UP.set(1)
+            COMPONENT_UP.labels(component="audit").set(1)
+
+    def health(self) -> dict[str, object]:
+        """For ``/readyz``: ok while the writer runs and its writes succeed."""
+        state: dict[str, object] = {"ok": True, "instance": self.instance, "durability": self.cfg.durability,
+                                    "queue": len(self._queue)}
+        if self._writer is None:
+            state.update(ok=self._stopped == "", detail="the audit writer is not running")
+        elif self._writer.done():
+            state.update(ok=False, detail=f"the audit writer stopped: {self._stopped or 'cancelled'}; "
+                                         f"{self._consequence()}; restart the sidecar")
+        elif self._write_error:
+            state.update(ok=False, detail=f"audit writes fail since {format_time(int(self._failing_since * 1000))}: "
+                                         f"{self._write_error}; {self._consequence()}")
+        return state
 
     def _open_segment(self) -> None:
         """The segment's signed opening record: where it starts (its own seq) and what it
@@ -326,8 +378,10 @@ class AuditLog:
         due, ``fsync``) group commit: every request that offers before the writer's next take
         waits for the same future, and the writer, woken by the first, writes them all with one
         write."""
-        if self.cfg.durability == "queued" or self._writer is None or self._writer.done():
-            return self._writer is not None or self.cfg.durability == "queued"
+        if self.cfg.durability == "queued":
+            return True
+        if self._writer is None or self._writer.done():  # not started, closed, or stopped (a bug)
+            return False
         if self.cfg.durability == "answered":
             written = self._write_through()
             if written is not None:
@@ -354,12 +408,12 @@ class AuditLog:
         lines, last_seq = self._pending, self._seq
         try:
             self._flush(sync=False)
-        except OSError:
-            WRITE_FAILURES.inc()
-            log.exception("audit write failed")
+        except OSError as exc:
+            self._write_failed(exc)
             return False
         finally:
             self._to_stream(lines, last_seq)
+        self._write_succeeded()
         commit, self._commit = self._commit, None  # requests waiting for the writer: written too
         _resolve(commit, True)
         return True
@@ -476,10 +530,10 @@ class AuditLog:
                     finally:  # _flush took the list: hand the same lines to the stream
                         self._to_stream(lines, last_seq)
                 written = True
+                self._write_succeeded()
                 self._publish_head()
-            except OSError:
-                WRITE_FAILURES.inc()
-                log.exception("audit write failed")
+            except OSError as exc:
+                self._write_failed(exc)
             finally:
                 _resolve(commit, written)
                 self._busy = False

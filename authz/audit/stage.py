@@ -103,8 +103,15 @@ class AuditStage(Stage):
             when = "check"
         REFUSED.labels(when=when).inc()
         if deny is None:  # fail closed: no record, no request
-            raise Unavailable("the audit log cannot keep up; try again shortly", reason="audit.unavailable",
-                              headers={"retry-after": "1"})
+            broken = not self.log.health()["ok"]
+            raise Unavailable("the audit log cannot be written on this replica; try again shortly" if broken
+                              else "the audit log cannot keep up; try again shortly",
+                              reason="audit.unavailable", headers={"retry-after": "1"})
+
+    def health(self) -> dict[str, object]:
+        """Readiness: a writer that stopped, or whose writes fail, makes the replica unready (its
+        allowed requests would be refused, or their records lost)."""
+        return self.log.health()
 
     async def on_complete(self, ex: Exchange) -> None:
         if not await self.log.put(outcome_record(ex, int(time.time() * 1000)), wait_ms=self.cfg.block_ms,
