@@ -79,6 +79,11 @@ STREAM_BACKLOG = Gauge("authz_audit_stream_backlog", "Audit lines waiting to be 
 
 GENESIS = "0" * 64
 FILE_PREFIX = "audit-"
+# Each instance directory's newest signed record on disk (the segment's opening record, then each
+# checkpoint), replaced once that record is synced: verify without --head compares the chain's
+# end with it, so deleting the newest files shows unless the head file is rolled back too (README:
+# what verify cannot see without --head).
+HEAD_FILE = "head.json"
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -159,6 +164,7 @@ class AuditLog:
         self._last_checkpoint = time.monotonic()
         self.head: dict[str, Any] | None = None  # the last checkpoint written (published)
         self._sealed: dict[str, Any] | None = None  # a checkpoint not yet flushed
+        self._newest_signed: dict[str, Any] | None = None  # for the head file, once synced
         # Group commit (durability answered/fsync): the future the records queued since the
         # writer's last take wait for, and the one of the batch it is writing.
         self._commit: asyncio.Future[bool] | None = None
@@ -208,6 +214,12 @@ class AuditLog:
         self._open_segment()
         if self.stream is not None:
             self.stream.start()
+        if self.cfg.sink == "file":  # the opening record synced, and named in the head file, first
+            lines, last_seq = self._pending, self._seq
+            try:
+                await asyncio.to_thread(self._flush, sync=True)
+            finally:
+                self._to_stream(lines, last_seq)
         self._writer = asyncio.get_running_loop().create_task(self._run())
         self._writer.add_done_callback(self._writer_ended)
         WRITER_UP.set(1)
@@ -271,8 +283,11 @@ class AuditLog:
         record = {"type": "segment", "segment": self.segment, "instance": self.instance, "kid": self.kid,
                   "pid": os.getpid(), "continues": self._seq > 0, "first_seq": self._seq + 1,
                   "previous_hash": self._prev, "digest_kid": self.digest_kid}
+        if self.cfg.sink == "file":
+            record["head_file"] = HEAD_FILE  # signed: verify expects the file from this segment on
         self._chain_fields(record, self._seq + 1, self._prev)
         self._add_line("segment", canonical(sign(record, self.key)))
+        self._newest_signed = {**record, "hash": self._prev}
 
     def _open_directory(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -628,7 +643,7 @@ class AuditLog:
         body = canonical(sign(record, self.key))
         self._add_line("checkpoint", body)
         record["hash"] = self._prev
-        self._sealed = record
+        self._sealed = self._newest_signed = record
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 
@@ -655,8 +670,21 @@ class AuditLog:
         self._file.flush()
         if sync:
             os.fsync(self._file.fileno())
+            if self._newest_signed is not None:  # on disk now: the head file names it
+                head, self._newest_signed = self._newest_signed, None
+                self._write_head_file(head)
             if self._file.tell() >= self.cfg.rotate_bytes:
                 self._rotate()
+
+    def _write_head_file(self, head: dict[str, Any]) -> None:
+        """Replace the instance directory's head file with ``head`` (synced, then renamed over the
+        old one: a crash leaves the old head or the new one, never a torn file)."""
+        tmp = self.dir / f".{HEAD_FILE}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(canonical(head) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / HEAD_FILE)
 
 
 _RECORD_COUNTERS: dict[str, Any] = {}

@@ -346,6 +346,24 @@ def test_tampering_is_caught(clean_log, tmp_path, case):
     assert audit_cli("explain", "no-such-id", str(work)).returncode == 1
 
 
+def test_deleting_the_newest_file_is_caught_without_head(clean_log, tmp_path):
+    """Without --head, the instance directory's head file names the newest signed record: the
+    newest file deleted (closed by its segment's final checkpoint) is exit 1, and so is the head
+    file deleted with it; rolled back to a checkpoint that remains, only --head sees it."""
+    clean, keys, head, _ = clean_log
+    work = tmp_path / "copy"
+    shutil.copytree(clean, work)
+    newest = _nonempty(work)[-1]
+    newest.unlink()
+    result = verify(work, *keys)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "the newest records are missing: the head file" in out, out
+    assert f"(the file {newest.name} and any after it)" in out, out
+    (work / "e2e" / "head.json").unlink()
+    result = verify(work, *keys)
+    assert result.returncode == 1 and "head.json is missing" in result.stdout, result.stdout
+
+
 def test_a_foreign_key_is_refused(clean_log, tmp_path):
     clean, _, _, _ = clean_log
     _, other = keygen(tmp_path / "other-keys")
