@@ -33,7 +33,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +54,15 @@ log = logging.getLogger("authz.audit")
 _decision_log = logging.getLogger("authz.decision")  # where the published heads go (with the decisions)
 
 # What waits for the writer: (type, the record's canonical bytes with the seq, prev and digest
-# still to fill in, the bytes to digest or None), or the record itself when orjson could not
-# encode it.
-Pending = tuple[str, bytes, bytes | None] | dict[str, Any]
+# still to fill in, the bytes to digest or None), a decision's fields (``DecisionFields``: the
+# writer encodes it), or the record itself when orjson could not encode it.
+Pending = tuple[Any, ...] | dict[str, Any]
+# A Check's decision record as the request path hands it over: (time_ms, request_id, method,
+# host, path, the Principal or None when anonymous, the Action or None, decision, status,
+# reason, the facts' canonical JSON, the body to digest): strings, numbers, bytes and the two
+# immutable objects the request already had (no new object for the garbage collector to trace
+# while it waits). See ``AuditLog.offer_decision``.
+DecisionFields = tuple[Any, ...]
 # A digest a record holds: (key, bytes); the record gets the keyed digest (HMAC-SHA256 hex,
 # authz.audit.digests) of the bytes, or None for none.
 Digest = tuple[str, bytes | None]
@@ -443,10 +449,32 @@ class AuditLog:
         if "time_ms" not in record:
             record["time_ms"] = _now_ms()
 
+    def offer_decision(self, fields: DecisionFields) -> bool:
+        """Queue a decision record given as its fields (``DecisionFields``) without waiting.
+        False when the queue is full.
+
+        The request path only gathers the fields (and encodes the facts, the one part that is a
+        live dict); the writer builds the canonical line from them with the seq, prev and digest
+        it knows, in one encoding, byte for byte what ``offer`` of the record would have written."""
+        if len(self._queue) >= self.cfg.queue_size:
+            self._wake_writer()
+            return False
+        self._queue.append(fields)
+        return True
+
+    async def put_decision(self, fields: DecisionFields, *, wait_ms: int) -> bool:
+        """``offer_decision``, waiting up to ``wait_ms`` for room when the queue is full."""
+        if self.offer_decision(fields):
+            return True
+        return await self._wait_to_offer(lambda: self.offer_decision(fields), wait_ms)
+
     async def put(self, record: dict[str, Any], *, wait_ms: int, digest: Digest | None = None) -> bool:
         """``offer``, waiting up to ``wait_ms`` for room when the queue is full."""
         if self.offer(record, digest=digest):
             return True
+        return await self._wait_to_offer(lambda: self.offer(record, digest=digest), wait_ms)
+
+    async def _wait_to_offer(self, offer: Callable[[], bool], wait_ms: int) -> bool:
         if wait_ms <= 0:
             return False
         loop = asyncio.get_running_loop()
@@ -457,7 +485,7 @@ class AuditLog:
                     await self._round.wait()
             except TimeoutError:
                 return False
-            if self.offer(record, digest=digest):
+            if offer():
                 return True
         return False
 
@@ -568,7 +596,10 @@ class AuditLog:
         instead of the writer stopping."""
         record: dict[str, Any] = {}
         try:
-            if isinstance(pending, tuple):
+            if isinstance(pending, tuple) and len(pending) == len(_DECISION_KEYS):
+                record = {"type": "decision", "request_id": pending[1]}  # for the stand-in, if it fails
+                self._add_decision(pending)
+            elif isinstance(pending, tuple):
                 kind, body, data = pending
                 linked = self._link(body, data)
                 if linked is None:  # offer put them there: a bug; the stand-in below names the request
@@ -583,6 +614,29 @@ class AuditLog:
             log.error("audit record of request %s could not be written: %r", record.get("request_id"), exc)
             self._append({"type": "unencodable", "record_type": str(record.get("type")),
                           "request_id": str(record.get("request_id")), "error": type(exc).__name__})
+
+    def _add_decision(self, fields: DecisionFields) -> None:
+        """Write a decision record from its fields: the keys in canonical (sorted) order, the
+        facts already canonical, so one orjson call makes the canonical line."""
+        (time_ms, request_id, method, host, path, principal, action, decision, status, reason,
+         facts, body) = fields
+        record = {
+            "action": None if action is None else _action(action),
+            "body_hmac": body_digest(self.digest_key, body) if body else None,
+            "decision": decision, "facts": orjson.Fragment(facts), "host": host, "instance": self.instance,
+            "method": method, "path": path, "prev": self._prev,
+            "principal": None if principal is None else {
+                "client": principal.client, "credential": principal.credential, "issuer": principal.issuer,
+                "subject": principal.subject, "tenant": principal.tenant},
+            "reason": reason, "request_id": request_id, "segment": self.segment, "seq": self._seq + 1,
+            "status": status, "time_ms": time_ms, "type": "decision", "v": 1,
+        }
+        try:
+            line = orjson.dumps(record)
+        except TypeError:  # a string orjson refuses (a lone surrogate in a claim): the slow encoder
+            record["facts"] = orjson.loads(facts)
+            line = canonical(record)
+        self._add_line("decision", line)
 
     def _link(self, body: bytes, data: bytes | None) -> bytes | None:
         """``body`` (canonical, from ``offer``) with the next seq, the previous hash and the
@@ -688,6 +742,19 @@ class AuditLog:
 
 
 _RECORD_COUNTERS: dict[str, Any] = {}
+_DECISION_KEYS = ("time_ms", "request_id", "method", "host", "path", "principal", "action", "decision",
+                  "status", "reason", "facts", "body")
+
+
+def _action(action: Any) -> dict[str, Any]:
+    """``Action.describe()``, its keys in canonical order."""
+    out: dict[str, Any] = {"kind": action.kind}
+    if action.model is not None:
+        out["model"] = action.model
+    if action.name is not None:
+        out["name"] = action.name
+    out["protocol"] = action.protocol
+    return out
 
 
 def _resolve(commit: asyncio.Future[bool] | None, written: bool) -> None:

@@ -349,8 +349,8 @@ def test_tampering_is_caught(clean_log, tmp_path, case):
 def test_deleting_the_newest_file_is_caught_without_head(clean_log, tmp_path):
     """Without --head, the instance directory's head file names the newest signed record: the
     newest file deleted (closed by its segment's final checkpoint) is exit 1, and so is the head
-    file deleted with it; rolled back to a checkpoint that remains, only --head sees it."""
-    clean, keys, head, _ = clean_log
+    file deleted with it (rolled back to a checkpoint that remains: tests/unit/audit/test_chain_ends.py)."""
+    clean, keys, _, _ = clean_log
     work = tmp_path / "copy"
     shutil.copytree(clean, work)
     newest = _nonempty(work)[-1]
