@@ -11,9 +11,10 @@ newest files is seen by ``verify --head``. A process start opens a new *segment*
 directory already holds, across all its files, or the genesis), so a restart continues the
 chain; a clean stop writes a final checkpoint that closes the segment.
 
-When a record is safe is ``audit.durability``: ``queued`` records are encoded when offered (the
-canonical form with stand-ins for ``seq`` and ``prev``) and written by one writer task within
-``POLL_SECONDS``; with ``answered``, ``committed()`` writes what is queued itself when the writer
+When a record is safe is ``audit.durability``: ``queued`` records are written by one writer
+task within ``POLL_SECONDS`` (a Check's decision is handed over as its fields and encoded by the
+writer; other records are encoded when offered, in canonical form with stand-ins for ``seq`` and
+``prev``); with ``answered``, ``committed()`` writes what is queued itself when the writer
 is between rounds, and otherwise (and always with ``fsync``) wakes the writer and waits for its
 write (group commit: one write for every record queued meanwhile). With
 ``audit.redis_stream.url`` set, the lines written are also handed to a Redis Stream sink

@@ -39,7 +39,7 @@ _TOP_KEYS = FACT_KEYS | _NESTED.keys()
 def _safe_facts(facts: dict[str, Any]) -> dict[str, Any]:
     """Only allow-listed facts (never a claim, a header value or a body). What the stages write
     is allow-listed already, so the usual answer is ``facts`` itself, checked in a few set
-    comparisons and not copied: the log encodes the record as soon as it is offered."""
+    comparisons and not copied: it is encoded before the stage returns."""
     if facts.keys() <= _TOP_KEYS:
         identity, policy = facts.get("identity"), facts.get("policy")
         if ((identity is None or (type(identity) is dict and identity.keys() <= IDENTITY_KEYS))
