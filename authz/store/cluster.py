@@ -98,7 +98,8 @@ class SlotRouter:
         return list(dict.fromkeys([*self.masters(), *self.seeds, *self.nodes]))
 
     async def _refresh(self) -> None:
-        errors = []
+        errors: list[str] = []
+        read = False
         try:
             for address in self.candidates():
                 try:
@@ -107,6 +108,7 @@ class SlotRouter:
                     errors.append(f"{address[0]}:{address[1]}: {exc}")
                     continue
                 self._apply(reply, address[0])
+                read = True
                 if self._failing_since is not None:
                     log.warning("read the Redis Cluster slot map from %s:%d again", *address)
                     self._failing_since = None
@@ -119,7 +121,7 @@ class SlotRouter:
                             "%.1f s): %s", self.refresh_every, "; ".join(errors))
         finally:
             self._refreshing = None
-            if errors and not self._closed and self._retry is None:
+            if not read and not self._closed and self._retry is None:  # none answered: again soon
                 def again() -> None:
                     self._retry = None
                     self.refresh()

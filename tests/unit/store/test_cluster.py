@@ -133,6 +133,7 @@ async def test_a_dead_first_seed_is_passed_over_for_the_next(redis_cluster):
     try:
         assert await s.check_health() == ""
         assert len(s._router.masters()) == 3
+        assert s._router._retry is None  # read: no background retry left running for the dead seed
         assert await s.incr("seeded", 2, ttl=60) == 2
     finally:
         await s.close()
