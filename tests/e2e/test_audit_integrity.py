@@ -264,7 +264,7 @@ def delete_first_file(d: Path) -> str:
 def delete_first_100_records(d: Path) -> str:
     f = _nonempty(d)[0]
     ls = _lines(f)
-    assert len(ls) > 10
+    assert len(ls) > 2  # on a slow start, idle checkpoints alone may fill the first file (10 lines)
     f.write_bytes(b"".join(ls[min(100, len(ls) - 1):]))
     return f"{f}:1"
 
