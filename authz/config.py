@@ -29,6 +29,7 @@ from authz.routing.config import RoutingConfig
 from authz.schema import Model
 from authz.sessions.config import SessionsConfig
 from authz.signin.config import SigninConfig
+from authz.store.resp import parse_seed
 from authz.tracing import TracingConfig
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
@@ -97,6 +98,9 @@ class StoreConfig(Model):
     max_connections: int = Field(64, ge=1, le=10_000)
     key_prefix: str = "authz:"
     cluster: bool = False  # a Redis Cluster: redis_url names any one node
+    # More nodes of the Cluster to read the slot map from ("host:port", "[v6]:port"), after the
+    # URL's own; the URL's credentials and TLS settings apply to them.
+    cluster_seeds: tuple[str, ...] = Field((), max_length=64)
     required_for_readiness: bool = False  # a shared Redis down must not unready every replica
     health_interval_seconds: float = Field(2.0, gt=0, le=300)
 
@@ -106,6 +110,25 @@ class StoreConfig(Model):
         if v and not re.match(r"^(redis|rediss|unix)://", v):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
+
+    @field_validator("cluster_seeds")
+    @classmethod
+    def _seeds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, seed in enumerate(v):
+            parse_seed(seed, f"[{i}]")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a node twice")
+        return v
+
+    @model_validator(mode="after")
+    def _seeds_need_a_cluster(self) -> StoreConfig:
+        if self.cluster_seeds and not self.cluster:
+            raise ValueError("cluster_seeds is set but cluster is false: seeds are nodes of a Redis Cluster")
+        if self.cluster_seeds and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise ValueError("cluster_seeds needs a redis:// or rediss:// redis_url (its credentials and "
+                             "TLS settings apply to every seed)")
+        return self
+
 
 
 class ReloadConfig(Model):

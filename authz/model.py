@@ -13,7 +13,7 @@ from typing import Any
 from authz.request import Action, Outgoing, Reader, Request, RequestView
 
 __all__ = ["ANONYMOUS", "Action", "Context", "Exchange", "Handoff", "Metering", "Mutations", "Principal",
-           "Request", "RequestView", "Reservation"]
+           "RateCharge", "Request", "RequestView", "Reservation"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +74,16 @@ class Reservation:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RateCharge:
+    """A rate limit Check charged the request: what giving it back takes (its key and the GCRA
+    emission interval times the cost)."""
+
+    key: str
+    interval_us: float
+    cost: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Metering:
     reservations: tuple[Reservation, ...]
     model: str
@@ -114,6 +124,9 @@ class Handoff:
     response_rule: str = ""         # the redaction rule that scans the answer
     restore_key: str = ""           # the request's placeholders, kept in the PlaceholderStore
     session_owner: str = ""         # MCP initialize: who the session id in the answer belongs to
+    # The rate limits Check charged: given back when Process refuses the request before it goes
+    # upstream (budget reservations travel in ``metering``).
+    rate_charges: tuple[RateCharge, ...] = ()
 
     def want_body(self, which: str, mode: str) -> None:
         """Ask for a body; when two stages ask, the mode that sees more wins (buffered, then
@@ -205,6 +218,9 @@ class Exchange:
     phases: list[str] = dataclasses.field(default_factory=list)
     # Duplex answers: when (time.monotonic()) Process runs on_response_pause if no chunk came (0: never).
     flush_at: float = 0.0
+    # Process refused the request before it went upstream: what Check took is given back
+    # (``Pipeline.release``) and nothing is settled.
+    refused: bool = False
 
     def body_mode(self, which: str) -> str:
         return self.handoff.request_body if which == "request" else self.handoff.response_body

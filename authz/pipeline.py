@@ -9,6 +9,8 @@ A stage is a small object that implements any of these async hooks:
 - ``on_response_pause(ex: Exchange)``   a duplex answer's upstream paused past ``ex.flush_at``: held text
 - ``on_complete(ex: Exchange)``         the exchange ended (normally or not): settle, audit
 - ``on_decision(ctx, deny)``            ``Check`` decided (``deny`` is None when allowed): audit
+- ``on_refused(ex: Exchange)``          Process refused the request before it went upstream: give
+                                        back what Check took for it (from the hand-off)
 
 A hook returns nothing: it edits the context (principal, mutations, facts) or raises ``Deny``.
 Which hooks a stage implements is resolved once when the pipeline is built, so the per-request
@@ -30,7 +32,7 @@ from authz.request import BodyStash, Reader
 log = logging.getLogger("authz.pipeline")
 
 HOOKS = ("on_request", "on_request_body", "on_response_headers", "on_response_body", "on_response_pause",
-         "on_complete", "on_decision")
+         "on_complete", "on_decision", "on_refused")
 
 
 class Stage:
@@ -57,6 +59,9 @@ class Stage:
         raise NotImplementedError
 
     async def on_decision(self, ctx: Context, deny: Deny | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def on_refused(self, ex: Exchange) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def implements(self, hook: str) -> bool:
@@ -116,15 +121,20 @@ class Pipeline:
 
     async def request_body(self, ex: Exchange) -> None:
         """The whole request body arrived in Process: swap in what Check made of it, then run the
-        stages that look at it. Raises ``Deny``."""
-        key = ex.handoff.body_key
-        if key:
-            body = self.stash.take(key, ex.request_body)
-            if body is None:  # this process restarted since Check, or the body is not the one checked
-                raise Unavailable("the request changed or expired between its check and its "
-                                  "forwarding; retry", reason="body.rewrite_lost")
-            ex.mutations.replace_body(body)
-        await self.run("on_request_body", ex)
+        stages that look at it. Raises ``Deny``: the request then never goes upstream (Envoy
+        holds a buffered body until it is answered), so ``complete`` gives back what Check took."""
+        try:
+            key = ex.handoff.body_key
+            if key:
+                body = self.stash.take(key, ex.request_body)
+                if body is None:  # this process restarted since Check, or the body is not the one checked
+                    raise Unavailable("the request changed or expired between its check and its "
+                                      "forwarding; retry", reason="body.rewrite_lost")
+                ex.mutations.replace_body(body)
+            await self.run("on_request_body", ex)
+        except Deny:
+            ex.refused = True
+            raise
 
     async def run(self, hook: str, subject: Context | Exchange) -> None:
         """Run every stage's ``hook`` in order. Raises ``Deny``; any other error becomes
@@ -146,7 +156,10 @@ class Pipeline:
                 seconds.observe(time.perf_counter() - started)
 
     async def complete(self, ex: Exchange) -> None:
-        """Run ``on_complete`` for every stage, even if one fails: cleanup must not be skipped."""
+        """Run ``on_complete`` for every stage, even if one fails: cleanup must not be skipped.
+        A request Process refused before it went upstream is released first."""
+        if ex.refused:
+            await self.release(ex)
         for name, fn, _ in self._hooks["on_complete"]:
             try:
                 await fn(ex)
@@ -167,18 +180,28 @@ class Pipeline:
             except Exception:
                 log.exception("stage %s failed in on_decision", name)
 
-    @staticmethod
-    async def release(ctx: Context) -> None:
+    async def release(self, subject: Context | Exchange) -> None:
         """The one rule for what a request that does not go upstream costs: nothing. Called when
         ``Check`` ends in anything but an allow Envoy receives in time (a stage after limits
         refused, an approval hold or grant, audit refusing, the answer coming after Envoy's
-        timeout, the RPC cancelled): what stages took for the request is given back."""
-        undo, ctx.on_refusal = ctx.on_refusal, []
+        timeout, the RPC cancelled), and when Process refuses a request Check allowed before it
+        goes upstream (``body.rewrite_lost``): what stages took for the request is given back.
+        In Check, by what the stages registered on the context; in Process (maybe another
+        process, or after a reload), by each stage's ``on_refused`` from the hand-off."""
+        if isinstance(subject, Exchange):
+            for name, fn, _ in self._hooks["on_refused"]:
+                try:
+                    await fn(subject)
+                except Exception:
+                    log.exception("stage %s could not give back what request %s took", name,
+                                  subject.request.id)
+            return
+        undo, subject.on_refusal = subject.on_refusal, []
         for give_back in undo:
             try:
                 await give_back()
             except Exception:
-                log.exception("could not give back what request %s took", ctx.request.id)
+                log.exception("could not give back what request %s took", subject.request.id)
 
     async def start(self) -> None:
         """Start what stages run in the background (the audit writer). Called once the

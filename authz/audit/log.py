@@ -11,9 +11,10 @@ newest files is seen by ``verify --head``. A process start opens a new *segment*
 directory already holds, across all its files, or the genesis), so a restart continues the
 chain; a clean stop writes a final checkpoint that closes the segment.
 
-When a record is safe is ``audit.durability``: ``queued`` records are encoded when offered (the
-canonical form with stand-ins for ``seq`` and ``prev``) and written by one writer task within
-``POLL_SECONDS``; with ``answered``, ``committed()`` writes what is queued itself when the writer
+When a record is safe is ``audit.durability``: ``queued`` records are written by one writer
+task within ``POLL_SECONDS`` (a Check's decision is handed over as its fields and encoded by the
+writer; other records are encoded when offered, in canonical form with stand-ins for ``seq`` and
+``prev``); with ``answered``, ``committed()`` writes what is queued itself when the writer
 is between rounds, and otherwise (and always with ``fsync``) wakes the writer and waits for its
 write (group commit: one write for every record queued meanwhile). With
 ``audit.redis_stream.url`` set, the lines written are also handed to a Redis Stream sink
@@ -33,7 +34,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ from prometheus_client import Counter, Gauge
 from authz.audit.canonical import canonical
 from authz.audit.config import AuditConfig
 from authz.audit.digests import body_digest, digest_key_id, load_digest_key
+from authz.metrics import COMPONENT_UP
 
 if TYPE_CHECKING:
     from authz.audit.redis_stream import RedisStreamSink
@@ -53,9 +55,15 @@ log = logging.getLogger("authz.audit")
 _decision_log = logging.getLogger("authz.decision")  # where the published heads go (with the decisions)
 
 # What waits for the writer: (type, the record's canonical bytes with the seq, prev and digest
-# still to fill in, the bytes to digest or None), or the record itself when orjson could not
-# encode it.
-Pending = tuple[str, bytes, bytes | None] | dict[str, Any]
+# still to fill in, the bytes to digest or None), a decision's fields (``DecisionFields``: the
+# writer encodes it), or the record itself when orjson could not encode it.
+Pending = tuple[Any, ...] | dict[str, Any]
+# A Check's decision record as the request path hands it over: (time_ms, request_id, method,
+# host, path, the Principal or None when anonymous, the Action or None, decision, status,
+# reason, the facts' canonical JSON, the body to digest): strings, numbers, bytes and the two
+# immutable objects the request already had (no new object for the garbage collector to trace
+# while it waits). See ``AuditLog.offer_decision``.
+DecisionFields = tuple[Any, ...]
 # A digest a record holds: (key, bytes); the record gets the keyed digest (HMAC-SHA256 hex,
 # authz.audit.digests) of the bytes, or None for none.
 Digest = tuple[str, bytes | None]
@@ -65,6 +73,8 @@ QUEUE_DEPTH = Gauge("authz_audit_queue_depth", "Audit records waiting for the wr
 CHECKPOINT_LAG = Gauge("authz_audit_checkpoint_lag_seconds",
                        "Seconds since the last signed checkpoint (records after it are unsealed).")
 WRITE_FAILURES = Counter("authz_audit_write_failures_total", "Audit writes that failed.")
+WRITER_UP = Gauge("authz_audit_writer_up", "1 while the audit writer runs and its writes succeed; 0 when "
+                  "it stopped or its writes fail (see /readyz components.audit.detail).")
 REFUSED = Counter("authz_audit_refused_total",
                   "Requests refused, or records lost after the answer: the queue was full (when=check, "
                   "outcome) or a decision record could not be written before the answer (when=write).",
@@ -76,6 +86,11 @@ STREAM_BACKLOG = Gauge("authz_audit_stream_backlog", "Audit lines waiting to be 
 
 GENESIS = "0" * 64
 FILE_PREFIX = "audit-"
+# Each instance directory's newest signed record on disk (the segment's opening record, then each
+# checkpoint), replaced once that record is synced: verify without --head compares the chain's
+# end with it, so deleting the newest files shows unless the head file is rolled back too (README:
+# what verify cannot see without --head).
+HEAD_FILE = "head.json"
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -156,10 +171,14 @@ class AuditLog:
         self._last_checkpoint = time.monotonic()
         self.head: dict[str, Any] | None = None  # the last checkpoint written (published)
         self._sealed: dict[str, Any] | None = None  # a checkpoint not yet flushed
+        self._newest_signed: dict[str, Any] | None = None  # for the head file, once synced
         # Group commit (durability answered/fsync): the future the records queued since the
         # writer's last take wait for, and the one of the batch it is writing.
         self._commit: asyncio.Future[bool] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._stopped = ""  # why the writer stopped (a bug), for readiness
+        self._write_error = ""  # the last write's error while writes fail (disk full, unwritable)
+        self._failing_since = 0.0  # time.time() of the first of the failing writes
         self._pending: list[bytes] = []
         self._written: dict[str, int] = {}  # records written this round, by type (for RECORDS)
         self.users = 0
@@ -202,16 +221,68 @@ class AuditLog:
         self._open_segment()
         if self.stream is not None:
             self.stream.start()
+        if self.cfg.sink == "file":  # the opening record synced, and named in the head file, first
+            lines, last_seq = self._pending, self._seq
+            try:
+                await asyncio.to_thread(self._flush, sync=True)
+            finally:
+                self._to_stream(lines, last_seq)
         self._writer = asyncio.get_running_loop().create_task(self._run())
         self._writer.add_done_callback(self._writer_ended)
+        WRITER_UP.set(1)
+        COMPONENT_UP.labels(component="audit").set(1)
 
     def _writer_ended(self, task: asyncio.Task[None]) -> None:
-        """Requests waiting for a write that will not come (the writer died: a bug) are told."""
+        """Requests waiting for a write that will not come (the writer died: a bug) are told,
+        and so are readiness, the metrics and the log."""
         if task.cancelled():  # close() did it, and writes what is queued itself
             return
-        log.error("the audit writer stopped: %r", task.exception())
+        self._stopped = repr(task.exception())
+        WRITER_UP.set(0)
+        COMPONENT_UP.labels(component="audit").set(0)
+        log.error("the audit writer of %s stopped: %s; no record is written from now on (%s), /readyz "
+                  "reports it; restart the sidecar", self.instance, self._stopped, self._consequence())
         commit, self._commit = self._commit, None
         _resolve(commit, False)
+
+    def _consequence(self) -> str:
+        if self.cfg.durability != "queued":
+            return "every allowed request is refused with 503 audit.unavailable"
+        return "records queue until the queue is full, then requests are refused with 503 audit.unavailable"
+
+    def _write_failed(self, exc: OSError) -> None:
+        WRITE_FAILURES.inc()
+        if not self._write_error:
+            self._failing_since = time.time()
+            WRITER_UP.set(0)
+            COMPONENT_UP.labels(component="audit").set(0)
+            log.error("audit writes to %s fail (%s): %s; /readyz reports it until a write succeeds",
+                      self.dir, exc, self._consequence())
+        else:
+            log.debug("audit write failed again", exc_info=exc)
+        self._write_error = f"{type(exc).__name__}: {exc}"
+
+    def _write_succeeded(self) -> None:
+        if self._write_error:
+            log.warning("audit writes to %s succeed again (they failed for %.1f s: %s)", self.dir,
+                        time.time() - self._failing_since, self._write_error)
+            self._write_error = ""
+            WRITER_UP.set(1)
+            COMPONENT_UP.labels(component="audit").set(1)
+
+    def health(self) -> dict[str, object]:
+        """For ``/readyz``: ok while the writer runs and its writes succeed."""
+        state: dict[str, object] = {"ok": True, "instance": self.instance, "durability": self.cfg.durability,
+                                    "queue": len(self._queue)}
+        if self._writer is None:
+            state.update(ok=self._stopped == "", detail="the audit writer is not running")
+        elif self._writer.done():
+            state.update(ok=False, detail=f"the audit writer stopped: {self._stopped or 'cancelled'}; "
+                                         f"{self._consequence()}; restart the sidecar")
+        elif self._write_error:
+            state.update(ok=False, detail=f"audit writes fail since {format_time(int(self._failing_since * 1000))}: "
+                                         f"{self._write_error}; {self._consequence()}")
+        return state
 
     def _open_segment(self) -> None:
         """The segment's signed opening record: where it starts (its own seq) and what it
@@ -219,8 +290,11 @@ class AuditLog:
         record = {"type": "segment", "segment": self.segment, "instance": self.instance, "kid": self.kid,
                   "pid": os.getpid(), "continues": self._seq > 0, "first_seq": self._seq + 1,
                   "previous_hash": self._prev, "digest_kid": self.digest_kid}
+        if self.cfg.sink == "file":
+            record["head_file"] = HEAD_FILE  # signed: verify expects the file from this segment on
         self._chain_fields(record, self._seq + 1, self._prev)
         self._add_line("segment", canonical(sign(record, self.key)))
+        self._newest_signed = {**record, "hash": self._prev}
 
     def _open_directory(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -326,8 +400,10 @@ class AuditLog:
         due, ``fsync``) group commit: every request that offers before the writer's next take
         waits for the same future, and the writer, woken by the first, writes them all with one
         write."""
-        if self.cfg.durability == "queued" or self._writer is None or self._writer.done():
-            return self._writer is not None or self.cfg.durability == "queued"
+        if self.cfg.durability == "queued":
+            return True
+        if self._writer is None or self._writer.done():  # not started, closed, or stopped (a bug)
+            return False
         if self.cfg.durability == "answered":
             written = self._write_through()
             if written is not None:
@@ -354,12 +430,12 @@ class AuditLog:
         lines, last_seq = self._pending, self._seq
         try:
             self._flush(sync=False)
-        except OSError:
-            WRITE_FAILURES.inc()
-            log.exception("audit write failed")
+        except OSError as exc:
+            self._write_failed(exc)
             return False
         finally:
             self._to_stream(lines, last_seq)
+        self._write_succeeded()
         commit, self._commit = self._commit, None  # requests waiting for the writer: written too
         _resolve(commit, True)
         return True
@@ -374,10 +450,32 @@ class AuditLog:
         if "time_ms" not in record:
             record["time_ms"] = _now_ms()
 
+    def offer_decision(self, fields: DecisionFields) -> bool:
+        """Queue a decision record given as its fields (``DecisionFields``) without waiting.
+        False when the queue is full.
+
+        The request path only gathers the fields (and encodes the facts, the one part that is a
+        live dict); the writer builds the canonical line from them with the seq, prev and digest
+        it knows, in one encoding, byte for byte what ``offer`` of the record would have written."""
+        if len(self._queue) >= self.cfg.queue_size:
+            self._wake_writer()
+            return False
+        self._queue.append(fields)
+        return True
+
+    async def put_decision(self, fields: DecisionFields, *, wait_ms: int) -> bool:
+        """``offer_decision``, waiting up to ``wait_ms`` for room when the queue is full."""
+        if self.offer_decision(fields):
+            return True
+        return await self._wait_to_offer(lambda: self.offer_decision(fields), wait_ms)
+
     async def put(self, record: dict[str, Any], *, wait_ms: int, digest: Digest | None = None) -> bool:
         """``offer``, waiting up to ``wait_ms`` for room when the queue is full."""
         if self.offer(record, digest=digest):
             return True
+        return await self._wait_to_offer(lambda: self.offer(record, digest=digest), wait_ms)
+
+    async def _wait_to_offer(self, offer: Callable[[], bool], wait_ms: int) -> bool:
         if wait_ms <= 0:
             return False
         loop = asyncio.get_running_loop()
@@ -388,7 +486,7 @@ class AuditLog:
                     await self._round.wait()
             except TimeoutError:
                 return False
-            if self.offer(record, digest=digest):
+            if offer():
                 return True
         return False
 
@@ -476,10 +574,10 @@ class AuditLog:
                     finally:  # _flush took the list: hand the same lines to the stream
                         self._to_stream(lines, last_seq)
                 written = True
+                self._write_succeeded()
                 self._publish_head()
-            except OSError:
-                WRITE_FAILURES.inc()
-                log.exception("audit write failed")
+            except OSError as exc:
+                self._write_failed(exc)
             finally:
                 _resolve(commit, written)
                 self._busy = False
@@ -499,7 +597,10 @@ class AuditLog:
         instead of the writer stopping."""
         record: dict[str, Any] = {}
         try:
-            if isinstance(pending, tuple):
+            if isinstance(pending, tuple) and len(pending) == len(_DECISION_KEYS):
+                record = {"type": "decision", "request_id": pending[1]}  # for the stand-in, if it fails
+                self._add_decision(pending)
+            elif isinstance(pending, tuple):
                 kind, body, data = pending
                 linked = self._link(body, data)
                 if linked is None:  # offer put them there: a bug; the stand-in below names the request
@@ -514,6 +615,29 @@ class AuditLog:
             log.error("audit record of request %s could not be written: %r", record.get("request_id"), exc)
             self._append({"type": "unencodable", "record_type": str(record.get("type")),
                           "request_id": str(record.get("request_id")), "error": type(exc).__name__})
+
+    def _add_decision(self, fields: DecisionFields) -> None:
+        """Write a decision record from its fields: the keys in canonical (sorted) order, the
+        facts already canonical, so one orjson call makes the canonical line."""
+        (time_ms, request_id, method, host, path, principal, action, decision, status, reason,
+         facts, body) = fields
+        record = {
+            "action": None if action is None else _action(action),
+            "body_hmac": body_digest(self.digest_key, body) if body else None,
+            "decision": decision, "facts": orjson.Fragment(facts), "host": host, "instance": self.instance,
+            "method": method, "path": path, "prev": self._prev,
+            "principal": None if principal is None else {
+                "client": principal.client, "credential": principal.credential, "issuer": principal.issuer,
+                "subject": principal.subject, "tenant": principal.tenant},
+            "reason": reason, "request_id": request_id, "segment": self.segment, "seq": self._seq + 1,
+            "status": status, "time_ms": time_ms, "type": "decision", "v": 1,
+        }
+        try:
+            line = orjson.dumps(record)
+        except TypeError:  # a string orjson refuses (a lone surrogate in a claim): the slow encoder
+            record["facts"] = orjson.loads(facts)
+            line = canonical(record)
+        self._add_line("decision", line)
 
     def _link(self, body: bytes, data: bytes | None) -> bytes | None:
         """``body`` (canonical, from ``offer``) with the next seq, the previous hash and the
@@ -574,7 +698,7 @@ class AuditLog:
         body = canonical(sign(record, self.key))
         self._add_line("checkpoint", body)
         record["hash"] = self._prev
-        self._sealed = record
+        self._sealed = self._newest_signed = record
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 
@@ -601,11 +725,37 @@ class AuditLog:
         self._file.flush()
         if sync:
             os.fsync(self._file.fileno())
+            if self._newest_signed is not None:  # on disk now: the head file names it
+                head, self._newest_signed = self._newest_signed, None
+                self._write_head_file(head)
             if self._file.tell() >= self.cfg.rotate_bytes:
                 self._rotate()
 
+    def _write_head_file(self, head: dict[str, Any]) -> None:
+        """Replace the instance directory's head file with ``head`` (synced, then renamed over the
+        old one: a crash leaves the old head or the new one, never a torn file)."""
+        tmp = self.dir / f".{HEAD_FILE}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(canonical(head) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / HEAD_FILE)
+
 
 _RECORD_COUNTERS: dict[str, Any] = {}
+_DECISION_KEYS = ("time_ms", "request_id", "method", "host", "path", "principal", "action", "decision",
+                  "status", "reason", "facts", "body")
+
+
+def _action(action: Any) -> dict[str, Any]:
+    """``Action.describe()``, its keys in canonical order."""
+    out: dict[str, Any] = {"kind": action.kind}
+    if action.model is not None:
+        out["model"] = action.model
+    if action.name is not None:
+        out["name"] = action.name
+    out["protocol"] = action.protocol
+    return out
 
 
 def _resolve(commit: asyncio.Future[bool] | None, written: bool) -> None:

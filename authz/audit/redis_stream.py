@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.audit.config import RedisStreamConfig
-from authz.audit.log import STREAM_BACKLOG, STREAM_FAILURES
+from authz.audit.log import HEAD_FILE, STREAM_BACKLOG, STREAM_FAILURES
 from authz.store.resp import ReplyError, RespClient, encode_args
 
 log = logging.getLogger("authz.audit")
@@ -204,6 +204,18 @@ def _seq(line: bytes) -> int:
     return seq if isinstance(seq, int) else 0
 
 
+def _newest_signed(lines: list[bytes]) -> bytes | None:
+    for line in reversed(lines):
+        if b'"type":"checkpoint"' in line or b'"type":"segment"' in line:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("type") in ("checkpoint", "segment"):
+                return line
+    return None
+
+
 def write_instance_files(lines_by_instance: dict[str, list[bytes]], out: Path) -> list[str]:
     """Write ``out/<instance>/audit-<first seq>.jsonl`` files that ``authz audit verify`` reads;
     return a summary per instance (line count, seq range, gaps)."""
@@ -226,6 +238,9 @@ def write_instance_files(lines_by_instance: dict[str, list[bytes]], out: Path) -
             raise FileExistsError(f"{d} already holds audit files: export into an empty directory")
         first = _seq(unique[0]) if unique else 0
         (d / f"audit-{max(first, 1):012d}.jsonl").write_bytes(b"".join(line + b"\n" for line in unique))
+        newest = _newest_signed(unique)
+        if newest is not None:  # what the sidecar's head file would name, as the stream saw it
+            (d / HEAD_FILE).write_bytes(newest + b"\n")
         seqs = [_seq(line) for line in unique]
         gaps = [f"{a + 1}..{b - 1}" for a, b in itertools.pairwise(seqs) if b > a + 1]
         text = f"instance {instance}: {len(unique)} record(s), seq {first}..{seqs[-1] if seqs else 0}"

@@ -16,8 +16,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from authz.audit.config import AuditConfig
-from authz.audit.log import REFUSED, AuditLog, AuditLogs
+from authz.audit.log import REFUSED, AuditLog, AuditLogs, DecisionFields
 from authz.errors import Answer, Deny, Unavailable
 from authz.model import Context, Exchange
 from authz.pipeline import Stage
@@ -37,7 +39,7 @@ _TOP_KEYS = FACT_KEYS | _NESTED.keys()
 def _safe_facts(facts: dict[str, Any]) -> dict[str, Any]:
     """Only allow-listed facts (never a claim, a header value or a body). What the stages write
     is allow-listed already, so the usual answer is ``facts`` itself, checked in a few set
-    comparisons and not copied: the log encodes the record as soon as it is offered."""
+    comparisons and not copied: it is encoded before the stage returns."""
     if facts.keys() <= _TOP_KEYS:
         identity, policy = facts.get("identity"), facts.get("policy")
         if ((identity is None or (type(identity) is dict and identity.keys() <= IDENTITY_KEYS))
@@ -69,6 +71,23 @@ def decision_record(ctx: Context, deny: Deny | None, time_ms: int) -> dict[str, 
     }
 
 
+def decision_fields(ctx: Context, deny: Deny | None, time_ms: int) -> DecisionFields | None:
+    """``decision_record`` as the fields ``AuditLog.offer_decision`` takes (the writer builds the
+    same record from them), or None when the facts cannot be encoded here. The principal and the
+    action are immutable and go as they are; the facts, a live dict, are encoded now."""
+    req = ctx.request
+    try:
+        facts = orjson.dumps(_safe_facts(ctx.facts), option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return None
+    p = ctx.principal
+    if deny is None:
+        return (time_ms, req.id, req.method, req.host, req.path_only, None if p.anonymous else p, ctx.action,
+                "allow", 200, "ok", facts, req.body)
+    return (time_ms, req.id, req.method, req.host, req.path_only, None if p.anonymous else p, ctx.action,
+            "answer" if isinstance(deny, Answer) else "deny", deny.status, deny.reason, facts, req.body)
+
+
 def outcome_record(ex: Exchange, time_ms: int) -> dict[str, Any]:
     """The ``outcome`` record of an exchange Process saw to its end (forwarded_body_hmac: added
     by the log)."""
@@ -92,10 +111,16 @@ class AuditStage(Stage):
             await self.log.start()
 
     async def on_decision(self, ctx: Context, deny: Deny | None) -> None:
-        record = decision_record(ctx, deny, int(time.time() * 1000))
-        digest = ("body_hmac", ctx.request.body)
-        if self.log.offer(record, digest=digest) or (
-                self.cfg.on_full == "block" and await self.log.put(record, wait_ms=self.cfg.block_ms, digest=digest)):
+        fields = decision_fields(ctx, deny, int(time.time() * 1000))
+        log = self.log
+        if fields is not None:
+            queued = log.offer_decision(fields) or (
+                self.cfg.on_full == "block" and await log.put_decision(fields, wait_ms=self.cfg.block_ms))
+        else:  # facts orjson cannot encode (a bug of ours): the record itself, for the slow encoder
+            record, digest = decision_record(ctx, deny, int(time.time() * 1000)), ("body_hmac", ctx.request.body)
+            queued = log.offer(record, digest=digest) or (
+                self.cfg.on_full == "block" and await log.put(record, wait_ms=self.cfg.block_ms, digest=digest))
+        if queued:
             if self.cfg.durability == "queued" or await self.log.committed():
                 return
             when = "write"
@@ -103,8 +128,15 @@ class AuditStage(Stage):
             when = "check"
         REFUSED.labels(when=when).inc()
         if deny is None:  # fail closed: no record, no request
-            raise Unavailable("the audit log cannot keep up; try again shortly", reason="audit.unavailable",
-                              headers={"retry-after": "1"})
+            broken = not self.log.health()["ok"]
+            raise Unavailable("the audit log cannot be written on this replica; try again shortly" if broken
+                              else "the audit log cannot keep up; try again shortly",
+                              reason="audit.unavailable", headers={"retry-after": "1"})
+
+    def health(self) -> dict[str, object]:
+        """Readiness: a writer that stopped, or whose writes fail, makes the replica unready (its
+        allowed requests would be refused, or their records lost)."""
+        return self.log.health()
 
     async def on_complete(self, ex: Exchange) -> None:
         if not await self.log.put(outcome_record(ex, int(time.time() * 1000)), wait_ms=self.cfg.block_ms,

@@ -10,8 +10,11 @@ fields, deleted, inserted, swapped or reordered records and replaced signatures 
 of these, and the report names file:line and seq.
 
 The ends of a chain: it must start at seq 1 from the genesis, unless a signed trim record
-(``authz audit trim``) says where it now starts; and with ``--head`` (the checkpoint the sidecar
-published outside the directory, ``authz.audit.heads``) it must reach that checkpoint.
+(``authz audit trim``) says where it now starts; it must reach the checkpoint named in its
+directory's head file (``head.json``, replaced after every checkpoint; required once the chain
+shows one was written); and with ``--head`` (the checkpoint the sidecar published outside the
+directory, ``authz.audit.heads``) it must reach that checkpoint too. Only ``--head`` sees the
+newest files deleted together with the head file rolled back to a checkpoint that remains.
 
 What a crash leaves is told apart from tampering: records after a segment's last checkpoint are
 *unsealed* (the segment was not closed), and a last line cut in half is reported as such.
@@ -34,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from authz.audit.lines import DamagedLine, check_line, parse_line
-from authz.audit.log import FILE_PREFIX, GENESIS, checkpoint_message, key_id
+from authz.audit.log import FILE_PREFIX, GENESIS, HEAD_FILE, checkpoint_message, key_id
 from authz.audit.trim import load_trims
 
 
@@ -184,13 +187,38 @@ def verify(paths: Iterable[str | Path],
     if not chains:
         report.problems.append("no audit files found")
     trims = load_trims([Path(p) for p in paths])
+    dirs = [Path(p) for p in paths if Path(p).is_dir()]
+    head_files = _head_files(dirs)
     for instance, rows in chains.items():
-        _Chain(instance, keys, report, trims, (heads or {}).get(instance)).check(rows)
+        chain = _Chain(instance, keys, report, trims, (heads or {}).get(instance))
+        # The head file is looked for (and expected) only where a directory was given.
+        home = rows[0][0].parent
+        if any(d == home or d in home.parents for d in dirs):
+            chain.head_file = head_files.get(home, (home / HEAD_FILE, None))
+        chain.check(rows)
     for instance, head in sorted((heads or {}).items()):
         if instance not in chains:
             report.problems.append(f"instance {instance}: the published head names seq {head.get('seq')}, but "
                                    "there are no audit files of this instance (deleted, or not given)")
     return report
+
+
+def _head_files(dirs: list[Path]) -> dict[Path, tuple[Path, dict[str, Any] | str]]:
+    """Per instance directory under ``dirs``: its head file and the checkpoint it holds, or why
+    it holds none."""
+    found: dict[Path, tuple[Path, dict[str, Any] | str]] = {}
+    for d in dirs:
+        for path in d.rglob(HEAD_FILE):
+            try:
+                record = json.loads(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                found[path.parent] = (path, f"unreadable ({exc})")
+                continue
+            if not isinstance(record, dict) or record.get("type") not in ("checkpoint", "segment"):
+                found[path.parent] = (path, "holds no checkpoint or segment record")
+            else:
+                found[path.parent] = (path, record)
+    return found
 
 
 class _Chain:
@@ -206,9 +234,14 @@ class _Chain:
         self.segment_open: str | None = None
         self.segment_count: int | None = None  # records of the open segment so far (None: its start was trimmed)
         self.signed = False
-        self.head_hash: Any = None  # the hash of the record at the head's seq, once seen
+        self.signed_hashes: dict[Any, Any] = {}  # seq -> hash of each signed record (a head is one)
         self.where = ""
         self.last_seq = 0
+        # (path, its checkpoint or why none, or None: absent) when the chain was read from a
+        # directory; None when only files were given.
+        self.head_file: tuple[Path, dict[str, Any] | str | None] | None = None
+        self.keeps_head_file = False  # the last segment says its writer keeps one
+        self.since_segment = 0  # records after the last segment's opening one (synced, with its head file, first)
 
     def problem(self, text: str) -> None:
         self.report.problems.append(text)
@@ -247,14 +280,15 @@ class _Chain:
         if self.segment_count is not None:
             self.segment_count += 1
         kind = rec.get("type")
+        self.since_segment += 1
         if kind == "segment":
             self.segment(rec)
         elif kind == "checkpoint":
             self.checkpoint(rec)
         else:
             self.since_seal.append(seq)
-        if self.head is not None and seq == self.head.get("seq"):
-            self.head_hash = rec.get("hash")
+        if kind in ("checkpoint", "segment"):
+            self.signed_hashes[seq] = rec.get("hash")
         self.prev = rec.get("hash")
         self.expected_seq = (seq if isinstance(seq, int) else expected) + 1
         if isinstance(seq, int):
@@ -292,6 +326,8 @@ class _Chain:
                 f"segment {self.segment_open}: {len(self.since_seal)} record(s) after its last checkpoint "
                 f"(seq {self.since_seal[0]}..{self.since_seal[-1]}) were never sealed; it was not closed (crash)")
         self.segment_open, self.since_seal, self.segment_count = rec.get("segment"), [], 1
+        self.keeps_head_file = rec.get("head_file") == HEAD_FILE
+        self.since_segment = 0
         why = _sign_ok(rec, self.keys)
         if why is not None:
             self.problem(f"{where} (seq {seq}): the segment's opening record is not signed: {why}")
@@ -335,20 +371,42 @@ class _Chain:
                          "the keys given (a chain rewritten without the key, or the wrong public key)")
         if self.head is not None:
             self.check_head(self.head)
+        if self.head_file is not None:
+            self.check_head_file(*self.head_file)
         report.sealed_through[self.instance] = self.last_sealed_seq
 
-    def check_head(self, head: dict[str, Any]) -> None:
+    def check_head_file(self, path: Path, head: dict[str, Any] | str | None) -> None:
+        """The directory's head file names the newest signed record synced (a segment's opening
+        record, a checkpoint): the chain must reach it. A writer that keeps one writes it after
+        its segment's opening record and before anything else, so it may be absent only while
+        that record is the chain's last (or when the writer keeps none: an older sidecar)."""
+        if head is None:
+            if self.keeps_head_file and self.since_segment:
+                self.problem(f"instance {self.instance}: the head file {path} is missing: the writer of the "
+                             "last segment keeps one (its opening record says so) and wrote it before the "
+                             "records that follow, so it was deleted (with the newest files, if any were)")
+            return
+        if isinstance(head, str):
+            self.problem(f"instance {self.instance}: the head file {path} {head} (edited or corrupted)")
+            return
+        if head.get("instance") != self.instance:
+            self.problem(f"instance {self.instance}: the head file {path} names instance {head.get('instance')} "
+                         "(files moved between instances)")
+            return
+        self.check_head(head, source=f"the head file {path}")
+
+    def check_head(self, head: dict[str, Any], *, source: str = "the published head") -> None:
         seq = head.get("seq")
         why = _sign_ok(head, self.keys)
         if why is not None:
-            self.problem(f"instance {self.instance}: the published head (seq {seq}) is not trusted: {why}")
+            self.problem(f"instance {self.instance}: {source} (seq {seq}) is not trusted: {why}")
         elif isinstance(seq, int) and seq > self.last_seq:
-            self.problem(f"instance {self.instance}: the newest records are missing: the published head is "
+            self.problem(f"instance {self.instance}: the newest records are missing: {source} names "
                          f"seq {seq} (hash {str(head.get('hash'))[:16]}...), the chain on disk ends at seq "
                          f"{self.last_seq} ({self.where}): seq {self.last_seq + 1}..{seq} deleted (the file "
                          f"{FILE_PREFIX}{self.last_seq + 1:012d}.jsonl and any after it) or cut short")
-        elif self.head_hash != head.get("hash"):
-            self.problem(f"instance {self.instance}: the record at seq {seq} is not the published head "
+        elif self.signed_hashes.get(seq) != head.get("hash"):
+            self.problem(f"instance {self.instance}: the record at seq {seq} is not {source} "
                          "(the chain was rewritten after it was published)")
         else:
-            self.report.notes.append(f"instance {self.instance}: the chain reaches the published head (seq {seq})")
+            self.report.notes.append(f"instance {self.instance}: the chain reaches {source} (seq {seq})")

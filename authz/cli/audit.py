@@ -241,14 +241,16 @@ def main(argv: Sequence[str]) -> int:
                                     "2  intact up to the last checkpoint, but not closed: records not sealed yet "
                                     "(a running sidecar's newest ones, or a crash's or truncation's), or a "
                                     "segment still open; also a wrong command line"))
-    v.add_argument("paths", nargs="+", help="audit files or directories")
+    v.add_argument("paths", nargs="+", help="audit files or directories (a directory's head.json, the newest "
+                                            "signed record the sidecar synced, is checked too)")
     v.add_argument("--public-key", required=True, action="append",
                    help="Ed25519 public key: PEM, a JWK or a JWKS (every Ed25519 key in it); repeat it "
                         "for each key the sidecars signed with when the audit key was rotated")
     v.add_argument("--head", action="append", default=[],
                    help="the newest published checkpoint: a file (saved GET /audit/head, decision-log lines, "
                         "a Redis Stream export) or the sidecar's http(s)://.../audit/head URL; the chain must "
-                        "reach it (repeatable)")
+                        "reach it (repeatable). Without it, newest files deleted together with head.json "
+                        "rolled back to a remaining checkpoint go unseen")
     e = sub.add_parser("explain", help="tell one request's story", description="Tell one request's story.",
                        **exit_codes("0  told", "1  no record names the request", USAGE_ERROR))
     e.add_argument("request_id", help="the x-request-id of the request")

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from authz.model import ANONYMOUS, Action, Handoff, Metering, Principal, Reservation
+from authz.model import ANONYMOUS, Action, Handoff, Metering, Principal, RateCharge, Reservation
 
 FIELD = "authz"
 
@@ -70,6 +70,8 @@ def encode(h: Handoff) -> dict[str, str]:
         m = h.metering
         doc["m"] = {"model": m.model, "stream": m.stream, "pt": m.prompt_tokens,
                     "r": [[r.id, r.key, r.amount, r.unit] for r in m.reservations]}
+    if h.rate_charges:
+        doc["rc"] = [[c.key, c.interval_us, c.cost] for c in h.rate_charges]
     if h.response_rule:
         doc["rr"] = h.response_rule
     if h.restore_key:
@@ -98,4 +100,7 @@ def decode(text: str) -> Handoff:
     if m is not None:
         h.metering = Metering(reservations=tuple(Reservation(*r) for r in m["r"]), model=m["model"],
                               stream=m["stream"], prompt_tokens=m.get("pt", 0))
+    rc = doc.get("rc")
+    if rc:
+        h.rate_charges = tuple(RateCharge(*c) for c in rc)
     return h

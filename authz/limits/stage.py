@@ -7,7 +7,8 @@ store call (one Redis round trip per slot); a refusal is a 429 with ``Retry-Afte
 most the request may generate), so concurrent requests overshoot a budget by no more than what
 the requests in flight used beyond their estimates. What was taken is registered on the context
 (``ctx.on_refusal``): if the request does not go upstream after all, ``Pipeline.release`` gives
-it back.
+it back. What Check took also travels in the hand-off (rate charges, reservations), so a refusal in
+Process before the request goes upstream gives it back too (``on_refused``).
 
 Process: the response streams by (never buffered for this), its ``usage`` is read, and the
 reservation is settled to what was really used: released when the upstream failed, the prompt
@@ -28,7 +29,7 @@ from authz.limits.config import Budget, LimitsConfig, Price, RateLimit
 from authz.limits.metering import Usage, UsageMeter
 from authz.matching import CompiledConditions, CompiledMatch, Glob
 from authz.matching.config import Conditions, Match
-from authz.model import Context, Exchange, Metering, Reservation
+from authz.model import Context, Exchange, Metering, RateCharge, Reservation
 from authz.pipeline import Stage
 from authz.store import Store, StoreUnavailable
 from authz.store import limits as alg
@@ -267,6 +268,8 @@ class LimitsStage(Stage):
             # Taken now; given back if the request does not go upstream after all.
             rate_ops, reserve_ops = [op for _, op in rates], [op for _, op in reserves]
             ctx.on_refusal.append(lambda: self.store.undo_limits(rate_ops, reserve_ops))
+            if rate_ops:
+                ctx.handoff.rate_charges = tuple(RateCharge(op.key, op.interval_us, op.cost) for op in rate_ops)
             return
         refused_rates = [(limit, r) for (limit, _), r in zip(rates, result.rates, strict=True)
                          if not r.allowed]
@@ -323,9 +326,27 @@ class LimitsStage(Stage):
             if ex.response_end:
                 meter.feed_json(ex.state.pop("json", b""))
 
+    async def on_refused(self, ex: Exchange) -> None:
+        """Process refused the request before it went upstream: give back every rate charge and
+        reservation Check made for it, in the same one call per slot as a refusal in Check."""
+        h = ex.handoff
+        rate_ops = [alg.RateOp(c.key, c.interval_us, 0, c.cost) for c in h.rate_charges]
+        reservations = h.metering.reservations if h.metering is not None else ()
+        reserve_ops = [alg.ReserveOp(r.key, 0, r.amount, 0) for r in reservations]
+        if not rate_ops and not reserve_ops:
+            return
+        try:
+            await self.store.undo_limits(rate_ops, reserve_ops)
+        except StoreUnavailable as exc:
+            log.error("could not give back the limits of refused request %s: %s", ex.request.id, exc)
+            return
+        for r in reservations:
+            ex.facts.setdefault("budgets", {})[r.id] = {"reserved": r.amount, "actual": 0,
+                                                        "unit": r.unit, "settled": "released"}
+
     async def on_complete(self, ex: Exchange) -> None:
         budget = ex.handoff.metering
-        if budget is None:
+        if budget is None or ex.refused:  # refused before upstream: released by ``on_refused``
             return
         meter: UsageMeter | None = ex.state.get("meter")
         if meter is not None and "json" in ex.state:  # stream ended without end_of_stream

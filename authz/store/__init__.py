@@ -20,10 +20,12 @@ def build_store(cfg: "StoreConfig") -> Store:
     import logging
 
     if cfg.redis_url:
+        from authz.store.resp import parse_seed
+
         return RedisStore(cfg.redis_url, timeout=cfg.timeout_ms / 1000,
                           connect_timeout=cfg.connect_timeout_ms / 1000,
                           max_connections=cfg.max_connections, prefix=cfg.key_prefix,
-                          cluster=cfg.cluster)
+                          cluster=cfg.cluster, seeds=[parse_seed(s) for s in cfg.cluster_seeds])
     logging.getLogger("authz.store").warning(
         "no store.redis_url configured: using the in-process memory store; rate limits, budgets "
         "and approvals are then per process and are not shared between replicas")

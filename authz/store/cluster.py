@@ -2,9 +2,13 @@
 
 One ``RespClient`` per master, each with its own connection, timeout and reconnect backoff, so a
 master that hangs or dies costs only the calls for its slots (each bounded by the timeout) and
-never the others. The slot map comes from ``CLUSTER SLOTS`` (asked of any node that answers) when
-the first call needs it, and again after a node answered ``MOVED``/``ASK`` (a failover or
-resharding) or could not be reached; refreshes are shared and at most one per ``refresh_every``.
+never the others. The slot map comes from ``CLUSTER SLOTS`` when the first call needs it, and
+again after a node answered ``MOVED``/``ASK`` (a failover or resharding) or could not be reached;
+refreshes are shared and at most one per ``refresh_every``. A refresh asks the masters of the map
+it has, then the seeds (the URL's node and ``store.cluster_seeds``), then every other node it has
+heard of, until one answers; when none does, it tries again in the background every
+``refresh_every`` (and on demand) until one does: a seed that is down at start, or a whole
+Cluster that comes back, is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from redis.crc import key_slot
@@ -26,8 +31,10 @@ _REDIRECTS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 class SlotRouter:
     def __init__(self, url: str, *, timeout: float, connect_timeout: float,
-                 refresh_every: float = 0.5) -> None:
+                 refresh_every: float = 0.5, seeds: Sequence[tuple[str, int]] = ()) -> None:
         self.seed = parse_url(url)
+        first = (self.seed.host, self.seed.port)
+        self.seeds = (first, *[a for a in dict.fromkeys(seeds) if a != first])
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.refresh_every = refresh_every
@@ -36,6 +43,9 @@ class SlotRouter:
         self._mapped = False
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = -1e9
+        self._retry: asyncio.TimerHandle | None = None  # the next try after a refresh that failed
+        self._failing_since: float | None = None
+        self._warned_at = 0.0
         self._closed = False
 
     def node(self, address: tuple[str, int]) -> RespClient:
@@ -82,22 +92,40 @@ class SlotRouter:
         self._refreshed_at = loop.time()
         self._refreshing = loop.create_task(self._refresh())
 
+    def candidates(self) -> list[tuple[str, int]]:
+        """Whom a refresh asks, in order: the masters of the current map, the seeds, then every
+        other node heard of (a replica promoted since, a master that left the map)."""
+        return list(dict.fromkeys([*self.masters(), *self.seeds, *self.nodes]))
+
     async def _refresh(self) -> None:
+        errors: list[str] = []
+        read = False
         try:
-            seed = (self.seed.host, self.seed.port)
-            candidates = [seed, *[a for a in self.nodes if a != seed]]
-            errors = []
-            for address in candidates:
+            for address in self.candidates():
                 try:
                     reply = await self.node(address).execute("CLUSTER", "SLOTS")
                 except (RespError, OSError, TimeoutError) as exc:
                     errors.append(f"{address[0]}:{address[1]}: {exc}")
                     continue
                 self._apply(reply, address[0])
+                read = True
+                if self._failing_since is not None:
+                    log.warning("read the Redis Cluster slot map from %s:%d again", *address)
+                    self._failing_since = None
                 return
-            log.warning("cannot read the Redis Cluster slot map: %s", "; ".join(errors))
+            now = asyncio.get_running_loop().time()
+            if self._failing_since is None or now - self._warned_at >= 60:  # once a minute at most
+                self._failing_since = self._failing_since or now
+                self._warned_at = now
+                log.warning("cannot read the Redis Cluster slot map from any node (trying again every "
+                            "%.1f s): %s", self.refresh_every, "; ".join(errors))
         finally:
             self._refreshing = None
+            if not read and not self._closed and self._retry is None:  # none answered: again soon
+                def again() -> None:
+                    self._retry = None
+                    self.refresh()
+                self._retry = asyncio.get_running_loop().call_later(self.refresh_every, again)
 
     def _apply(self, reply: Any, fallback_host: str) -> None:
         slots: list[tuple[str, int] | None] = [None] * SLOTS
@@ -115,6 +143,8 @@ class SlotRouter:
 
     async def close(self) -> None:
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
         if self._refreshing is not None:
             self._refreshing.cancel()
         for client in list(self.nodes.values()):

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from authz import metrics
 from authz.store import limits as alg
@@ -52,7 +52,8 @@ class RedisStore(Store):
     backend = "redis"
 
     def __init__(self, url: str, *, timeout: float = 0.05, connect_timeout: float = 0.5,
-                 max_connections: int = 64, prefix: str = "", cluster: bool = False) -> None:
+                 max_connections: int = 64, prefix: str = "", cluster: bool = False,
+                 seeds: Sequence[tuple[str, int]] = ()) -> None:
         self.url = url
         self.timeout = timeout
         self.cluster = cluster
@@ -68,10 +69,11 @@ class RedisStore(Store):
         # unless used. The sidecar's own operations never go through it.
         self.client: Any
         if cluster:
-            self._router = SlotRouter(url, timeout=timeout, connect_timeout=connect_timeout)
+            self._router = SlotRouter(url, timeout=timeout, connect_timeout=connect_timeout, seeds=seeds)
             self.client = RedisCluster.from_url(url, socket_timeout=max(timeout, 0.001),
                                                 socket_connect_timeout=connect_timeout,
-                                                max_connections=max_connections)
+                                                max_connections=max_connections,
+                                                startup_nodes=[ClusterNode(h, p) for h, p in seeds])
         else:
             self._resp = RespClient(url, timeout=timeout, connect_timeout=connect_timeout)
             pool = aioredis.BlockingConnectionPool.from_url(

@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import re
 import socket
 import ssl
 import time
@@ -83,6 +84,15 @@ class Endpoint:
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _TRUE = {"1", "true", "yes", "on"}
+
+
+def parse_seed(seed: str, where: str = "") -> tuple[str, int]:
+    """``host:port`` or ``[v6 address]:port`` as (host, port); ``ValueError`` naming ``where``."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9_.-]+):(\d{1,5})", seed)
+    port = int(m.group(2) or m.group(4)) if m else 0
+    if m is None or not 1 <= port <= 65535:
+        raise ValueError(f"{where} {seed!r} is not host:port (an IPv6 address as [addr]:port)".strip())
+    return (m.group(1) or m.group(3)), port
 
 
 def parse_url(url: str) -> Endpoint:

@@ -270,7 +270,7 @@ def delete_first_file(d: Path) -> str:
 def delete_first_100_records(d: Path) -> str:
     f = _nonempty(d)[0]
     ls = _lines(f)
-    assert len(ls) > 2  # a segment rotates at 4 KiB here: up to 100 records, never the last
+    assert len(ls) > 2  # a segment rotates at 4 KiB and idle checkpoints fill it too: up to 100 records, never the last
     f.write_bytes(b"".join(ls[min(100, len(ls) - 1):]))
     return f"{f}:1"
 
@@ -350,6 +350,24 @@ def test_tampering_is_caught(clean_log, tmp_path, case):
     # explain and export read the damaged copy without crashing.
     assert audit_cli("export", str(work)).returncode == 0
     assert audit_cli("explain", "no-such-id", str(work)).returncode == 1
+
+
+def test_deleting_the_newest_file_is_caught_without_head(clean_log, tmp_path):
+    """Without --head, the instance directory's head file names the newest signed record: the
+    newest file deleted (closed by its segment's final checkpoint) is exit 1, and so is the head
+    file deleted with it (rolled back to a checkpoint that remains: tests/unit/audit/test_chain_ends.py)."""
+    clean, keys, _, _ = clean_log
+    work = tmp_path / "copy"
+    shutil.copytree(clean, work)
+    newest = _nonempty(work)[-1]
+    newest.unlink()
+    result = verify(work, *keys)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "the newest records are missing: the head file" in out, out
+    assert f"(the file {newest.name} and any after it)" in out, out
+    (work / "e2e" / "head.json").unlink()
+    result = verify(work, *keys)
+    assert result.returncode == 1 and "head.json is missing" in result.stdout, result.stdout
 
 
 def test_a_foreign_key_is_refused(clean_log, tmp_path):

@@ -246,6 +246,44 @@ def test_a_check_envoy_stopped_waiting_for_charges_nothing(redis_url, tmp_path):
             (before, snapshot(redis_url, False, prefix))
 
 
+def tamper_between_check_and_process(cfg: dict) -> None:
+    """A Lua filter between ext_authz and ext_proc that changes the body of requests carrying
+    ``x-e2e-tamper`` (same length): Process then sees a body other than the one Check read."""
+    filters = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    at = next(i for i, f in enumerate(filters) if f["name"] == "envoy.filters.http.ext_authz") + 1
+    filters.insert(at, {"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": (
+            "function envoy_on_request(h)\n"
+            "  if h:headers():get('x-e2e-tamper') == nil then return end\n"
+            "  local b = h:body()\n"
+            "  local text = b:getBytes(0, b:length())\n"
+            "  b:setBytes((string.gsub(text, 'tamper', 'TAMPER')))\n"
+            "end\n")}}})
+
+
+def test_a_request_process_refuses_before_upstream_is_charged_nothing(redis_url, tmp_path):
+    """Check allows and rewrites the body (an address masked), charging the rate limit and
+    reserving the budget; Process then sees another body and refuses (503 body.rewrite_lost)
+    before anything goes upstream: every counter is as it was."""
+    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/hour", "burst": 50}],
+              "budgets": [{"id": "daily-tokens", "key": ["user"], "limit": 100_000}]}
+    cfg, prefix = write_config(tmp_path, redis_url, limits)
+    with Stack(authz_config=cfg, envoy_edit=tamper_between_check_and_process) as stack:
+        s = Running(stack)
+        token = s.token("tess", roles=["accounting"])
+        chat = {"model": "gpt-general", "max_tokens": 50,
+                "messages": [{"role": "user", "content": "mail tess@acme.com, tamper"}]}
+        assert s.http.post("/v1/chat/completions", headers=s.auth(token), json=chat).status_code == 200
+        assert wait_for(lambda: len(snapshot(redis_url, False, prefix)) == 2)
+        time.sleep(0.3)  # settled
+        before = snapshot(redis_url, False, prefix)
+        r = s.http.post("/v1/chat/completions", headers={**s.auth(token), "x-e2e-tamper": "1"}, json=chat)
+        assert r.status_code == 503 and r.headers["x-authz-reason"] == "body.rewrite_lost", r.text
+        assert wait_for(lambda: same_counters(before, snapshot(redis_url, False, prefix))), \
+            (before, snapshot(redis_url, False, prefix))
+
+
 # -- a stream cut short -------------------------------------------------------------------------
 
 def test_a_stream_the_client_aborts_is_charged_what_was_streamed(redis_url, tmp_path):
@@ -339,6 +377,25 @@ def test_cluster_limits_all_or_nothing_and_a_dead_master_costs_only_its_slots(re
         t = s.token(users[victim], roles=["accounting"])
         assert wait_for(lambda: s.http.get("/v1/models", headers=s.auth(t)).status_code == 200, timeout=15)
     redis_cluster.wait_ok()
+
+
+def test_cluster_first_seed_dead_at_start_the_next_seed_serves(redis_cluster, tmp_path):
+    """``redis_url`` names a node that is down when the sidecar starts: the slot map comes from the
+    next of ``cluster_seeds``, and limits are counted on the Cluster from the first request."""
+    dead = free_port()
+    limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "100/hour", "burst": 100,
+                               "on_store_error": "fail_closed"}]}
+
+    def seeds(cfg: dict) -> None:
+        cfg["store"]["cluster_seeds"] = [f"127.0.0.1:{dead}", *[f"127.0.0.1:{p}" for p in redis_cluster.ports]]
+    cfg, prefix = write_config(tmp_path, f"redis://127.0.0.1:{dead}/0", limits, cluster=True, edit=seeds)
+    with Stack(authz_config=cfg) as stack:
+        s = Running(stack)
+        store = httpx.get(f"{stack.authz_http}/readyz").json()["components"]["store"]
+        assert store["ok"] and not store["detail"], store
+        token = s.token("sam", roles=["accounting"])
+        assert [s.http.get("/v1/models", headers=s.auth(token)).status_code for _ in range(3)] == [200] * 3
+        assert list(snapshot(redis_cluster.url, True, prefix)) == [f"{prefix}rl:{{user=sam}}:per-user"]
 
 
 # -- the overshoot bound --------------------------------------------------------------------------

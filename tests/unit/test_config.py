@@ -99,3 +99,29 @@ def test_non_finite_or_absurd_numbers_are_refused_with_their_key(text, key):
     with pytest.raises(ConfigError) as err:
         parse_config(text)
     assert key in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("store: {redis_url: 'redis://a:1', cluster: true, cluster_seeds: ['b']}", "[0] 'b' is not host:port"),
+    ("store: {redis_url: 'redis://a:1', cluster: true, cluster_seeds: ['a:1', 'b:0']}", "[1] 'b:0'"),
+    ("store: {redis_url: 'redis://a:1', cluster: true, cluster_seeds: ['b:70000']}", "is not host:port"),
+    ("store: {redis_url: 'redis://a:1', cluster: true, cluster_seeds: ['b:1', 'b:1']}", "twice"),
+])
+def test_cluster_seeds_are_checked_at_load(text, message):
+    assert message in problems(text)["store.cluster_seeds"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("store: {redis_url: 'redis://a:1', cluster_seeds: ['b:1']}", "cluster is false"),
+    ("store: {redis_url: 'unix:///s', cluster: true, cluster_seeds: ['b:1']}", "redis:// or rediss://"),
+])
+def test_cluster_seeds_need_a_cluster_url(text, message):
+    assert message in problems(text)["store"]
+
+
+def test_cluster_seeds_take_names_and_addresses():
+    cfg = parse_config("store: {redis_url: 'rediss://u:p@a:1', cluster: true, "
+                       "cluster_seeds: ['redis-1.ns.svc:6379', '10.0.0.2:7000', '[fd00::2]:7001']}", env={})
+    from authz.store.resp import parse_seed
+    assert [parse_seed(s) for s in cfg.store.cluster_seeds] == [
+        ("redis-1.ns.svc", 6379), ("10.0.0.2", 7000), ("fd00::2", 7001)]

@@ -212,13 +212,25 @@ async def test_the_cli_trims_by_date(tmp_path, key, capsys):
 async def test_deleting_the_newest_files_is_caught_against_the_published_head(tmp_path, key, capsys):
     await session(tmp_path, key, 30, rotate_bytes=4096)
     log = await session(tmp_path, key, 30, prefix="b", rotate_bytes=4096)
-    head_file = tmp_path / "head.json"
+    head_file = tmp_path / "published.json"
     head_file.write_text(json.dumps({"heads": [log.head]}))
     pub = pem(tmp_path, key)
     assert main(["verify", str(tmp_path / "i1"), "--public-key", pub, "--head", str(head_file)]) == 0
+    assert json.loads((tmp_path / "i1" / "head.json").read_bytes()) == log.head  # the final checkpoint
     for f in [f for f in files(tmp_path) if f.stat().st_size][-2:]:  # the newest closed file(s)
         f.unlink()
-    assert verify([tmp_path], key.public_key()).status == 0  # without the head, nothing says so
+    # Without --head, the directory's head file says so ...
+    report = verify([tmp_path], key.public_key())
+    assert report.status == 1 and "the newest records are missing: the head file" in report.render()
+    # ... and so does its absence: the chain's writer kept one.
+    (tmp_path / "i1" / "head.json").rename(tmp_path / "kept.json")
+    report = verify([tmp_path / "i1"], key.public_key())
+    assert report.status == 1 and "head.json is missing" in report.render()
+    # Rolled back to the newest checkpoint that remains, it cannot tell: only --head can.
+    remaining = [json.loads(line) for f in files(tmp_path) for line in f.read_bytes().splitlines()]
+    last = [r for r in remaining if r["type"] == "checkpoint"][-1]
+    (tmp_path / "i1" / "head.json").write_text(json.dumps(last))
+    assert verify([tmp_path], key.public_key()).status == 0
     assert main(["verify", str(tmp_path / "i1"), "--public-key", pub, "--head", str(head_file)]) == 1
     assert "the newest records are missing" in capsys.readouterr().out
 

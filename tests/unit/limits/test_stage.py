@@ -239,3 +239,28 @@ async def test_an_undo_after_a_refusal_leaves_every_counter_as_it_was():
     for give_back in second.on_refusal:
         await give_back()
     assert [await store.get(k) for k in keys] == before
+
+
+async def test_a_refusal_in_process_gives_back_what_check_took_from_the_handoff():
+    """Process (maybe another replica) refuses before the request goes upstream: the rate charge
+    and the reservation Check made are given back from the hand-off alone, and nothing is settled
+    afterwards (no second release)."""
+    from authz.envoy import handoff as wire
+    from authz.pipeline import Pipeline
+
+    store = MemoryStore()
+    s = stage(store)
+    first = chat_ctx({"model": "gpt-x", "max_tokens": 10})
+    await s.on_request(first)
+    keys = [r.key for r in first.handoff.metering.reservations] + ["rl:{user=oscar}:per-user"]
+    before = [await store.get(k) for k in keys]
+    second = chat_ctx({"model": "gpt-x", "max_tokens": 10})
+    await s.on_request(second)
+    assert [await store.get(k) for k in keys] != before
+    handoff = wire.decode(wire.encode(second.handoff)[wire.FIELD])
+    assert [c.key for c in handoff.rate_charges] == ["rl:{user=oscar}:per-user"]
+    other = stage(store)  # a fresh stage: nothing of the Check's context survives
+    ex = Exchange(request=second.request, handoff=handoff, refused=True)
+    await Pipeline([other]).complete(ex)
+    assert [await store.get(k) for k in keys] == before
+    assert {b["settled"] for b in ex.facts["budgets"].values()} == {"released"}

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from authz.dev.stack import port_open
+from authz.dev.stack import free_port, port_open
 from authz.store import RedisStore, StoreUnavailable
 from authz.store.limits import RateOp, ReserveOp
 
@@ -123,3 +123,58 @@ async def test_a_failing_master_costs_only_its_slots(redis_cluster, fault, timeo
     finally:
         await store.close()
     redis_cluster.wait_ok()
+
+
+async def test_a_dead_first_seed_is_passed_over_for_the_next(redis_cluster):
+    dead = free_port()
+    s = RedisStore(f"redis://127.0.0.1:{dead}/0", timeout=0.05, connect_timeout=0.2, cluster=True,
+                   seeds=[("127.0.0.1", dead), ("127.0.0.1", redis_cluster.ports[1])],
+                   prefix=f"c{uuid.uuid4().hex[:6]}:")
+    try:
+        assert await s.check_health() == ""
+        assert len(s._router.masters()) == 3
+        assert s._router._retry is None  # read: no background retry left running for the dead seed
+        assert await s.incr("seeded", 2, ttl=60) == 2
+    finally:
+        await s.close()
+
+
+async def test_with_no_seed_answering_the_map_is_read_once_one_does_without_a_call(redis_cluster):
+    """No seed answers at start: calls fail (store unavailable, within the timeout); the router
+    keeps trying in the background, so once a seed answers the map arrives with no call asking."""
+    late = free_port()
+    s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.05, connect_timeout=0.2,
+                   cluster=True, seeds=[("127.0.0.1", late)], prefix=f"c{uuid.uuid4().hex[:6]}:")
+    s._router.refresh_every = 0.2
+
+    async def forward(reader, writer):  # a seed that comes up later: a proxy to a real node
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_cluster.ports[2])
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    server = None
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await s.incr("late", 1, ttl=60)
+        assert time.monotonic() - started < 0.5
+        await asyncio.sleep(0.5)
+        assert s._router.masters() == []
+        server = await asyncio.start_server(forward, "127.0.0.1", late)
+        for _ in range(100):
+            if s._router.masters():
+                break
+            await asyncio.sleep(0.05)
+        assert len(s._router.masters()) == 3  # no call asked: the background retry found it
+        assert await s.incr("late", 1, ttl=60) == 1
+    finally:
+        await s.close()
+        if server is not None:
+            server.close()
