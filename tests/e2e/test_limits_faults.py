@@ -78,11 +78,17 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 
 # -- a paused Redis -----------------------------------------------------------------------------
 
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, math.ceil(len(values) * q) - 1)]
+
+
 @pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
 def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
-    """SIGSTOP Redis for 1.5 s during load, then SIGCONT: the counter equals the requests answered
-    with a checked allow (Redis ran the backlog of calls the sidecar had given up on, and applied
-    none of them), and the answers during the pause came within timeout_ms + 20 ms (p99)."""
+    """SIGSTOP Redis for 1.5 s during load, then SIGCONT, twice: the counter equals the requests
+    answered with a checked allow (Redis ran the backlog of calls the sidecar had given up on, and
+    applied none of them), and the answers during a pause came within timeout_ms + 20 ms (p99) of
+    what they cost in the second before it."""
     url, proc = start_redis(tmp_path / "redis")
     timeout_ms = 50
     limits = {"rate_limits": [{"id": "per-user", "key": ["user"], "rate": "1/day", "burst": 1_000_000,
@@ -107,7 +113,7 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
             token = s.token("oscar", roles=["accounting"])
             assert s.http.get("/v1/models", headers=s.auth(token)).status_code == 200
             samples: list[tuple[float, float, int, bool]] = []  # started, seconds, status, checked
-            window: dict[str, float] = {}
+            pauses: list[tuple[float, float]] = []  # (SIGSTOP, SIGCONT) times
 
             async def load(http: httpx.AsyncClient, until: float) -> None:
                 while time.monotonic() < until:
@@ -116,17 +122,18 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
                     samples.append((started, time.monotonic() - started, r.status_code, "ratelimit" in r.headers))
 
             async def pause() -> None:
-                await asyncio.sleep(1.0)
-                proc.signal(signal.SIGSTOP)
-                window["stop"] = time.monotonic()
-                await asyncio.sleep(1.5)
-                window["cont"] = time.monotonic()
-                proc.signal(signal.SIGCONT)
+                for _ in range(2):
+                    await asyncio.sleep(1.0)
+                    proc.signal(signal.SIGSTOP)
+                    stop = time.monotonic()
+                    await asyncio.sleep(1.5)
+                    pauses.append((stop, time.monotonic()))
+                    proc.signal(signal.SIGCONT)
 
             async def run() -> None:
                 limits_ = httpx.Limits(max_connections=8, max_keepalive_connections=8)
                 async with httpx.AsyncClient(base_url=stack.url, timeout=10, limits=limits_) as http:
-                    until = time.monotonic() + 4.0
+                    until = time.monotonic() + 6.5
                     await asyncio.gather(pause(), *(load(http, until) for _ in range(8)))
 
             asyncio.run(run())
@@ -141,37 +148,38 @@ def test_redis_paused_under_load_leaves_no_phantom_charges(policy, tmp_path):
             charged = round((tat - now) / DAY_US)
             checked = 1 + sum(1 for _, _, status, has in samples if status == 200 and has)
             statuses = {status for _, _, status, _ in samples}
-            during = sorted(secs for started, secs, _, _ in samples
-                            if window["stop"] + 0.05 < started and started + secs < window["cont"])
-            print(f"{policy}: {len(samples)} answers, {checked} checked allows, counter {charged}, "
-                  f"{len(during)} during the pause, statuses {statuses}")
+            print(f"{policy}: {len(samples)} answers, {checked} checked allows, counter {charged}, statuses {statuses}")
             assert charged == checked, (charged, checked)
             if policy == "fail_closed":
                 assert any(st == 503 for _, _, st, _ in samples)
             else:
                 assert any(st == 200 and not has for _, _, st, has in samples)  # served unchecked
             assert 500 not in statuses
-            assert len(during) > 20
-            during[math.ceil(len(during) * 0.99) - 1]
-            before = sorted(secs for started, secs, _, _ in samples if started + secs < window["stop"])
 
-            def pct(values: list[float], q: float) -> float:
-                return values[min(len(values) - 1, math.ceil(len(values) * q) - 1)]
-            p50 = (pct(before, 0.5), pct(during, 0.5))
-            p99 = (pct(before, 0.99), pct(during, 0.99))
-            ms = [f"{1000 * v:.1f}" for v in (*p50, *p99)]
-            print(f"latency ms before/during the pause: p50 {ms[0]}/{ms[1]} p99 {ms[2]}/{ms[3]}")
             # The pause adds at most the store's timeout + 20 ms to what an answer costs on this
             # machine anyway (a shared 2-core box: Envoy, the sidecar and this client compete).
+            # The tail is judged on the better of the two pauses: a sidecar that waits on a hung
+            # Redis misses the bound in both, a moment's stall of the machine only in one.
             bound = (timeout_ms + 20) / 1000
-            assert p50[1] <= p50[0] + bound
-            stalled = [late for when, late in stalls if window["stop"] <= when <= window["cont"]]
-            if p99[0] > 0.1:  # the box was too busy for its tail to say anything about the sidecar's
-                print("p99 not judged: the answers before the pause already had a p99 over 100 ms")
-            elif stalled and max(stalled) > 0.1:  # so was the whole machine, for a moment
-                print(f"p99 not judged: this test's own thread stalled {max(stalled) * 1000:.0f} ms during the pause")
-            else:
-                assert p99[1] <= p99[0] + bound
+            verdicts = []
+            for stop, cont in pauses:
+                during = [secs for started, secs, _, _ in samples if stop + 0.05 < started and started + secs < cont]
+                before = [secs for started, secs, _, _ in samples if stop - 1.0 <= started and started + secs < stop]
+                assert len(during) > 20 and len(before) > 20, (len(before), len(during))
+                p50, p99 = (_pct(before, 0.5), _pct(during, 0.5)), (_pct(before, 0.99), _pct(during, 0.99))
+                print("latency ms before/during a pause: p50 {:.1f}/{:.1f} p99 {:.1f}/{:.1f}".format(
+                    *(1000 * v for v in (*p50, *p99))))
+                assert p50[1] <= p50[0] + bound
+                stalled = max((late for when, late in stalls if stop <= when <= cont), default=0.0)
+                if p99[0] > 0.1:  # the box was too busy for its tail to say anything about the sidecar's
+                    verdicts.append(f"not judged: the answers before it had a p99 of {p99[0] * 1000:.0f} ms")
+                elif stalled > 0.1:  # so was the whole machine, for a moment
+                    verdicts.append(f"not judged: this test's own thread stalled {stalled * 1000:.0f} ms")
+                else:
+                    verdicts.append("met" if p99[1] <= p99[0] + bound else
+                                    f"missed: p99 {p99[1] * 1000:.0f} ms > {(p99[0] + bound) * 1000:.0f} ms")
+            print("p99 during the pauses:", "; ".join(verdicts))
+            assert "met" in verdicts or not any(v.startswith("missed") for v in verdicts), verdicts
     finally:
         probing.set()
         proc.stop()
