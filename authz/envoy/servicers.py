@@ -160,6 +160,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[proc_pb2.ProcessingResponse]:
         pipeline = self.runtime.pipeline  # one pipeline for the whole exchange, even across reloads
         debug = self.runtime.config.server.debug_headers
+        peers = self.runtime.peers  # other workers holding what their Check kept for this stream
         ex: Exchange | None = None
         outcome = "completed"
         self._inflight.inc()
@@ -170,10 +171,14 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                 try:
                     if ex is None:
                         ex = self._exchange(msg, kind)
+                        if peers is not None:
+                            await peers.localize(ex.handoff)
                     elif not ex.handoff.needed:
                         found = proc_adapter.check_handoff(msg)
                         if found is not None:
                             ex.handoff = found
+                            if peers is not None:
+                                await peers.localize(found)
                     ex.phases.append(kind)
                     ex.mutations = Mutations()
                     response = await self._handle(pipeline, ex, msg, kind, debug)
