@@ -1,0 +1,87 @@
+"""Workers (issue 22): how many, where they listen, the config rule, one /metrics from many."""
+
+from __future__ import annotations
+
+import pytest
+
+from authz.config import parse_config
+from authz.errors import ConfigError
+from authz.workers import merge, plan
+from authz.workers.peers import owner
+
+
+def test_more_than_one_worker_needs_redis_said_at_load():
+    with pytest.raises(ConfigError) as exc:
+        parse_config("server: {workers: 2}\n")
+    assert "server.workers" in str(exc.value) and "store.redis_url" in str(exc.value)
+    assert parse_config("server: {workers: 2}\nstore: {redis_url: 'redis://r:6379/0'}\n").server.workers == 2
+    assert parse_config("server: {workers: 1}\n").server.workers == 1
+
+
+def test_unset_workers_is_one_without_redis_and_the_cpus_with_it(monkeypatch):
+    monkeypatch.setattr(plan, "available_cpus", lambda: 3)
+    assert plan.worker_count(parse_config("{}")) == 1
+    assert plan.worker_count(parse_config("store: {redis_url: 'redis://r:6379/0'}")) == 3
+    assert plan.worker_count(parse_config("{}"), override=1) == 1
+
+
+def test_cpus_follow_the_cgroup_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert plan.available_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert plan.available_cpus(tmp_path) == 4
+    assert plan.available_cpus(tmp_path / "missing") == 4
+
+
+def test_worker_ports_skip_the_http_port():
+    assert plan.worker_addresses("127.0.0.1:9001", "127.0.0.1:9002", 3) == [
+        "127.0.0.1:9001", "127.0.0.1:9003", "127.0.0.1:9004"]
+    assert plan.worker_addresses("127.0.0.1:9001", "0.0.0.0:9090", 2) == ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+
+def test_keys_name_their_worker():
+    assert owner("w1.abc_def") == 1 and owner("w12.x") == 12
+    assert owner("abc") is None and owner("wx.abc") is None and owner("") is None
+
+
+W0 = """# HELP authz_decisions_total Check decisions.
+# TYPE authz_decisions_total counter
+authz_decisions_total{decision="allow",reason="ok"} 3.0
+authz_decisions_created{decision="allow",reason="ok"} 100.0
+# HELP authz_component_up up
+# TYPE authz_component_up gauge
+authz_component_up{component="store"} 1.0
+# HELP authz_inflight_requests inflight
+# TYPE authz_inflight_requests gauge
+authz_inflight_requests{rpc="check"} 2.0
+# HELP authz_rpc_duration_seconds rpc
+# TYPE authz_rpc_duration_seconds histogram
+authz_rpc_duration_seconds_bucket{le="0.001",rpc="check"} 1.0
+authz_rpc_duration_seconds_bucket{le="+Inf",rpc="check"} 3.0
+authz_rpc_duration_seconds_count{rpc="check"} 3.0
+authz_rpc_duration_seconds_sum{rpc="check"} 0.5
+"""
+W1 = W0.replace("} 3.0", "} 4.0").replace('{component="store"} 1.0', '{component="store"} 0.0').replace(
+    "100.0", "50.0")
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {k: v for fam in merge.parse(text).values() for k, v in fam.samples.items()}
+
+
+def test_counters_and_histograms_add_up_gauges_by_their_meaning():
+    out = _samples(merge.render(merge.merge([merge.parse(W0), merge.parse(W1)])))
+    assert out[("authz_decisions_total", (("decision", "allow"), ("reason", "ok")))] == 7
+    assert out[("authz_decisions_created", (("decision", "allow"), ("reason", "ok")))] == 50
+    assert out[("authz_rpc_duration_seconds_count", (("rpc", "check"),))] == 7
+    assert out[("authz_rpc_duration_seconds_bucket", (("le", "+Inf"), ("rpc", "check")))] == 7
+    assert out[("authz_component_up", (("component", "store"),))] == 0  # one worker down on it: down
+    assert out[("authz_inflight_requests", (("rpc", "check"),))] == 4
+
+
+def test_a_dead_workers_counts_stay_in_the_sum():
+    retired = merge.counting_only(merge.parse(W0))
+    assert "authz_component_up" not in retired
+    out = _samples(merge.render(merge.merge([retired, merge.parse(W1)])))
+    assert out[("authz_decisions_total", (("decision", "allow"), ("reason", "ok")))] == 7
