@@ -410,7 +410,8 @@ class Stack:
                            lambda: http_ok(f"{self.authz_http}/readyz"))
 
     def _config_has_redis(self) -> bool:
-        from authz.config import ConfigError, parse_config
+        from authz.config import parse_config
+        from authz.errors import ConfigError
 
         try:
             cfg = parse_config(Path(self.authz_config).read_text(), env={**os.environ, **self.env})
