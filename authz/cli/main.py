@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -72,6 +73,7 @@ async def _worker(args: argparse.Namespace, config: Config, sha: str) -> int:
     from authz.server import serve
     from authz.workers import plan
     from authz.workers.peers import Peers
+    from authz.workers.supervisor import orphan_watch
 
     name = plan.worker_instance(args.instance_base, args.worker)
 
@@ -82,8 +84,12 @@ async def _worker(args: argparse.Namespace, config: Config, sha: str) -> int:
     run_dir = Path(args.worker_dir)
     runtime.peers = Peers(args.worker, {i: plan.socket_path(run_dir, i) for i in range(args.workers)},
                           runtime.shared.stash, runtime.shared.placeholders)
-    return await serve(runtime, grpc_address=args.grpc_address,
-                       http_socket=str(plan.socket_path(run_dir, args.worker)))
+    watch = asyncio.get_running_loop().create_task(orphan_watch(os.getppid()))
+    try:
+        return await serve(runtime, grpc_address=args.grpc_address,
+                           http_socket=str(plan.socket_path(run_dir, args.worker)))
+    finally:
+        watch.cancel()
 
 
 async def _supervise(args: argparse.Namespace, config: Config, count: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -120,3 +121,14 @@ class Supervisor:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("stopped")
         return 0
+
+
+async def orphan_watch(parent: int, interval: float = 1.0) -> None:
+    """In a worker: stop (as on SIGTERM) once the supervisor is gone (a kill -9 of it), so no
+    orphan keeps the worker's port from the next supervisor."""
+    while True:
+        await asyncio.sleep(interval)
+        if os.getppid() != parent:
+            break
+    log.error("the supervisor (pid %d) is gone: stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
