@@ -7,6 +7,7 @@ says whether a number can be trusted at all.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import resource
@@ -18,12 +19,29 @@ _PROC = Path("/proc")
 
 
 def process_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a running process, or None when unknown."""
+    """User + system CPU seconds of a running process and of its running children (authz's
+    workers under their supervisor), or None when unknown."""
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
-    return cpu_seconds_from_stat(stat)
+    total = cpu_seconds_from_stat(stat)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds_from_stat((_PROC / str(child) / "stat").read_text())
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        tasks = list((_PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return []
+    out: list[int] = []
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
 
 
 def cpu_seconds_from_stat(stat: str) -> float:

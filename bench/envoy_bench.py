@@ -46,10 +46,10 @@ def bench_edit(*, ext_authz: bool) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def render(ports: Ports, *, ext_authz: bool) -> str:
+def render(ports: Ports, *, ext_authz: bool, workers: int = 1) -> str:
     """The bench Envoy config as YAML text, listening on ``ports.envoy``; ext_authz (if any)
-    calls the gRPC server on ``ports.authz_grpc``."""
-    return render_envoy_config(ports, edit=bench_edit(ext_authz=ext_authz))
+    calls the gRPC server on ``ports.authz_grpc`` (and the ports after it, one per worker)."""
+    return render_envoy_config(ports, edit=bench_edit(ext_authz=ext_authz), workers=workers)
 
 
 def envoy_argv(config: Path, *, concurrency: int) -> list[str]:
