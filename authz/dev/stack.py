@@ -403,11 +403,24 @@ class Stack:
             self.authz_config = config
         if self.workers > 1 and self.workers_asked is None and not self._config_has_redis():
             self.workers = 1  # AUTHZ_TEST_WORKERS: a config with the memory store keeps one worker
-        return self._spawn("authz", self._py("authz", "serve", "--config", str(self.authz_config),
+        proc = self._spawn("authz", self._py("authz", "serve", "--config", str(self.authz_config),
                                              "--grpc-address", f"127.0.0.1:{p.authz_grpc}",
                                              "--http-address", f"127.0.0.1:{p.authz_http}",
                                              "--workers", str(self.workers)),
                            lambda: http_ok(f"{self.authz_http}/readyz"))
+        if "envoy" in self.procs:  # started again: ready once Envoy's health check has seen it
+            proc.wait_ready(self.envoy_sees_authz, timeout=10, cancel=self.cancel)
+        return proc
+
+    def envoy_sees_authz(self) -> bool:
+        """Envoy's health check passes on every worker's port (it checks twice a second)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.envoy_admin}/clusters", timeout=1) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError):
+            return False
+        return all(f"authz::127.0.0.1:{port}::health_flags::healthy" in text
+                   for port in self.ports.authz_grpc_ports(self.workers))
 
     def _config_has_redis(self) -> bool:
         from authz.config import parse_config

@@ -167,7 +167,10 @@ def test_a_killed_worker_is_restarted_and_counted(workers):
     assert after[restarts] == before[restarts] + 1
     key = ("authz_decisions_total", (("decision", "allow"), ("reason", "ok")))
     assert after[key] >= before[key] * 0.5  # what the dead worker counted was kept (its last scrape)
-    time.sleep(1.5)  # Envoy's health check sees the new worker
+    deadline = time.monotonic() + 10
+    while not s.stack.envoy_sees_authz():  # Envoy's health check sees the new worker
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     token = s.token("carol", roles=["analyst"])
     codes = [s.http.post("/mcp", headers={**s.auth(token), "content-type": "application/json"},
                          json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).status_code for _ in range(20)]
