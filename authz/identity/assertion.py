@@ -33,12 +33,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -136,6 +138,31 @@ class SigningKey:
             serialization.NoEncryption())
 
 
+# Set by the workers' supervisor to its private directory: a key the config leaves to be
+# generated is generated once there, by the first worker that needs it, and read by the others.
+# It lives as long as the supervisor (a pod restart generates new keys, as one process would).
+SHARED_KEYS_ENV = "AUTHZ_SHARED_KEYS_DIR"
+
+
+def shared_generated(path: Path, alg: str) -> SigningKey:
+    try:
+        return SigningKey.from_pem(path.read_bytes())
+    except FileNotFoundError:
+        pass
+    key = SigningKey.generate(alg)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_pem())
+    try:
+        os.link(tmp, path)  # atomic: the first worker's key wins, the others read it
+    except FileExistsError:
+        key = SigningKey.from_pem(path.read_bytes())
+    finally:
+        tmp.unlink()
+    return key
+
+
 class KeyRing:
     """The sidecar's signing keys: one active, others published.
 
@@ -145,8 +172,9 @@ class KeyRing:
     in the config rotates without downtime, and a generated key survives reloads.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, name: str = "assertion") -> None:
         self._clock = clock
+        self.name = name  # of a generated key shared by workers (SHARED_KEYS_ENV)
         self._lock = threading.Lock()
         self._active: SigningKey | None = None
         self._published: tuple[SigningKey, ...] = ()
@@ -168,11 +196,15 @@ class KeyRing:
             self._published = tuple(k for k in published if k.kid != active.kid)
 
     def generated(self, alg: str) -> SigningKey:
-        """The in-memory key for ``alg`` (generated once per ring)."""
+        """The in-memory key for ``alg`` (generated once per ring). Workers of one supervisor
+        share it (``SHARED_KEYS_ENV``): a token one signs, every other verifies."""
         with self._lock:
             key = self._generated.get(alg)
             if key is None:
-                key = self._generated[alg] = SigningKey.generate(alg)
+                shared = os.environ.get(SHARED_KEYS_ENV)
+                key = (shared_generated(Path(shared) / f"{self.name}-{alg}.pem", alg) if shared
+                       else SigningKey.generate(alg))
+                self._generated[alg] = key
             return key
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:

@@ -14,7 +14,7 @@ from authz.signin.config import SigninConfig
 
 log = logging.getLogger("authz.signin")
 
-SIGNIN_KEYRING = KeyRing()
+SIGNIN_KEYRING = KeyRing(name="signin")
 
 
 def install_keys(cfg: SigninConfig, ring: KeyRing = SIGNIN_KEYRING) -> KeyRing:

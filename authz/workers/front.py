@@ -51,6 +51,7 @@ class Front:
         if s is None or s.closed:
             s = self._sessions[index] = aiohttp.ClientSession(
                 connector=aiohttp.UnixConnector(path=str(self.sockets[index])),
+                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
                 timeout=aiohttp.ClientTimeout(total=5), auto_decompress=False)
         return s
 

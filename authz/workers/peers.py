@@ -61,6 +61,7 @@ class Peers:
         if session is None or session.closed:
             session = self._sessions[index] = aiohttp.ClientSession(
                 connector=aiohttp.UnixConnector(path=str(self.sockets[index])),
+                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
                 timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS))
         return session
 

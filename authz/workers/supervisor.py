@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from authz.identity.assertion import SHARED_KEYS_ENV
 from authz.workers.front import Front
 from authz.workers.plan import socket_path
 
@@ -68,7 +69,8 @@ class Supervisor:
                 self.sockets[index].unlink()
             started = time.monotonic()
             proc = self.procs[index] = await asyncio.create_subprocess_exec(
-                *self.argv(index), stdin=asyncio.subprocess.DEVNULL)
+                *self.argv(index), stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, SHARED_KEYS_ENV: str(self.run_dir)})
             code = await proc.wait()
             if self._stopping:
                 return
