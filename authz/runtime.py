@@ -193,7 +193,7 @@ class Runtime:
                 metrics.CONFIG_RELOADS.labels(result="failure").inc()
                 log.exception("config reload failed, keeping the config in force")
                 return False
-            restart_needed = [k for k in ("grpc_address", "http_address", "max_concurrent_streams")
+            restart_needed = [k for k in ("grpc_address", "http_address", "max_concurrent_streams", "workers")
                               if getattr(config.server, k) != getattr(self.current.config.server, k)]
             if restart_needed:
                 log.warning("config changed server.%s; that takes effect only after a restart",
