@@ -85,3 +85,61 @@ def test_a_dead_workers_counts_stay_in_the_sum():
     assert "authz_component_up" not in retired
     out = _samples(merge.render(merge.merge([retired, merge.parse(W1)])))
     assert out[("authz_decisions_total", (("decision", "allow"), ("reason", "ok")))] == 7
+
+
+def test_process_on_another_worker_adopts_what_the_owners_check_kept(tmp_path):
+    import asyncio
+
+    from aiohttp import web
+
+    from authz.model import Handoff
+    from authz.redaction.restore import PlaceholderStore
+    from authz.request import BodyStash
+    from authz.workers.peers import Peers, install
+
+    async def main() -> None:
+        owner_stash, owner_places = BodyStash(), PlaceholderStore()
+        sockets = {0: tmp_path / "w0.sock", 1: tmp_path / "w1.sock"}
+        Peers(0, sockets, owner_stash, owner_places)  # names its keys w0.
+        app = web.Application()
+        install(app, owner_stash, owner_places)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, str(sockets[0])).start()
+        body_key = owner_stash.put(b"original", b"rewritten")
+        restore_key = owner_places.put({"[CUSTOMER_1]": ("customer", "Acme Corp")})
+        assert body_key.startswith("w0.") and restore_key.startswith("w0.")
+
+        stash, places = BodyStash(), PlaceholderStore()
+        peers = Peers(1, sockets, stash, places)
+        try:
+            await peers.localize(Handoff(body_key=body_key, restore_key=restore_key))
+            assert stash.take(body_key, b"original") == b"rewritten"
+            assert places.take(restore_key) == {"[CUSTOMER_1]": ("customer", "Acme Corp")}
+            assert len(owner_stash) == 0 and len(owner_places) == 0  # handed over once
+            again = BodyStash()
+            peers.stash = again
+            await peers.localize(Handoff(body_key=body_key))  # gone: nothing adopted, Process refuses
+            assert again.take(body_key, b"original") is None
+            mine = stash.put(b"a", b"b")  # this worker's own key is never fetched
+            await peers.localize(Handoff(body_key=mine))
+            assert stash.take(mine, b"a") == b"b"
+        finally:
+            await peers.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_a_worker_stops_when_its_supervisor_is_gone(monkeypatch):
+    import asyncio
+    import signal
+
+    from authz.workers import supervisor
+
+    parents = iter([10, 10, 1])
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(supervisor.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(supervisor.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    asyncio.run(supervisor.orphan_watch(10, interval=0.001))
+    assert sent == [(supervisor.os.getpid(), signal.SIGTERM)]
