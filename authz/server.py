@@ -26,6 +26,7 @@ from authz.envoy.servicers import AuthorizationServicer, ExternalProcessorServic
 from authz.envoy.servicers import add_to_server as add_check_servicer
 from authz.http import build_app
 from authz.runtime import Runtime
+from authz.workers.front import trust_front_peer
 from authz.workers.peers import install as install_peer_routes
 
 log = logging.getLogger("authz.server")
@@ -74,6 +75,7 @@ class Server:
         app = build_app(self.runtime)
         if self.http_socket:
             install_peer_routes(app, self.runtime.shared.stash, self.runtime.shared.placeholders)
+            app.middlewares.append(trust_front_peer)
         self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
         if self.http_socket:

@@ -12,12 +12,27 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from authz.workers import merge
 
 HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade", "host",
                          "content-length", "proxy-connection", "te", "trailer"})
+# The address the front accepted the request from, for the worker to use as the request's
+# peer (sign-in reads it). Set by the front on every request, a client's own value replaced; the
+# worker's socket is reachable only by the supervisor and the other workers.
+PEER_HEADER = "x-authz-front-peer"
+
+
+@web.middleware
+async def trust_front_peer(request: web.Request, handler: Any) -> web.StreamResponse:
+    """In a worker: the request's peer is the one the front saw."""
+    peer = request.headers.get(PEER_HEADER)
+    if peer is not None:
+        request = request.clone(remote=peer)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 class Front:
@@ -127,8 +142,10 @@ class Front:
         if request.path.startswith("/internal/"):  # workers hand entries to each other there only
             raise web.HTTPNotFound()
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in HOP_HEADERS and k.lower() != PEER_HEADER)
         headers["host"] = request.host
+        headers[PEER_HEADER] = request.remote or ""
         for _ in range(len(self.sockets)):
             index = next(self._turn)
             if not self.alive(index):

@@ -143,3 +143,51 @@ def test_a_worker_stops_when_its_supervisor_is_gone(monkeypatch):
     monkeypatch.setattr(supervisor.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     asyncio.run(supervisor.orphan_watch(10, interval=0.001))
     assert sent == [(supervisor.os.getpid(), signal.SIGTERM)]
+
+
+def test_the_front_answers_from_a_worker_with_the_callers_address_and_nothing_of_others(tmp_path):
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from authz.workers.front import PEER_HEADER, Front, trust_front_peer
+
+    async def echo(request: web.Request) -> web.Response:
+        response = web.json_response({"remote": request.remote, "cookie": request.headers.get("cookie"),
+                                      "xff": request.headers.getall("x-forwarded-for", [])})
+        response.set_cookie("session", "for-the-first-caller-only")
+        return response
+
+    async def main() -> None:
+        worker = web.Application(middlewares=[trust_front_peer])
+        worker.router.add_route("*", "/{tail:.*}", echo)
+        wrun = web.AppRunner(worker)
+        await wrun.setup()
+        await web.UnixSite(wrun, str(tmp_path / "w0.sock")).start()
+        front = Front({0: tmp_path / "w0.sock"}, alive=lambda i: True, pid=lambda i: 1)
+        frun = web.AppRunner(front.app())
+        await frun.setup()
+        site = web.TCPSite(frun, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+                base = f"http://127.0.0.1:{port}"
+                async with http.get(f"{base}/internal/take/body/w0.x") as r:
+                    assert r.status == 404  # the workers' hand-over is not on the public port
+                headers = [("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8"),
+                           (PEER_HEADER, "6.6.6.6")]
+                async with http.get(f"{base}/oauth/authorize", headers=headers) as r:
+                    first = await r.json()
+                    assert "session=" in r.headers["set-cookie"]
+                async with http.get(f"{base}/oauth/authorize") as r:
+                    second = await r.json()
+            assert first["remote"] == "127.0.0.1" and first["xff"] == ["1.2.3.4", "5.6.7.8"]
+            assert second["cookie"] is None  # the first caller's cookie stayed with the first caller
+        finally:
+            await front.close()
+            await frun.cleanup()
+            await wrun.cleanup()
+
+    asyncio.run(main())
