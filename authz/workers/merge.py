@@ -1,9 +1,9 @@
 """One ``/metrics`` for all workers: each worker's exposition, parsed and summed.
 
 Counters, histograms and summaries add up across workers (``process_cpu_seconds_total`` too: the
-pod's CPU). A gauge is added when it counts something (in-flight requests, memory, open files),
-the lowest when it is a health (``authz_component_up``: 0 if any worker is down on it) or a start
-time, else the highest (timestamps, key counts, config flags). A worker that died takes its
+pod's CPU). A gauge is added when it counts something (in-flight requests, audit queues, memory),
+the lowest when the worst worker must show (``authz_component_up``: 0 if any worker is down on
+it; an issuer's key count and last fetch), else the highest (checkpoint lag, config flags). A worker that died takes its
 counts with it; the supervisor keeps its last scrape and adds it on (``retire``), so the sums
 never go backwards for Prometheus's ``rate()`` (what it counted after that scrape is lost).
 """
@@ -16,10 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString as _go_float
 
 SUMMED_GAUGES = frozenset({
-    "authz_inflight_requests", "process_resident_memory_bytes", "process_virtual_memory_bytes",
-    "process_open_fds", "authz_audit_queue_records",
+    "authz_inflight_requests", "authz_audit_queue_depth", "authz_audit_stream_backlog",
+    "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
 })
-LOWEST_GAUGES = frozenset({"authz_component_up", "process_start_time_seconds"})
+# The worst worker speaks for the pod: a component down, an issuer with no keys, the stalest fetch.
+LOWEST_GAUGES = frozenset({"authz_component_up", "authz_jwks_keys", "authz_jwks_last_success_timestamp_seconds",
+                           "process_start_time_seconds"})
 COUNTING = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
