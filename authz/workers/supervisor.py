@@ -99,7 +99,12 @@ class Supervisor:
         await runner.setup()
         host, _, port = self.http_address.rpartition(":")
         site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         sockets = getattr(site._server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
         loop = asyncio.get_running_loop()
