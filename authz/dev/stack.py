@@ -402,7 +402,15 @@ class Stack:
         if config is not None:
             self.authz_config = config
         if self.workers > 1 and self.workers_asked is None and not self._config_has_redis():
-            self.workers = 1  # AUTHZ_TEST_WORKERS: a config with the memory store keeps one worker
+            # AUTHZ_TEST_WORKERS: a config that takes its store from REDIS_URL (the reference
+            # config does) gets a private Redis, so it runs with the workers asked for; one with
+            # the memory store written in keeps one worker.
+            if "redis-for-workers" not in self.procs and os.environ.get("AUTHZ_TEST_WORKERS_REDIS", "1") == "1":
+                url, redis_proc = start_redis(self.workdir / "redis-for-workers")
+                self.procs["redis-for-workers"] = redis_proc
+                self.env["REDIS_URL"] = url
+            if not self._config_has_redis():
+                self.workers = 1
         proc = self._spawn("authz", self._py("authz", "serve", "--config", str(self.authz_config),
                                              "--grpc-address", f"127.0.0.1:{p.authz_grpc}",
                                              "--http-address", f"127.0.0.1:{p.authz_http}",
