@@ -166,7 +166,7 @@ def test_a_killed_worker_is_restarted_and_counted(workers):
     after = metrics(s.stack)
     assert after[restarts] == before[restarts] + 1
     key = ("authz_decisions_total", (("decision", "allow"), ("reason", "ok")))
-    assert after[key] >= before[key] * 0.5  # what the dead worker counted was kept (its last scrape)
+    assert after[key] >= before[key]  # what the dead worker counted stays in the sum (its last scrape)
     deadline = time.monotonic() + 10
     while not s.stack.envoy_sees_authz():  # Envoy's health check sees the new worker
         assert time.monotonic() < deadline
