@@ -33,14 +33,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import secrets
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,6 +59,7 @@ from authz.identity.jose import (
     split_compact,
     verify_signature,
 )
+from authz.identity.shared_keys import shared_pem
 from authz.model import Principal, Request
 
 log = logging.getLogger("authz.identity.assertion")
@@ -138,31 +137,6 @@ class SigningKey:
             serialization.NoEncryption())
 
 
-# Set by the workers' supervisor to its private directory: a key the config leaves to be
-# generated is generated once there, by the first worker that needs it, and read by the others.
-# It lives as long as the supervisor (a pod restart generates new keys, as one process would).
-SHARED_KEYS_ENV = "AUTHZ_SHARED_KEYS_DIR"
-
-
-def shared_generated(path: Path, alg: str) -> SigningKey:
-    try:
-        return SigningKey.from_pem(path.read_bytes())
-    except FileNotFoundError:
-        pass
-    key = SigningKey.generate(alg)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_pem())
-    try:
-        os.link(tmp, path)  # atomic: the first worker's key wins, the others read it
-    except FileExistsError:
-        key = SigningKey.from_pem(path.read_bytes())
-    finally:
-        tmp.unlink()
-    return key
-
-
 class KeyRing:
     """The sidecar's signing keys: one active, others published.
 
@@ -197,13 +171,12 @@ class KeyRing:
 
     def generated(self, alg: str) -> SigningKey:
         """The in-memory key for ``alg`` (generated once per ring). Workers of one supervisor
-        share it (``SHARED_KEYS_ENV``): a token one signs, every other verifies."""
+        share it (``authz.identity.shared_keys``): a token one signs, every other verifies."""
         with self._lock:
             key = self._generated.get(alg)
             if key is None:
-                shared = os.environ.get(SHARED_KEYS_ENV)
-                key = (shared_generated(Path(shared) / f"{self.name}-{alg}.pem", alg) if shared
-                       else SigningKey.generate(alg))
+                pem = shared_pem(f"{self.name}-{alg}.pem", lambda: SigningKey.generate(alg).private_pem())
+                key = SigningKey.from_pem(pem) if pem is not None else SigningKey.generate(alg)
                 self._generated[alg] = key
             return key
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from authz.identity.assertion import SHARED_KEYS_ENV
+from authz.identity.shared_keys import SHARED_KEYS_ENV
 from authz.workers.front import Front
 from authz.workers.plan import socket_path
 
