@@ -31,7 +31,8 @@ class Shared:
     stash: BodyStash = dataclasses.field(default_factory=BodyStash)  # rewritten bodies, Check -> Process
     audit_logs: AuditLogs = dataclasses.field(default_factory=AuditLogs)  # one writer per chain, across reloads
     placeholders: PlaceholderStore = dataclasses.field(default_factory=PlaceholderStore)  # restore: Check -> Process
-    signin_keys: KeyRing = dataclasses.field(default_factory=KeyRing)  # the authorization server's token keys
+    # the authorization server's token keys (a generated one shared by the workers under this name)
+    signin_keys: KeyRing = dataclasses.field(default_factory=lambda: KeyRing(name="signin"))
 
 
 def build_pipeline(config: Config, store: Store, *, shared: Shared | None = None) -> Pipeline:

@@ -66,6 +66,10 @@ class ServerConfig(Model):
     # The sidecar's header namespace: every request header under it is removed before the stages
     # set theirs, so no client-sent value under it ever reaches the upstream.
     header_namespace: str = "x-authz-"
+    # Serving processes, each with its own event loop (authz/workers/). Unset: the CPUs this
+    # process may use (affinity and the cgroup's cpu.max quota) when a Redis store is configured,
+    # else 1. More than one needs Redis: limits, sessions and approvals must be shared to be exact.
+    workers: int | None = Field(None, ge=1, le=64)
 
     @field_validator("header_namespace")
     @classmethod
@@ -156,6 +160,14 @@ class Config(Model):
         if self.identity.api_keys.store == "redis" and not self.store.redis_url:
             raise ValueError("identity.api_keys.store is redis but store.redis_url is empty: "
                              "set store.redis_url (or use store: config)")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_store(self) -> Config:
+        if (self.server.workers or 1) > 1 and not self.store.redis_url:
+            raise ValueError(f"server.workers is {self.server.workers} but store.redis_url is empty: "
+                             "workers share nothing but the store, so limits, budgets, sessions and "
+                             "approvals are exact only in Redis; set store.redis_url or workers: 1")
         return self
 
     @model_validator(mode="after")

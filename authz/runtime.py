@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authz import metrics
 from authz.assembly import Shared, build_pipeline
@@ -25,6 +25,9 @@ from authz.config import Config, load_config
 from authz.errors import ConfigError
 from authz.pipeline import Pipeline
 from authz.store import Store, StoreUnavailable, build_store
+
+if TYPE_CHECKING:
+    from authz.workers.peers import Peers
 
 log = logging.getLogger("authz.runtime")
 
@@ -72,8 +75,12 @@ class ComponentHealth:
 class Runtime:
     def __init__(self, config_path: str | os.PathLike[str], *, config: Config | None = None,
                  sha256: str = "",
-                 pipeline_factory: Callable[[Config, Store], Pipeline] | None = None) -> None:
+                 pipeline_factory: Callable[[Config, Store], Pipeline] | None = None,
+                 adjust: Callable[[Config], Config] | None = None) -> None:
         self.config_path = Path(config_path)
+        # Applied to every config loaded (a worker names its own audit instance, on reload too).
+        self._adjust = adjust or (lambda c: c)
+        self.peers: Peers | None = None  # the other workers, when this process is one of several
         self.shared = Shared()  # outlives every generation: signing keys, bodies between Check and Process
         self._pipeline_factory = pipeline_factory or functools.partial(build_pipeline, shared=self.shared)
         self._initial = (config, sha256)
@@ -117,6 +124,7 @@ class Runtime:
         config, sha = self._initial
         if config is None:
             config, sha = load_config(self.config_path)
+        config = self._adjust(config)
         self._install(await self._build(config, sha, previous=None))
         self._file_signature = self._signature()
         metrics.CONFIG_RELOADS.labels(result="success").inc()
@@ -167,6 +175,7 @@ class Runtime:
             assert self.current is not None
             try:
                 config, sha = await asyncio.to_thread(load_config, self.config_path)
+                config = self._adjust(config)
                 digest = await asyncio.to_thread(keys_digest, config)
                 if sha == self.current.sha256 and digest == self.current.keys_digest:
                     log.info("config unchanged (%s)", cause)
@@ -184,7 +193,7 @@ class Runtime:
                 metrics.CONFIG_RELOADS.labels(result="failure").inc()
                 log.exception("config reload failed, keeping the config in force")
                 return False
-            restart_needed = [k for k in ("grpc_address", "http_address", "max_concurrent_streams")
+            restart_needed = [k for k in ("grpc_address", "http_address", "max_concurrent_streams", "workers")
                               if getattr(config.server, k) != getattr(self.current.config.server, k)]
             if restart_needed:
                 log.warning("config changed server.%s; that takes effect only after a restart",

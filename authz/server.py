@@ -27,6 +27,8 @@ from authz.envoy.servicers import add_process_to_server as add_process_servicer
 from authz.envoy.servicers import add_to_server as add_check_servicer
 from authz.http import build_app
 from authz.runtime import Runtime
+from authz.workers.front import trust_front_peer
+from authz.workers.peers import install as install_peer_routes
 
 log = logging.getLogger("authz.server")
 
@@ -37,8 +39,10 @@ SERVICE_NAMES = (
 
 
 class Server:
-    def __init__(self, runtime: Runtime, *, grpc_address: str, http_address: str) -> None:
+    def __init__(self, runtime: Runtime, *, grpc_address: str, http_address: str,
+                 http_socket: str = "") -> None:
         self.runtime = runtime
+        self.http_socket = http_socket  # a worker serves HTTP on a private socket; the supervisor the port
         self.grpc_address = grpc_address
         self.http_address = http_address
         self.grpc_port = 0
@@ -68,14 +72,21 @@ class Server:
         await self._set_serving(True)
 
         host, _, port = self.http_address.rpartition(":")
-        self._http_runner = web.AppRunner(build_app(self.runtime), access_log=None,
-                                          handle_signals=False)
+        app = build_app(self.runtime)
+        if self.http_socket:
+            install_peer_routes(app, self.runtime.shared.stash, self.runtime.shared.placeholders)
+            app.middlewares.append(trust_front_peer)
+        self._http_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http_runner.setup()
-        site = web.TCPSite(self._http_runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []  # aiohttp keeps the asyncio server private
-        self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
+        if self.http_socket:
+            host, port = self.http_socket, "0"
+            await web.UnixSite(self._http_runner, self.http_socket).start()
+        else:
+            site = web.TCPSite(self._http_runner, host.strip("[]"), int(port), reuse_address=True)
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []  # aiohttp keeps the asyncio server private
+            self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         log.info("authz %s listening: grpc %s:%d, http %s:%d (instance %s, %s event loop)", __version__,
                  self.grpc_address.rpartition(":")[0], self.grpc_port, host, self.http_port,
@@ -111,6 +122,8 @@ class Server:
         log.info("stopping: giving in-flight requests up to %.1fs", cfg.grace_seconds)
         await self.grpc.stop(0 if self._fast_stop.is_set() else cfg.grace_seconds)
         await self._http_runner.cleanup()
+        if self.runtime.peers is not None:
+            await self.runtime.peers.close()
         await self.runtime.close()
         log.info("stopped")
 
@@ -120,12 +133,12 @@ def instance_id(cfg: Config) -> str:
 
 
 async def serve(runtime: Runtime, *, grpc_address: str | None = None,
-                http_address: str | None = None) -> int:
+                http_address: str | None = None, http_socket: str = "") -> int:
     await runtime.start()
     cfg = runtime.config
     tracing.setup(cfg.tracing, instance=cfg.instance_id)  # process-wide; a reload does not change it
     server = Server(runtime, grpc_address=grpc_address or cfg.server.grpc_address,
-                    http_address=http_address or cfg.server.http_address)
+                    http_address=http_address or cfg.server.http_address, http_socket=http_socket)
     await server.start()
     metrics.BUILD_INFO.info({"version": __version__})
     metrics.COMPONENT_UP.labels(component="draining").set(1)

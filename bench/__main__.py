@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--envoy-concurrency", type=int, default=ENVOY_CONCURRENCY,
                    help=f"Envoy worker threads (default {ENVOY_CONCURRENCY})")
+    p.add_argument("--authz-workers", type=int, default=int(os.environ.get("BENCH_AUTHZ_WORKERS", 1)),
+                   help="authz's server.workers in the scenarios with Redis (default 1)")
     p.add_argument("--scenario", action="append", metavar="NAME",
                    help="run only these (repeatable or comma-separated); the floor and any target's "
                         "baseline run too")
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{REDACTION:<24} redaction corpus precision/recall per type and MB/s (no Envoy)")
         return 0
     settings = Settings(duration=args.duration, warmup=args.warmup, connections=args.connections,
-                        wrk_threads=args.wrk_threads, envoy_concurrency=args.envoy_concurrency)
+                        wrk_threads=args.wrk_threads, envoy_concurrency=args.envoy_concurrency,
+                        authz_workers=args.authz_workers)
     # SIGTERM and SIGHUP unwind like Ctrl-C: every scenario stops what it started on the way out.
     for sig in STOP_SIGNALS[1:]:
         signal.signal(sig, raise_interrupt)

@@ -18,12 +18,12 @@ _PROC = Path("/proc")
 
 
 def process_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a running process, or None when unknown."""
+    """User + system CPU seconds of one running process (without its children: ``tree_seconds``
+    counts those), or None when unknown."""
     try:
-        stat = (_PROC / str(pid) / "stat").read_text()
+        return cpu_seconds_from_stat((_PROC / str(pid) / "stat").read_text())
     except OSError:
         return None
-    return cpu_seconds_from_stat(stat)
 
 
 def cpu_seconds_from_stat(stat: str, *, reaped_children: bool = False) -> float:

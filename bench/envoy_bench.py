@@ -53,10 +53,10 @@ def bench_edit(*, ext_authz: bool) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def render(ports: Ports, *, ext_authz: bool) -> str:
+def render(ports: Ports, *, ext_authz: bool, workers: int = 1) -> str:
     """The bench Envoy config as YAML text, listening on ``ports.envoy``; ext_authz (if any)
-    calls the gRPC server on ``ports.authz_grpc``."""
-    return render_envoy_config(ports, edit=bench_edit(ext_authz=ext_authz))
+    calls the gRPC server on ``ports.authz_grpc`` (and the ports after it, one per worker)."""
+    return render_envoy_config(ports, edit=bench_edit(ext_authz=ext_authz), workers=workers)
 
 
 def path_edit(*, ext_proc: bool) -> Callable[[dict[str, Any]], None]:
@@ -74,12 +74,12 @@ def path_edit(*, ext_proc: bool) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def render_path(ports: Ports, upstream: int, *, ext_proc: bool = True) -> str:
+def render_path(ports: Ports, upstream: int, *, ext_proc: bool = True, workers: int = 1) -> str:
     """The reference Envoy config as deployed, listening on ``ports.envoy``, its sidecar clusters
     on ``ports.authz_grpc``/``authz_http`` and every upstream cluster (MCP server, models) sent
     to the canned upstream on port ``upstream``."""
     to_upstream = dataclasses.replace(ports, **{name: upstream for name in UPSTREAM_CLUSTERS})
-    return render_envoy_config(to_upstream, edit=path_edit(ext_proc=ext_proc))
+    return render_envoy_config(to_upstream, edit=path_edit(ext_proc=ext_proc), workers=workers)
 
 
 def envoy_argv(config: Path, *, concurrency: int) -> list[str]:

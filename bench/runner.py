@@ -41,6 +41,7 @@ class Settings:
     connections: int = 32
     wrk_threads: int = 1
     envoy_concurrency: int = 1
+    authz_workers: int = 1
 
 
 class ScenarioFailed(RuntimeError):
@@ -104,9 +105,10 @@ class RedisCounter:
 def run_scenario(sc: Scenario, settings: Settings, workdir: Path) -> dict[str, Any]:
     """Measure ``sc``: its LoadResult fields plus CPU per request, and Redis commands per request
     when it uses Redis. Raises ScenarioFailed (processes' output included) when it cannot."""
-    ports = Ports.free()
+    workers = settings.authz_workers if sc.redis else 1  # more than one needs Redis
+    ports = Ports.free(workers=workers)
     workdir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(ports=ports, workdir=workdir, upstreams=False, issuer=sc.issuer, authz=False)
+    stack = Stack(ports=ports, workdir=workdir, upstreams=False, issuer=sc.issuer, authz=False, workers=workers)
     try:
         ctx = _start(sc, settings, stack)
         return _measure(sc, settings, stack, ctx)
@@ -154,9 +156,10 @@ def _start(sc: Scenario, settings: Settings, stack: Stack, *, sidecar_prefix: tu
     envoy_config = stack.workdir / "envoy.yaml"
     if upstream_ready is not None:
         upstream_port = upstream_ready()
-        envoy_config.write_text(envoy_bench.render_path(ports, upstream_port, ext_proc=sc.ext_proc))
+        envoy_config.write_text(envoy_bench.render_path(ports, upstream_port, ext_proc=sc.ext_proc,
+                                                        workers=stack.workers))
     else:
-        envoy_config.write_text(envoy_bench.render(ports, ext_authz=sc.backend != "none"))
+        envoy_config.write_text(envoy_bench.render(ports, ext_authz=sc.backend != "none", workers=stack.workers))
     if envoy_config_edit is not None:
         envoy_config_edit(envoy_config)
     argv = envoy_bench.envoy_argv(envoy_config, concurrency=settings.envoy_concurrency)

@@ -46,6 +46,7 @@ from prometheus_client import Counter, Gauge
 from authz.audit.canonical import canonical
 from authz.audit.config import AuditConfig
 from authz.audit.digests import body_digest, digest_key_id, load_digest_key
+from authz.identity.shared_keys import shared_pem
 from authz.metrics import COMPONENT_UP
 
 if TYPE_CHECKING:
@@ -126,6 +127,12 @@ def key_id(key: ed25519.Ed25519PublicKey) -> str:
 
 def load_signing_key(path: str | None) -> ed25519.Ed25519PrivateKey:
     if path is None:
+        pem = shared_pem("audit-Ed25519.pem", lambda: ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        if pem is not None:  # one of several workers: the key they share, for the supervisor's life
+            shared = serialization.load_pem_private_key(pem, password=None)
+            assert isinstance(shared, ed25519.Ed25519PrivateKey)
+            return shared
         log.warning("audit.signing_key_file is not set: checkpoints are signed with a key generated for "
                     "this process; an auditor can only verify them with the public key published at "
                     "/.well-known/jwks.json while it runs. Configure a key (authz audit keygen).")

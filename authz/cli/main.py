@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from authz import __version__
 from authz.cli.text import USAGE_ERROR, exit_codes
 from authz.errors import ConfigError
+
+if TYPE_CHECKING:
+    from authz.config import Config
 
 
 def run_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
@@ -38,14 +43,66 @@ def _serve(args: argparse.Namespace) -> int:
               "Set the environment variables and provide the files it names (signing keys: "
               "`authz keygen --out DIR`).", file=sys.stderr)
         return 2
+    from authz.workers import plan
+
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        print("authz: --workers must be between 1 and 64", file=sys.stderr)
+        return 2
+    count = plan.worker_count(config, args.workers)
+    if count > 1 and not config.store.redis_url:
+        print(f"authz: refusing to start, the config is invalid:\n{args.config}:\n  server.workers: "
+              f"{count} workers need store.redis_url (they share nothing but the store)", file=sys.stderr)
+        return 2
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
-    runtime = Runtime(args.config, config=config, sha256=sha)
     try:
+        if args.worker is not None:
+            return run_loop(_worker(args, config, sha), config.server.event_loop)
+        if count > 1:
+            return run_loop(_supervise(args, config, count), config.server.event_loop)
+        runtime = Runtime(args.config, config=config, sha256=sha)
         return run_loop(serve(runtime, grpc_address=args.grpc_address, http_address=args.http_address),
                         config.server.event_loop)
     except OSError as exc:
         print(f"authz: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+async def _worker(args: argparse.Namespace, config: Config, sha: str) -> int:
+    """One of several serving processes, started by the supervisor."""
+    from authz.runtime import Runtime
+    from authz.server import serve
+    from authz.workers import plan
+    from authz.workers.peers import Peers
+    from authz.workers.supervisor import orphan_watch
+
+    name = plan.worker_instance(args.instance_base, args.worker)
+
+    def adjust(c: Config) -> Config:  # each worker its own audit chain, on every reload too
+        return c.model_copy(update={"server": c.server.model_copy(update={"instance_id": name})})
+
+    runtime = Runtime(args.config, config=adjust(config), sha256=sha, adjust=adjust)
+    run_dir = Path(args.worker_dir)
+    runtime.peers = Peers(args.worker, {i: plan.socket_path(run_dir, i) for i in range(args.workers)},
+                          runtime.shared.stash, runtime.shared.placeholders)
+    watch = asyncio.get_running_loop().create_task(orphan_watch(os.getppid()))
+    try:
+        return await serve(runtime, grpc_address=args.grpc_address,
+                           http_socket=str(plan.socket_path(run_dir, args.worker)))
+    finally:
+        watch.cancel()
+
+
+async def _supervise(args: argparse.Namespace, config: Config, count: int) -> int:
+    from authz.workers import plan
+    from authz.workers.supervisor import Supervisor
+
+    grpc_address = args.grpc_address or config.server.grpc_address
+    http_address = args.http_address or config.server.http_address
+    extra = [*(["--log-level", args.log_level] if args.log_level else []),
+             *(["--log-format", args.log_format] if args.log_format else [])]
+    return await Supervisor(str(args.config), addresses=plan.worker_addresses(grpc_address, http_address, count),
+                            http_address=http_address, instance_base=plan.instance_base(config),
+                            extra_args=extra).run()
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -136,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-address", help="override server.http_address (HOST:PORT)")
     p.add_argument("--log-format", choices=["json", "text"], help="override log.format")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log.level")
+    p.add_argument("--workers", type=int, help="override server.workers (serving processes; >1 needs Redis)")
+    # Set by the supervisor for each worker it starts (authz/workers/supervisor.py).
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    p.add_argument("--instance-base", help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check-config", help="validate config files; exit 1 if any is invalid",

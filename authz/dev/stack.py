@@ -35,6 +35,15 @@ REFERENCE_ENVOY = ROOT / "deploy" / "envoy" / "envoy.yaml"
 REFERENCE_CONFIG = ROOT / "deploy" / "authz" / "authz.yaml"
 
 
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (someone else may take it before we bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -56,13 +65,27 @@ class Ports:
     issuer: int = 9400
 
     @classmethod
-    def free(cls) -> Ports:
-        """Distinct free ports (the kernel may hand the same one out twice once it is closed)."""
+    def free(cls, *, workers: int = 1) -> Ports:
+        """Distinct free ports (the kernel may hand the same one out twice once it is closed).
+        With ``workers``, authz's gRPC ports (``authz_grpc_ports``) are all free too."""
         names = [f.name for f in dataclasses.fields(cls)]
         ports: set[int] = set()
         while len(ports) < len(names):
             ports.add(free_port())
-        return cls(**dict(zip(names, sorted(ports), strict=True)))
+        chosen = cls(**dict(zip(names, sorted(ports), strict=True)))
+        for _ in range(100):
+            others = ports - {chosen.authz_grpc}
+            if all(p not in others and port_free(p) for p in chosen.authz_grpc_ports(workers)[1:]):
+                return chosen
+            chosen.authz_grpc = free_port()
+        raise OSError(f"no {workers} free ports in a row for authz's workers")
+
+    def authz_grpc_ports(self, workers: int = 1) -> list[int]:
+        """Where authz's workers listen (authz/workers/plan.py), as Envoy's authz cluster lists them."""
+        from authz.workers.plan import worker_addresses
+
+        return [int(a.rpartition(":")[2]) for a in worker_addresses(
+            f"127.0.0.1:{self.authz_grpc}", f"127.0.0.1:{self.authz_http}", workers)]
 
     def cluster_ports(self) -> dict[str, int]:
         return {"authz": self.authz_grpc, "authz_http": self.authz_http, "mcp": self.mcp,
@@ -82,7 +105,7 @@ def envoy_binary() -> str:
 
 
 def render_envoy_config(ports: Ports, *, source: Path = REFERENCE_ENVOY,
-                        edit: Callable[[dict[str, Any]], None] | None = None) -> str:
+                        edit: Callable[[dict[str, Any]], None] | None = None, workers: int = 1) -> str:
     """The reference Envoy config with its ports replaced, as YAML text.
 
     The listener moves to 127.0.0.1:``ports.envoy``, admin to ``ports.envoy_admin``, and each
@@ -100,6 +123,13 @@ def render_envoy_config(ports: Ports, *, source: Path = REFERENCE_ENVOY,
     for cluster in cfg["static_resources"]["clusters"]:
         if cluster["name"] in by_name:
             missing.discard(cluster["name"])
+            if cluster["name"] == "authz":  # one endpoint per worker
+                template = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+                cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        **template["endpoint"]["address"]["socket_address"], "port_value": port}}}}
+                    for port in ports.authz_grpc_ports(workers)]}]
+                continue
             for group in cluster["load_assignment"]["endpoints"]:
                 for ep in group["lb_endpoints"]:
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = by_name[cluster["name"]]
@@ -290,8 +320,13 @@ class Stack:
     def __init__(self, *, ports: Ports | None = None, authz_config: Path = REFERENCE_CONFIG,
                  workdir: Path | None = None, env: dict[str, str] | None = None, echo: bool = False,
                  upstreams: bool = True, issuer: bool = True, authz: bool = True,
-                 envoy_edit: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.ports = ports or Ports.free()
+                 envoy_edit: Callable[[dict[str, Any]], None] | None = None,
+                 workers: int | None = None) -> None:
+        # authz's serving processes: 1 unless told (here, or AUTHZ_TEST_WORKERS=2 to run a test
+        # suite with two); more than one only with a config that has a Redis store.
+        self.workers_asked = workers
+        self.workers = workers or int(os.environ.get("AUTHZ_TEST_WORKERS", "") or 1)
+        self.ports = ports or Ports.free(workers=self.workers)
         self.authz_config = authz_config
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="authz-stack-"))
@@ -366,10 +401,44 @@ class Stack:
         p = self.ports
         if config is not None:
             self.authz_config = config
-        return self._spawn("authz", self._py("authz", "serve", "--config", str(self.authz_config),
+        if self.workers > 1 and self.workers_asked is None and not self._config_has_redis():
+            # AUTHZ_TEST_WORKERS: a config that takes its store from REDIS_URL (the reference
+            # config does) gets a private Redis, so it runs with the workers asked for; one with
+            # the memory store written in keeps one worker.
+            if "redis-for-workers" not in self.procs and os.environ.get("AUTHZ_TEST_WORKERS_REDIS", "1") == "1":
+                url, redis_proc = start_redis(self.workdir / "redis-for-workers")
+                self.procs["redis-for-workers"] = redis_proc
+                self.env["REDIS_URL"] = url
+            if not self._config_has_redis():
+                self.workers = 1
+        proc = self._spawn("authz", self._py("authz", "serve", "--config", str(self.authz_config),
                                              "--grpc-address", f"127.0.0.1:{p.authz_grpc}",
-                                             "--http-address", f"127.0.0.1:{p.authz_http}"),
+                                             "--http-address", f"127.0.0.1:{p.authz_http}",
+                                             "--workers", str(self.workers)),
                            lambda: http_ok(f"{self.authz_http}/readyz"))
+        if "envoy" in self.procs:  # started again: ready once Envoy's health check has seen it
+            proc.wait_ready(self.envoy_sees_authz, timeout=10, cancel=self.cancel)
+        return proc
+
+    def envoy_sees_authz(self) -> bool:
+        """Envoy's health check passes on every worker's port (it checks twice a second)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.envoy_admin}/clusters", timeout=1) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError):
+            return False
+        return all(f"authz::127.0.0.1:{port}::health_flags::healthy" in text
+                   for port in self.ports.authz_grpc_ports(self.workers))
+
+    def _config_has_redis(self) -> bool:
+        from authz.config import parse_config
+        from authz.errors import ConfigError
+
+        try:
+            cfg = parse_config(Path(self.authz_config).read_text(), env={**os.environ, **self.env})
+        except (ConfigError, OSError):
+            return False
+        return bool(cfg.store.redis_url)
 
     def stop_authz(self) -> int | None:
         proc = self.procs.pop("authz", None)
@@ -378,7 +447,7 @@ class Stack:
     def start_envoy(self) -> None:
         p = self.ports
         cfg = self.workdir / "envoy.yaml"
-        cfg.write_text(render_envoy_config(p, edit=self.envoy_edit))
+        cfg.write_text(render_envoy_config(p, edit=self.envoy_edit, workers=self.workers))
         # Access log lines within a quarter second instead of Envoy's default 10 s buffering.
         self._spawn("envoy", [envoy_binary(), "-c", str(cfg), "--concurrency", "1", "--log-level", "warning",
                               "--disable-hot-restart", "--file-flush-interval-msec", "250"],

@@ -166,6 +166,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         ``add_process_to_server``): most answers change nothing and are encoded once."""
         pipeline = self.runtime.pipeline  # one pipeline for the whole exchange, even across reloads
         debug = self.runtime.config.server.debug_headers
+        peers = self.runtime.peers  # other workers holding what their Check kept for this stream
         ex: Exchange | None = None
         outcome = "completed"
 
@@ -181,10 +182,14 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                 try:
                     if ex is None:
                         ex = self._exchange(msg, kind)
+                        if peers is not None:
+                            await peers.localize(ex.handoff)
                     elif msg is not None and not ex.handoff.needed:
                         found = proc_adapter.check_handoff(msg)
                         if found is not None:
                             ex.handoff = found
+                            if peers is not None:
+                                await peers.localize(found)
                     ex.phases.append(kind)
                     ex.mutations = Mutations()
                     response = await self._handle(pipeline, ex, msg, kind, debug)

@@ -59,6 +59,7 @@ from authz.identity.jose import (
     split_compact,
     verify_signature,
 )
+from authz.identity.shared_keys import shared_pem
 from authz.model import Principal, Request
 
 log = logging.getLogger("authz.identity.assertion")
@@ -145,8 +146,9 @@ class KeyRing:
     in the config rotates without downtime, and a generated key survives reloads.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, name: str = "assertion") -> None:
         self._clock = clock
+        self.name = name  # of a generated key shared by workers (SHARED_KEYS_ENV)
         self._lock = threading.Lock()
         self._active: SigningKey | None = None
         self._published: tuple[SigningKey, ...] = ()
@@ -168,11 +170,14 @@ class KeyRing:
             self._published = tuple(k for k in published if k.kid != active.kid)
 
     def generated(self, alg: str) -> SigningKey:
-        """The in-memory key for ``alg`` (generated once per ring)."""
+        """The in-memory key for ``alg`` (generated once per ring). Workers of one supervisor
+        share it (``authz.identity.shared_keys``): a token one signs, every other verifies."""
         with self._lock:
             key = self._generated.get(alg)
             if key is None:
-                key = self._generated[alg] = SigningKey.generate(alg)
+                pem = shared_pem(f"{self.name}-{alg}.pem", lambda: SigningKey.generate(alg).private_pem())
+                key = SigningKey.from_pem(pem) if pem is not None else SigningKey.generate(alg)
+                self._generated[alg] = key
             return key
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:

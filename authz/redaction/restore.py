@@ -87,12 +87,18 @@ class PlaceholderStore:
         self.ttl = ttl_seconds  # an answer may stream for minutes (Envoy's request_timeout)
         self._clock = clock
         self._entries: collections.OrderedDict[str, tuple[float, Originals]] = collections.OrderedDict()
+        self.prefix = ""  # with several workers: the one holding the mapping ("w1."), see BodyStash
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def put(self, originals: Originals) -> str:
-        key = secrets.token_urlsafe(12)
+        key = self.prefix + secrets.token_urlsafe(12)
+        self.adopt(key, originals)
+        return key
+
+    def adopt(self, key: str, originals: Originals) -> None:
+        """Keep a mapping made elsewhere (another worker's, fetched for this Process)."""
         now = self._clock()
         self._entries[key] = (now + self.ttl, dict(originals))
         while self._entries:
@@ -100,7 +106,6 @@ class PlaceholderStore:
             if expires >= now and len(self._entries) <= self.max_entries:
                 break
             del self._entries[oldest]
-        return key
 
     def take(self, key: str) -> Originals:
         """The mapping under ``key`` (empty when unknown or expired); either way it is gone."""

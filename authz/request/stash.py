@@ -25,18 +25,35 @@ class BodyStash:
         self._clock = clock
         self._entries: collections.OrderedDict[str, tuple[float, bytes, bytes]] = collections.OrderedDict()
         self._bytes = 0
+        # With several workers, the key names the one that holds the entry ("w1."): Process may
+        # land on another worker, which then fetches the entry from its owner (authz/workers/peers.py).
+        self.prefix = ""
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def put(self, original: bytes, body: bytes) -> str:
         """Keep ``body`` (made from ``original``); the key goes to Process in the hand-off."""
-        key = secrets.token_urlsafe(12)
+        key = self.prefix + secrets.token_urlsafe(12)
+        self.adopt(key, original, body)
+        return key
+
+    def adopt(self, key: str, original: bytes, body: bytes) -> None:
+        """Keep an entry made elsewhere (another worker's, fetched for this Process)."""
         now = self._clock()
         self._entries[key] = (now + self.ttl, original, body)
         self._bytes += len(original) + len(body)
         self._trim(now)
-        return key
+
+    def give(self, key: str) -> tuple[bytes, bytes] | None:
+        """The entry under ``key`` (what it was made from, the body), removed; None when unknown
+        or expired. For the worker Process landed on."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return None
+        expires, made_from, body = entry
+        self._bytes -= len(made_from) + len(body)
+        return None if expires < self._clock() else (made_from, body)
 
     def take(self, key: str, original: bytes) -> bytes | None:
         """The body kept under ``key`` if it was made from exactly ``original`` (and has not

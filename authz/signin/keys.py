@@ -16,7 +16,7 @@ from authz.signin.config import SigninConfig
 
 log = logging.getLogger("authz.signin")
 
-SIGNIN_ISSUER = "signin"  # the name of the sidecar's own issuer in identity.issuers
+SIGNIN_ISSUER = "signin"  # the name of the sidecar's own issuer in identity.issuers (and of its shared keys)
 
 def install_keys(cfg: SigninConfig, ring: KeyRing) -> KeyRing:
     keys = cfg.signing_keys()
@@ -53,7 +53,8 @@ def with_signin_issuer(identity: IdentityConfig, signin: SigninConfig) -> Identi
     # ``with_signin_keys`` when a pipeline is built.
     issuer = IssuerConfig(
         name=SIGNIN_ISSUER, issuer=signin.issuer, audiences=resources(signin, identity),
-        algorithms=(signin.algorithm,), typ="at+jwt", jwks=install_keys(signin, KeyRing()).jwks(), leeway_seconds=5,
+        algorithms=(signin.algorithm,), typ="at+jwt", leeway_seconds=5,
+        jwks=install_keys(signin, KeyRing(name=SIGNIN_ISSUER)).jwks(),
         required_claims=("client_id", "jti"),
         claims=ClaimsMapping(subject="sub", email="email", roles=("roles",), scopes=("scope",),
                              client=("client_id",)))

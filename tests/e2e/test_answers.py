@@ -27,7 +27,9 @@ from authz.dev.stack import REFERENCE_CONFIG
 
 from .conftest import Running, running_stack
 
-RAW = ("4539 1488 0343 6467", "4539", "536-22-1234", "cfo@acme.com", "415 555 0134", "DE89 3704",
+# "4539 14": the card's first delta as the demo model streams it (bare "4539" also matched a
+# millisecond timestamp in an audit record once).
+RAW = ("4539 1488 0343 6467", "4539 14", "536-22-1234", "cfo@acme.com", "415 555 0134", "DE89 3704",
        "AKIAIOSFODNN7EXAMPLE")
 MCP_PATHS = ["/mcp", "/mcp/sse"]
 

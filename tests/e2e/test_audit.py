@@ -98,7 +98,9 @@ def test_kill_9_under_load_then_restart(tmp_path):
     cfg = config(tmp_path, checkpoint_every_records=25, checkpoint_every_seconds=30, durability="queued",
                  signing_key_file=str(tmp_path / "keys" / "audit-signing-key.pem"))
     key = str(tmp_path / "keys" / "audit-public-key.pem")
-    stack = Stack(authz_config=cfg).start()
+    # One worker: this follows one chain through a kill -9 of the process writing it (each
+    # worker's chain behaves so when that worker is killed; tests/e2e/test_workers.py).
+    stack = Stack(authz_config=cfg, workers=1).start()
     try:
         tok = mint_token(sub="oscar", roles=["accounting"], issuer=stack.issuer_url, dev_dir=stack.workdir / "dev")
         http = httpx.Client(base_url=stack.url, timeout=10)

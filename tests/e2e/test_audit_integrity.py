@@ -88,7 +88,9 @@ def clean_log(tmp_path_factory):
     key_file, old_pub = keygen(tmp / "keys-old")
     path = tmp / "authz.yaml"
     cfg = write_config(path, key_file=key_file)
-    stack = Stack(authz_config=path).start()
+    # One worker, one chain: these tests tamper with the files of one instance ("e2e");
+    # tests/e2e/test_workers.py verifies several workers' chains together.
+    stack = Stack(authz_config=path, workers=1).start()
     audit_dir = stack.workdir / "audit"
     try:
         token = mint_token(sub="oscar", roles=["accounting"], issuer=stack.issuer_url, dev_dir=stack.workdir / "dev")
@@ -420,7 +422,7 @@ def test_kill_9_under_load_loses_no_answered_record(tmp_path, trial):
     path = tmp_path / "authz.yaml"
     write_config(path, key_file=key_file, durability="answered", checkpoint_every_records=1000,
                  checkpoint_every_seconds=5, rotate_bytes=64 * 1024 * 1024)
-    stack = Stack(authz_config=path).start()
+    stack = Stack(authz_config=path, workers=1).start()  # kill -9 of the one process writing the chain
     try:
         token = mint_token(sub="oscar", roles=["accounting"], issuer=stack.issuer_url, dev_dir=stack.workdir / "dev")
         stop, lock, answered, counter = threading.Event(), threading.Lock(), [], [0]

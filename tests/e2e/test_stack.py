@@ -82,8 +82,9 @@ def test_process_unreachable_means_503_even_after_check_allowed():
             "cluster_name"] = "nowhere"
         authz = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == "authz")
         nowhere = json.loads(json.dumps(authz).replace('"authz"', '"nowhere"'))
-        nowhere["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
-            "socket_address"]["port_value"] = dead_port
+        group = nowhere["load_assignment"]["endpoints"][0]
+        group["lb_endpoints"] = group["lb_endpoints"][:1]  # one endpoint per worker in authz's: keep one
+        group["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = dead_port
         cfg["static_resources"]["clusters"].append(nowhere)
 
     s = Stack(envoy_edit=process_to_nowhere).start()

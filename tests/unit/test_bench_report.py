@@ -117,7 +117,7 @@ def test_instructions_raise_envoys_timeouts_for_a_sidecar_under_valgrind():
     instructions.slow_sidecar_edit(cfg)
     text = yaml.safe_dump(cfg)
     assert text.count(instructions.SLOW_TIMEOUT) == 3   # Check's timeout, Process's and its per-message one
-    assert "0.5s" not in text and "message_timeout: 2s" not in text
+    assert "timeout: 0.5s" not in text and "message_timeout: 2s" not in text
     assert "port_value: 12345" in text
     without = yaml.safe_load(render_envoy_config(Ports.free(), edit=envoy_bench.path_edit(ext_proc=False)))
     filters = [f["name"] for f in envoy_bench._connection_manager(without)["http_filters"]]
