@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from authz.workers import merge
+from authz.workers.plan import socket_session
 
 HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade", "host",
                          "content-length", "proxy-connection", "te", "trailer"})
@@ -64,10 +65,7 @@ class Front:
     def _session(self, index: int) -> aiohttp.ClientSession:
         s = self._sessions.get(index)
         if s is None or s.closed:
-            s = self._sessions[index] = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(self.sockets[index])),
-                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
-                timeout=aiohttp.ClientTimeout(total=5), auto_decompress=False)
+            s = self._sessions[index] = socket_session(self.sockets[index], timeout=5, decompress=False)
         return s
 
     async def _get(self, index: int, path: str) -> tuple[int, bytes] | None:

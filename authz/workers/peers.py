@@ -22,6 +22,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from authz.workers.plan import socket_session
+
 if TYPE_CHECKING:
     from authz.model import Handoff
     from authz.redaction.restore import PlaceholderStore
@@ -59,10 +61,7 @@ class Peers:
     def _session(self, index: int) -> aiohttp.ClientSession:
         session = self._sessions.get(index)
         if session is None or session.closed:
-            session = self._sessions[index] = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(self.sockets[index])),
-                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to the next
-                timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS))
+            session = self._sessions[index] = socket_session(self.sockets[index], timeout=TIMEOUT_SECONDS)
         return session
 
     def foreign(self, key: str) -> int | None:

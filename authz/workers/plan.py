@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+import aiohttp
+
 from authz.config import Config
 
 
@@ -68,3 +70,11 @@ def worker_instance(base: str, index: int) -> str:
 def socket_path(run_dir: Path, index: int) -> Path:
     """The worker's private HTTP socket (readiness, metrics, keys, hand-over of what Check kept)."""
     return run_dir / f"w{index}.sock"
+
+
+def socket_session(path: Path, *, timeout: float, decompress: bool = True) -> aiohttp.ClientSession:
+    """An HTTP client for a worker's private socket (``socket_path``). It keeps no cookies: a
+    caller's never reach the next request."""
+    return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)),
+                                 cookie_jar=aiohttp.DummyCookieJar(),
+                                 timeout=aiohttp.ClientTimeout(total=timeout), auto_decompress=decompress)
