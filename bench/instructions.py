@@ -130,7 +130,7 @@ def count(sc: Scenario, workdir: Path, *, requests: int = REQUESTS, warmup: int 
             ctx = _start(sc, Settings(), stack, sidecar_prefix=prefix, sidecar_timeout=300,
                          envoy_config_edit=_slow_down)
         else:
-            ctx = _start(sc, Settings(), stack, noop_prefix=prefix, envoy_config_edit=_slow_down)
+            ctx = _start(sc, Settings(), stack, sidecar_prefix=prefix, envoy_config_edit=_slow_down)
         req = sc.request(ctx)
         t1 = time.monotonic()
         sidecar = stack.procs["authz" if sc.backend == "authz" else "noop"]
@@ -152,6 +152,7 @@ def count(sc: Scenario, workdir: Path, *, requests: int = REQUESTS, warmup: int 
         seconds = time.monotonic() - started
         time.sleep(0.5)   # ... and counted
         total, counted_seconds = _dump(control, sidecar.pid, workdir), time.monotonic() - zeroed
+        _keep(workdir, sc.name)
         # What the sidecar does when idle (timers, health checks, the audit writer's ticks) grows
         # with the run's length, which a busy machine stretches: counted alone for IDLE seconds,
         # it is taken out at its rate.
@@ -178,6 +179,16 @@ def count(sc: Scenario, workdir: Path, *, requests: int = REQUESTS, warmup: int 
     finally:
         with signals_held():
             stack.stop()
+
+
+def _keep(workdir: Path, name: str) -> None:
+    """Copy the counted dumps to $BENCH_CALLGRIND_KEEP (a directory), for callgrind_annotate."""
+    keep = os.environ.get("BENCH_CALLGRIND_KEEP")
+    if not keep:
+        return
+    Path(keep).mkdir(parents=True, exist_ok=True)
+    for dump in sorted(workdir.glob("callgrind.out.*.*")):
+        shutil.copy(dump, Path(keep) / f"{name}.{dump.name}")
 
 
 def _control(control: str, command: str, pid: int) -> float:

@@ -190,7 +190,8 @@ def _start_sidecar(stack: Stack, config: Path, prefix: tuple[str, ...], timeout:
     """``authz serve`` as the dev stack starts it (Stack.start_authz), under ``prefix``."""
     p = stack.ports
     argv = [*prefix, sys.executable, "-m", "authz", "serve", "--config", str(config),
-            "--grpc-address", f"127.0.0.1:{p.authz_grpc}", "--http-address", f"127.0.0.1:{p.authz_http}"]
+            "--grpc-address", f"127.0.0.1:{p.authz_grpc}", "--http-address", f"127.0.0.1:{p.authz_http}",
+            "--workers", str(stack.workers)]  # unset, it would be the box's CPUs when Redis is configured
     proc = ManagedProcess("authz", argv, env=stack.env, cwd=ROOT).start()
     stack.procs["authz"] = proc
     proc.wait_ready(lambda: http_ok(f"{stack.authz_http}/readyz"), timeout=timeout, cancel=stack.cancel)

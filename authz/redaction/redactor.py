@@ -87,17 +87,27 @@ class Redactor:
         a document, the parts of a message) and a value split across two of them is found, the
         replacement put in the first piece and the rest of the value taken out of the others;
         otherwise no finding spans two strings."""
+        return self._texts(values, [joined] * (len(values) - 1))
+
+    def _texts(self, values: list[str], soft: list[bool]) -> list[str]:
+        """``texts`` with the joining said per pair: ``soft[i]``, whether ``values[i]`` and
+        ``values[i + 1]`` are pieces of one text (several groups of strings, one scan). Returns
+        ``values`` itself when nothing was found."""
         if not values:
             return values
-        sep = SOFT if joined else SEPARATOR
-        text = sep.join(values)
-        findings = self.scanner.scan(text)
-        starts, pos = [], 0
-        for v in values:
+        seps = [SOFT if s else SEPARATOR for s in soft]
+        starts, pos, pieces = [], 0, []
+        for i, v in enumerate(values):
             starts.append(pos)
-            pos += len(v) + len(sep)
-        if joined and len(values) > 1:
-            findings = self._across(values, starts, findings)
+            pos += len(v)
+            pieces.append(v)
+            if i < len(seps):
+                pos += len(seps[i])
+                pieces.append(seps[i])
+        text = "".join(pieces)
+        findings = self.scanner.scan(text)
+        if any(soft):
+            findings = self._across(values, starts, findings, soft)
         if not findings:
             return values
         out: list[list[str]] = [[] for _ in values]
@@ -114,11 +124,11 @@ class Redactor:
                 continue
             last = bisect.bisect_right(starts, f.end - 1) - 1
             if last != first:
-                if not joined:
+                if not all(soft[first:last]):
                     continue  # cannot happen: no detector matches across the hard separator
                 # the value as the pieces hold it, without the spaces that joined them
-                pieces = (values[i][max(f.start - starts[i], 0):f.end - starts[i]] for i in range(first, last + 1))
-                f = dataclasses.replace(f, value="".join(pieces))
+                parts = (values[i][max(f.start - starts[i], 0):f.end - starts[i]] for i in range(first, last + 1))
+                f = dataclasses.replace(f, value="".join(parts))
             self.found[f.type] += 1
             new = self.replacement(f)
             if new is None:
@@ -136,7 +146,8 @@ class Redactor:
         return [values[i] if not parts else "".join(parts) + text[cursor[i]:starts[i] + len(values[i])]
                 for i, parts in enumerate(out)]
 
-    def _across(self, values: list[str], starts: list[int], findings: list[Finding]) -> list[Finding]:
+    def _across(self, values: list[str], starts: list[int], findings: list[Finding],
+                soft: list[bool]) -> list[Finding]:
         """Findings split mid-word between two adjacent pieces (``AKIAIOSF`` | ``ODNN7EXAMPLE``,
         ``oscar@`` | ``acme.com``), which the space joining them hides: the ends of each such
         pair are scanned written together, in one scan for all pairs.
@@ -149,6 +160,8 @@ class Redactor:
         found_starts = [f.start for f in findings]
         found_ends = [f.end for f in findings]  # in order too: findings never overlap
         for i in range(len(values) - 1):
+            if not soft[i]:
+                continue  # two strings of their own (a hard separator between them)
             end = starts[i] + len(values[i])
             k = bisect.bisect_right(found_starts, end) - 1  # the last finding starting before the join
             if k >= 0 and found_ends[k] > end - 1:
@@ -188,14 +201,15 @@ class Redactor:
         keys: dict[str, str] = {}
         numbers: list[str] = []
         _collect(doc, prose, fields, keys, numbers)
-        new_prose = self.texts(prose, joined=True)
-        new_fields = self.texts(fields)
-        new_keys = dict(zip(keys, self.texts(list(keys)), strict=True)) if keys else keys
-        new_numbers = self.texts(numbers)
-        same_keys = all(k == v for k, v in new_keys.items())
-        if new_prose is prose and new_fields is fields and same_keys and new_numbers is numbers:
+        # One scan for the whole document: the prose as one text, every other string on its own.
+        names = list(keys)
+        values = prose + fields + names + numbers
+        new = self._texts(values, [i < len(prose) - 1 for i in range(len(values) - 1)])
+        if new is values:
             return doc
-        return _rebuild(doc, None, iter(new_prose), iter(new_fields), new_keys, iter(new_numbers))
+        a, b, c = len(prose), len(prose) + len(fields), len(prose) + len(fields) + len(names)
+        new_keys = dict(zip(names, new[b:c], strict=True))
+        return _rebuild(doc, None, iter(new[:a]), iter(new[a:b]), new_keys, iter(new[c:]))
 
     def rewrite(self, kind: str, document: Any) -> Any:
         """``document`` (an ``Outgoing`` document of a body of ``kind``) with findings replaced."""
@@ -203,9 +217,9 @@ class Redactor:
             return self.json_value(document)
         if kind == "form":
             pairs: tuple[tuple[str, str], ...] = document
-            names = self.texts([n for n, _ in pairs])
-            values = self.texts([v for _, v in pairs], joined=True)
-            return tuple(zip(names, values, strict=True))
+            n = len(pairs)  # one scan: the names each on its own, the values as one text
+            both = self._texts([k for k, _ in pairs] + [v for _, v in pairs], [i >= n for i in range(2 * n - 1)])
+            return tuple(zip(both[:n], both[n:], strict=True))
         if kind == "multipart":
             return tuple(self.texts(list(document), joined=True))
         if kind == "text":
