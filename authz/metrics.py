@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Info
 from prometheus_client.core import HistogramMetricFamily
@@ -62,6 +63,20 @@ class FastHistogram:
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+_CHILDREN: dict[tuple[object, ...], Any] = {}
+
+
+def child(metric: Any, **labels: str) -> Any:
+    """``metric.labels(**labels)``, resolved once per label set: prometheus_client's own lookup
+    costs microseconds, several times a request. Label values are bounded (module docstring),
+    so this stays small."""
+    key = (metric, *labels.items())
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(**labels)
+    return found
 
 
 BUILD_INFO = Info("authz_build", "Version of the running authz sidecar.")

@@ -8,8 +8,9 @@ the OpenAI Responses API (``response.completed`` event), embeddings, and Anthrop
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
+
+from authz import jsonfast
 
 MAX_EVENT_BYTES = 1024 * 1024  # one SSE event larger than this is skipped, not buffered forever
 # A count above this is charged as this: far beyond any real answer, small enough that a cost in
@@ -113,7 +114,7 @@ class UsageMeter:
 
     def feed_json(self, body: bytes) -> None:
         try:
-            obj = json.loads(body)
+            obj = jsonfast.loads(body)
         except (ValueError, RecursionError):
             return
         for u in _usage_objects(obj):
@@ -138,7 +139,7 @@ class UsageMeter:
         if not payload or payload == b"[DONE]":
             return
         try:
-            obj = json.loads(payload)
+            obj = jsonfast.loads(payload)
         except (ValueError, RecursionError):
             return
         self.streamed_bytes += _text_bytes(obj)

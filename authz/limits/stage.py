@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from authz import metrics
 from authz.errors import TooManyRequests, Unavailable
 from authz.limits.config import Budget, LimitsConfig, Price, RateLimit
 from authz.limits.metering import Usage, UsageMeter
@@ -377,7 +378,7 @@ class LimitsStage(Stage):
             except StoreUnavailable as exc:
                 log.error("could not settle budget %s (delta %d): %s", r.id, delta, exc)
                 why = "settle_failed"
-            BUDGET_CONSUMED.labels(budget=r.id, unit=r.unit).inc(max(actual, 0))
+            metrics.child(BUDGET_CONSUMED, budget=r.id, unit=r.unit).inc(max(actual, 0))
             ex.facts.setdefault("budgets", {})[r.id] = {"reserved": reserved, "actual": actual,
                                                         "unit": r.unit, "settled": why}
         if usage.seen:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from authz import jsonfast
 from authz.errors import Deny, Forbidden, Unauthenticated
 from authz.identity.challenge import bearer_challenge
 from authz.jsontext import dumps_utf8
@@ -231,7 +231,7 @@ def _load_message(payload: str | bytes) -> Any:
     nests deeper than requests may (one that only just parsed could not be written back: the
     encoder recurses a frame deeper than the decoder)."""
     try:
-        msg = json.loads(payload)
+        msg = jsonfast.loads(payload)
     except (ValueError, RecursionError):
         raise _Unreadable("not JSON") from None
     if too_deep(msg):

@@ -9,10 +9,10 @@ error shape, never passed on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+from authz import jsonfast
 from authz.redaction import refusals
 from authz.redaction.responses import Scan, encode
 from authz.redaction.stream import StreamScanner
@@ -99,7 +99,7 @@ class AnswerScanner:
             new_text = self.scan.text(text)
             return body if new_text == text else new_text.encode()
         try:
-            doc = json.loads(body)
+            doc = jsonfast.loads(body)
         except (ValueError, RecursionError):
             raise refusals.unreadable("not JSON") from None
         if too_deep(doc):

@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from authz import metrics
 from authz.model import Context, Exchange
 from authz.redaction import refusals
 from authz.redaction.answer import AnswerScanner, framing_of, protocol_of
@@ -187,7 +188,7 @@ class AnswerGuard:
             action = "redacted"
         else:
             action = "clean"
-        ANSWERS.labels(action=action).inc()
+        metrics.child(ANSWERS, action=action).inc()
         facts: dict[str, Any] = {"direction": "response", "action": action, "found": found}
         if rule_id:
             facts["rule"] = rule_id

@@ -26,6 +26,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from authz import metrics
 from authz.errors import Answer, BadRequest, Forbidden, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from authz.matching import CompiledConditions, CompiledMatch
 from authz.model import Context, Exchange
@@ -76,7 +77,7 @@ class RedactionStage(Stage):
         self.hmac_key = cfg.hmac_key.encode()
         self.answers = AnswerGuard(cfg, placeholders if placeholders is not None else PlaceholderStore(),
                                    self.redactor, self.probe, self._actions,
-                                   lambda t, n: FINDINGS.labels(type=t, direction="response").inc(n),
+                                   lambda t, n: metrics.child(FINDINGS, type=t, direction="response").inc(n),
                                    PauseCut(cfg.responses.flush, {d.name: d.all_terms() for d in cfg.dictionaries},
                                             variants={d.name: d.variants for d in cfg.dictionaries
                                                       if d.variants is not None},
@@ -129,7 +130,7 @@ class RedactionStage(Stage):
         try:
             await self._scan(ctx, rule, answer_rule)
         except ScanTooComplex as exc:
-            ACTIONS.labels(action="unscannable").inc()
+            metrics.child(ACTIONS, action="unscannable").inc()
             raise BadRequest(f"the request cannot be scanned within bounds ({exc}); it is not forwarded unscanned",
                              reason="redaction.too_complex") from None
 
@@ -145,15 +146,15 @@ class RedactionStage(Stage):
         out, new = None, None
         if body.kind != "none":
             if ctx.request.body_truncated or len(body.raw) > self.cfg.max_body_bytes:
-                ACTIONS.labels(action="too_large").inc()
+                metrics.child(ACTIONS, action="too_large").inc()
                 raise PayloadTooLarge(f"the body is larger than the {self.cfg.max_body_bytes} bytes the sidecar "
                                       "scans; it is not forwarded unscanned", reason="body.too_large")
             if body.kind == "encoded":
-                ACTIONS.labels(action="unscannable").inc()
+                metrics.child(ACTIONS, action="unscannable").inc()
                 raise UnsupportedMediaType("a body with a Content-Encoding cannot be scanned; send it unencoded",
                                            reason="body.encoded")
             if body.kind == "unreadable":
-                ACTIONS.labels(action="unscannable").inc()
+                metrics.child(ACTIONS, action="unscannable").inc()
                 raise _unreadable(body.problem)
             out = ctx.rewrite()
             new = red.rewrite(out.body.kind, out.document)
@@ -161,18 +162,18 @@ class RedactionStage(Stage):
         red.changed = parts_changed or body_changed
         SCAN_SECONDS.observe(time.perf_counter() - started)
         if not red.found:
-            ACTIONS.labels(action="clean").inc()
+            metrics.child(ACTIONS, action="clean").inc()
             return
         found = red.summary()
         for t, n in found.items():
-            FINDINGS.labels(type=t, direction="request").inc(n)
+            metrics.child(FINDINGS, type=t, direction="request").inc(n)
         categories = categories_of(found, self.categories)
         action_for = self._actions(rule)
         ctx.facts["redaction"] = {"rule": rule.id, "found": found, "categories": categories,
                                   "rewritten": red.changed}
         blocked = sorted(t for t in found if action_for(t) == "block")
         if blocked:
-            ACTIONS.labels(action="blocked").inc()
+            metrics.child(ACTIONS, action="blocked").inc()
             raise Forbidden(f"the request carries data that may not leave: {', '.join(blocked)}",
                             reason="redaction.blocked", details={"entity_types": blocked})
         if rule.approval is not None:
@@ -187,9 +188,9 @@ class RedactionStage(Stage):
             m.set_header(":path", parts.path)  # the query with its values masked, all else as sent
         if out is not None and body_changed:
             out.replace(new)
-            ACTIONS.labels(action="redacted").inc()
+            metrics.child(ACTIONS, action="redacted").inc()
         else:
-            ACTIONS.labels(action="tagged").inc()
+            metrics.child(ACTIONS, action="tagged").inc()
         if isinstance(red, RecordingRedactor) and red.originals:
             # Only a random key travels (Envoy metadata); the mapping stays in this process.
             want_answer(ctx, answer_rule, self.answers.placeholders.put(red.originals), duplex=self.answers.duplex)
@@ -208,7 +209,7 @@ class RedactionStage(Stage):
                     if await self.store.delete(GRANT_KEY.format(id=given)):
                         await self.store.delete(APPROVAL_KEY.format(id=given))
                         ctx.facts["redaction"]["approval"] = {"id": given, "approved_by": record.get("approver")}
-                        ACTIONS.labels(action="approved").inc()
+                        metrics.child(ACTIONS, action="approved").inc()
                         return
             approval_id = secrets.token_hex(12)  # never starts with "-" (read as an option by a CLI)
             record = {"subject": subject, "digest": digest, "types": held, "rule": rule.id,
@@ -217,7 +218,7 @@ class RedactionStage(Stage):
                                  ttl=rule.approval.ttl_seconds)
         except StoreUnavailable as exc:
             raise Unavailable("approvals cannot be checked right now", reason="redaction.store_unavailable") from exc
-        ACTIONS.labels(action="held").inc()
+        metrics.child(ACTIONS, action="held").inc()
         raise Forbidden(f"this request carries {', '.join(held)} and needs approval by one of the roles "
                         f"{', '.join(rule.approval.approver_roles)}; retry with header "
                         f"{self.cfg.approval_header}: {approval_id} once it is granted",

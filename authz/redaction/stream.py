@@ -20,10 +20,10 @@ shape (``refusals.sse_event``); nothing of the upstream's stream follows it.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from typing import Any
 
+from authz import jsonfast
 from authz.redaction import refusals, sse
 from authz.redaction.responses import Scan, encode
 from authz.request.jsonbody import too_deep
@@ -167,7 +167,7 @@ class StreamScanner:
         if self.protocol != "mcp" and ev.data.strip() == "[DONE]":
             return "".join(self._flush(lambda key: True)) + ev.raw
         try:
-            msg = json.loads(ev.data)
+            msg = jsonfast.loads(ev.data)
         except (ValueError, RecursionError):
             if self.protocol != "http":
                 raise refusals.unreadable("an event is not JSON") from None
