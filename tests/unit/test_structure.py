@@ -108,5 +108,5 @@ def test_the_core_imports_no_adapter_stage_or_cli():
 def test_the_root_holds_entry_points_and_the_core_only():
     root = {p.stem for p in ROOT.glob("*.py")}
     assert root <= {"__init__", "__main__", "model", "errors", "pipeline", "assembly", "config", "schema",
-                    "runtime", "server", "http", "responses", "metrics", "logs", "tracing", "jsontext",
+                    "runtime", "server", "http", "responses", "metrics", "logs", "tracing", "jsontext", "jsonfast",
                     "patterns"}, root
