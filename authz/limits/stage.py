@@ -99,7 +99,6 @@ class LimitsStage(Stage):
         self._rates = tuple((r, _Selected(r.match, r.when)) for r in cfg.rate_limits)
         self._budgets = tuple((b, _Selected(b.match, b.when)) for b in cfg.budgets)
         self._prices = tuple((Glob((name,)), price) for name, price in cfg.prices.items())
-        self._counters: dict[tuple[Any, ...], Any] = {}
         # Per rate limit, worked out once: GCRA emission interval and burst, RateLimit-Policy item.
         self._gcra: dict[str, tuple[float, int]] = {}
         self._policy_items: dict[str, str] = {}
@@ -107,14 +106,6 @@ class LimitsStage(Stage):
             count, window = r.count_and_window
             self._gcra[r.id] = (window * 1_000_000 / count, r.burst or count)
             self._policy_items[r.id] = f'"{r.id}";q={count};w={window}'
-
-    def _counter(self, metric: Any, **labels: str) -> Any:
-        """``metric.labels(**labels)``, resolved once per label set (ids come from config)."""
-        key = (metric, *labels.values())
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = metric.labels(**labels)
-        return child
 
     # --- key building ----------------------------------------------------------------------------
 
@@ -259,9 +250,9 @@ class LimitsStage(Stage):
             headers["ratelimit"] = ", ".join(items)
         if result.allowed:
             for limit, _ in rates:
-                self._counter(RATE_DECISIONS, limit=limit.id, outcome="allowed").inc()
+                metrics.child(RATE_DECISIONS, limit=limit.id, outcome="allowed").inc()
             for budget, _ in reserves:
-                self._counter(BUDGET_DECISIONS, budget=budget.id, outcome="reserved").inc()
+                metrics.child(BUDGET_DECISIONS, budget=budget.id, outcome="reserved").inc()
             if self.cfg.headers_on_allowed:
                 ctx.mutations.response_headers.update(headers)
             if reserves:
@@ -275,7 +266,7 @@ class LimitsStage(Stage):
         refused_rates = [(limit, r) for (limit, _), r in zip(rates, result.rates, strict=True)
                          if not r.allowed]
         for limit, r in zip([limit for limit, _ in rates], result.rates, strict=True):
-            self._counter(RATE_DECISIONS, limit=limit.id, outcome="allowed" if r.allowed else "limited").inc()
+            metrics.child(RATE_DECISIONS, limit=limit.id, outcome="allowed" if r.allowed else "limited").inc()
         if refused_rates:
             retry = max(math.ceil(r.retry_after_us / 1e6) for _, r in refused_rates)
             headers["retry-after"] = str(max(1, retry))
