@@ -88,11 +88,15 @@ class Reader:
         for m in _EVENT_END.finditer(self._buf, 0, limit):
             if m.start() < pos:
                 continue
+            if m.start() - pos > self.max_bytes:  # one chunk brought all of a too large event
+                raise refusals.too_large(self.max_bytes)
             events.append(parse(self._buf[pos:m.end()], self._buf[pos:m.start()]))
             pos = m.end()
         self._buf = self._buf[pos:]
         if events:
             self.eol = events[-1].eol
+        # However the answer is cut into chunks: an event still open past the bound is refused
+        # now, one completed within a chunk above.
         if len(self._buf) > self.max_bytes:
             raise refusals.too_large(self.max_bytes)
         if end and self._buf:

@@ -8,7 +8,7 @@ import pytest
 from authz.config import parse_config
 from authz.errors import ConfigError, Deny
 from authz.model import Context, Exchange, Principal, Request
-from authz.redaction import sse
+from authz.redaction import refusals, sse
 from authz.redaction.restore import PlaceholderStore
 from authz.redaction.stage import RedactionStage
 from authz.store import MemoryStore
@@ -425,3 +425,22 @@ async def test_an_answer_beyond_the_scan_bounds_is_refused_saying_so(monkeypatch
     out = json.loads(await answer(s, ctx, [body.encode()], "application/json"))
     assert out["error"]["data"]["reason"] == "redaction.response_unreadable" and out["id"] == 3
     assert "within bounds" in out["error"]["message"] and "x" * 300 not in json.dumps(out)
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"data: " + b"x" * 2000 + b"\n\n"],                          # the whole event in one chunk
+    [b"data: " + b"x" * 900, b"x" * 1100 + b"\n\ndata: [DONE]\n\n"],  # its end and more in the last
+    [b"data: " + b"x" * 2000],                                     # never terminated
+])
+def test_an_event_over_the_bound_is_refused_however_it_is_chunked(chunks):
+    """The bound is on events, not on what is pending between chunks: a proxy that buffers (Envoy
+    behind a slow sidecar) can hand over a whole oversized event at once."""
+    reader = sse.Reader(1024)
+    with pytest.raises(refusals.Refused, match="larger than"):
+        for i, chunk in enumerate(chunks):
+            reader.feed(chunk, i == len(chunks) - 1)
+
+
+def test_events_within_the_bound_pass_in_one_chunk():
+    events = sse.Reader(1024).feed(b"data: " + b"x" * 1000 + b"\n\ndata: [DONE]\n\n", True)
+    assert [len(e.data) for e in events] == [1000, 6]
