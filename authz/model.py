@@ -218,6 +218,9 @@ class Exchange:
     phases: list[str] = dataclasses.field(default_factory=list)
     # Duplex answers: when (time.monotonic()) Process runs on_response_pause if no chunk came (0: never).
     flush_at: float = 0.0
+    # Duplex answers: a stage ended the answer before the upstream did (a refusal is its last
+    # event): Envoy is told the body ended, and nothing more of the upstream's goes out.
+    answer_closed: bool = False
     # Process refused the request before it went upstream: what Check took is given back
     # (``Pipeline.release``) and nothing is settled.
     refused: bool = False

@@ -117,6 +117,8 @@ def leak_deltas(body: dict[str, Any]) -> list[str] | None:
     half = len(name) // 2
     deltas = ["Summary for ", name[:half], name[half:], ": card ", "4539 14", "88 03", "43 64", "67",
               ", mail cfo@ac", "me.com, phone +1 415 555 0134."]
+    if "demo:secret-first" in text:  # the secret opens the answer (a stream refused early)
+        return ["Key: AKIAIOSF", "ODNN7EXAMPLE. ", *deltas]
     if "demo:secret" in text:
         deltas += [" Key: AKIAIOSF", "ODNN7EXAMPLE."]
     return deltas

@@ -293,18 +293,23 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
         sent: each chunk as the stages leave it (nothing while all of it is held back), what a
         pause releases, and at the end the rest (before the trailers' answer, when there are any)."""
         ex.flush_at = 0.0
+        trailers = kind == "response_trailers"
+        if ex.answer_closed:  # ended already (a refusal went out last): the rest is dropped
+            return [proc_adapter.trailers_response(kind).SerializeToString()] if trailers else []
         if msg is None:
             await pipeline.run("on_response_pause", ex)
             body = ex.mutations.body
-            return [r.SerializeToString() for r in proc_adapter.streamed_body_responses(body, False)] if body else []
-        trailers = kind == "response_trailers"
+            end: bool = ex.answer_closed  # the pause may have ended the answer (a refusal)
+            return [r.SerializeToString() for r in proc_adapter.streamed_body_responses(body or b"", end)] if (
+                body or end) else []
         ex.response_chunk = b"" if trailers else msg.response_body.body
         ex.response_end = trailers or msg.response_body.end_of_stream
         await pipeline.run("on_response_body", ex)
         body = ex.mutations.body if ex.mutations.body is not None else ex.response_chunk
-        # At trailers only what was still held (Envoy takes no body answer for a body it never sent).
-        out = proc_adapter.streamed_body_responses(body, not trailers and ex.response_end) if (
-            body or (ex.response_end and not trailers)) else []
+        # At trailers only what was still held (Envoy takes no body answer for a body it never
+        # sent). A stage that ended the answer early (``answer_closed``) ends Envoy's body too.
+        end = not trailers and (ex.response_end or ex.answer_closed)
+        out = proc_adapter.streamed_body_responses(body, end) if (body or end) else []
         if trailers:
             out.append(proc_adapter.trailers_response(kind))
         return [r.SerializeToString() for r in out]

@@ -134,6 +134,8 @@ class AnswerGuard:
             ex.mutations.set_header("content-type", "application/json")
         if out != chunk:
             ex.mutations.replace_body(out)
+        if scanner.ended and mode == "duplex":
+            ex.answer_closed = True  # the refusal ends the answer: the client need not wait for the rest
         if ex.response_end or scanner.ended:
             self._record(ex)
         elif mode == "duplex":
@@ -153,6 +155,7 @@ class AnswerGuard:
         if out:
             ex.mutations.replace_body(out)
         if scanner.ended:
+            ex.answer_closed = True
             self._record(ex)
 
     def on_complete(self, ex: Exchange) -> None:

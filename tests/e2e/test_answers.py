@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -188,6 +189,28 @@ def test_openai_blocked_stream_raises(stack):
     with pytest.raises(openai.PermissionDeniedError, match="aws_key"):
         client.chat.completions.create(model="gpt-general", messages=[
             {"role": "user", "content": "keys please. demo:secret"}])
+
+
+def test_a_stream_refused_midway_ends_at_once(stack):
+    """The model streams a secret first, then a dozen more events 0.4 s apart (~5 s). The refusal
+    is the stream's last event: the client is not kept waiting for (nor billed the wait on) the
+    rest, which never arrives; and the next request is answered as usual."""
+    token = stack.token("oscar", roles=["accounting"])
+    started = time.monotonic()
+    with httpx.stream("POST", stack.url + "/v1/chat/completions", timeout=20, json={
+            "model": "gpt-general", "stream": True,
+            "messages": [{"role": "user", "content": "keys first. demo:secret-first"}]},
+            headers={**stack.auth(token), "x-demo-delay-ms": "400"}) as r:
+        assert r.status_code == 200
+        body = b"".join(r.iter_bytes()).decode()
+    took = time.monotonic() - started
+    events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+    assert "aws_key" in json.loads(events[-1])["error"]["message"], body[-500:]
+    assert "AKIA" not in body and "Summary" not in body  # nothing after the refusal went out
+    assert took < 3.0, f"the client waited {took:.1f} s for a stream that was over"
+    client = _openai(stack)
+    r2 = client.chat.completions.create(model="gpt-general", messages=[{"role": "user", "content": "hi"}])
+    assert "demo answer" in r2.choices[0].message.content
 
 
 def test_responses_api_stream(stack):
