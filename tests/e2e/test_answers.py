@@ -191,11 +191,19 @@ def test_openai_blocked_stream_raises(stack):
             {"role": "user", "content": "keys please. demo:secret"}])
 
 
+def _envoy_stat(stack: Running, name: str) -> int:
+    text = httpx.get(f"http://127.0.0.1:{stack.stack.ports.envoy_admin}/stats?filter=^{name}$").text
+    return int(text.split(": ", 1)[1]) if ": " in text else 0
+
+
 def test_a_stream_refused_midway_ends_at_once(stack):
     """The model streams a secret first, then a dozen more events 0.4 s apart (~5 s). The refusal
-    is the stream's last event: the client is not kept waiting for (nor billed the wait on) the
-    rest, which never arrives; and the next request is answered as usual."""
+    is the stream's last event: the client is not kept waiting for the rest, which never arrives,
+    Envoy cuts the upstream's stream (the model stops generating), and the next request is
+    answered as usual."""
     token = stack.token("oscar", roles=["accounting"])
+    cut = "cluster.general.upstream_cx_destroy_local_with_active_rq"
+    cuts_before = _envoy_stat(stack, cut)
     started = time.monotonic()
     with httpx.stream("POST", stack.url + "/v1/chat/completions", timeout=20, json={
             "model": "gpt-general", "stream": True,
@@ -208,6 +216,11 @@ def test_a_stream_refused_midway_ends_at_once(stack):
     assert "aws_key" in json.loads(events[-1])["error"]["message"], body[-500:]
     assert "AKIA" not in body and "Summary" not in body  # nothing after the refusal went out
     assert took < 3.0, f"the client waited {took:.1f} s for a stream that was over"
+    # ... and Envoy cut the upstream's stream: the model stops generating what nobody will read.
+    deadline = time.monotonic() + 3
+    while _envoy_stat(stack, cut) == cuts_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _envoy_stat(stack, cut) == cuts_before + 1
     client = _openai(stack)
     r2 = client.chat.completions.create(model="gpt-general", messages=[{"role": "user", "content": "hi"}])
     assert "demo answer" in r2.choices[0].message.content
