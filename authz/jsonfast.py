@@ -22,8 +22,8 @@ _LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
 
 def loads(data: bytes | str) -> Any:
     """``json.loads(data)``, faster. Raises ``ValueError`` (or ``RecursionError``) as it does."""
-    long_number = _LONG_NUMBER_TEXT if isinstance(data, str) else _LONG_NUMBER
-    if long_number.search(data) is None:  # type: ignore[arg-type]  # the pattern matches the type
+    long_number = _LONG_NUMBER_TEXT.search(data) if isinstance(data, str) else _LONG_NUMBER.search(data)
+    if long_number is None:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

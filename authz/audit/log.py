@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import Counter, Gauge
 
+from authz import metrics
 from authz.audit.canonical import canonical
 from authz.audit.config import AuditConfig
 from authz.audit.digests import body_digest, digest_key_id, load_digest_key
@@ -689,10 +690,7 @@ class AuditLog:
     def _count_written(self) -> None:
         """Add what the round wrote to ``authz_audit_records_total`` (once a round, not per record)."""
         for kind, n in self._written.items():
-            counter = _RECORD_COUNTERS.get(kind)
-            if counter is None:
-                counter = _RECORD_COUNTERS[kind] = RECORDS.labels(type=kind)
-            counter.inc(n)
+            metrics.child(RECORDS, type=kind).inc(n)
         self._written.clear()
 
     def _checkpoint(self, *, final: bool = False) -> None:
@@ -749,7 +747,6 @@ class AuditLog:
         os.replace(tmp, self.dir / HEAD_FILE)
 
 
-_RECORD_COUNTERS: dict[str, Any] = {}
 _DECISION_KEYS = ("time_ms", "request_id", "method", "host", "path", "principal", "action", "decision",
                   "status", "reason", "facts", "body")
 

@@ -39,7 +39,6 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
         self.runtime = runtime
         self._seconds = metrics.RPC_SECONDS.labels(rpc="check")
         self._inflight = metrics.InFlight("check")
-        self._decisions: dict[tuple[str, str], Any] = {}  # label children, resolved once
         self._lines = logs.decision_lines(log)
 
     async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -109,10 +108,7 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
 
     def _record(self, decision: str, reason: str, status: int, req: Request | None,
                 ctx: Context | None, *, message: str = "") -> None:
-        counter = self._decisions.get((decision, reason))
-        if counter is None:  # reasons are a bounded set of codes, so this dict stays small
-            counter = self._decisions[(decision, reason)] = metrics.DECISIONS.labels(decision=decision, reason=reason)
-        counter.inc()
+        metrics.child(metrics.DECISIONS, decision=decision, reason=reason).inc()  # reasons: a bounded set
         if not self.runtime.config.log.decisions or not log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, object] = {"event": "decision", "decision": decision, "reason": reason,
@@ -198,7 +194,7 @@ class ExternalProcessorServicer(proc_grpc.ExternalProcessorServicer):  # type: i
                     proc_log.info("process denied %s", deny.reason, extra={"fields": {
                         "event": "process_denied", "reason": deny.reason, "status": deny.status,
                         "request_id": ex.request.id if ex else "", "phase": kind}})
-                    metrics.DECISIONS.labels(decision="deny", reason=deny.reason).inc()
+                    metrics.child(metrics.DECISIONS, decision="deny", reason=deny.reason).inc()
                     yield proc_adapter.immediate_response(self._denial(pipeline, deny, ex)).SerializeToString()
                     return
                 finally:
