@@ -1,6 +1,7 @@
 """The limits stage with the memory store: headers, refusals, reservation and settlement."""
 
 import json
+from typing import Any
 
 import pytest
 
@@ -226,15 +227,21 @@ async def test_a_stream_cut_short_is_charged_its_prompt_and_what_was_streamed():
     assert int(await store.get(reservation.key)) == prompt + 3
 
 
-async def test_an_undo_after_a_refusal_leaves_every_counter_as_it_was():
-    store = MemoryStore()
-    s = stage(store)
+async def _second_check(store: MemoryStore, s: LimitsStage) -> tuple[list[str], list[Any], Context]:
+    """A first Check, what its counters then hold, and a second Check (its context)."""
     first = chat_ctx({"model": "gpt-x", "max_tokens": 10})
     await s.on_request(first)
     keys = [r.key for r in first.handoff.metering.reservations] + ["rl:{user=oscar}:per-user"]
     before = [await store.get(k) for k in keys]
     second = chat_ctx({"model": "gpt-x", "max_tokens": 10})
     await s.on_request(second)
+    return keys, before, second
+
+
+async def test_an_undo_after_a_refusal_leaves_every_counter_as_it_was():
+    store = MemoryStore()
+    s = stage(store)
+    keys, before, second = await _second_check(store, s)
     assert len(second.on_refusal) == 1
     for give_back in second.on_refusal:
         await give_back()
@@ -250,12 +257,7 @@ async def test_a_refusal_in_process_gives_back_what_check_took_from_the_handoff(
 
     store = MemoryStore()
     s = stage(store)
-    first = chat_ctx({"model": "gpt-x", "max_tokens": 10})
-    await s.on_request(first)
-    keys = [r.key for r in first.handoff.metering.reservations] + ["rl:{user=oscar}:per-user"]
-    before = [await store.get(k) for k in keys]
-    second = chat_ctx({"model": "gpt-x", "max_tokens": 10})
-    await s.on_request(second)
+    keys, before, second = await _second_check(store, s)
     assert [await store.get(k) for k in keys] != before
     handoff = wire.decode(wire.encode(second.handoff)[wire.FIELD])
     assert [c.key for c in handoff.rate_charges] == ["rl:{user=oscar}:per-user"]
