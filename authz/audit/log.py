@@ -46,7 +46,7 @@ from prometheus_client import Counter, Gauge
 from authz import metrics
 from authz.audit.canonical import canonical
 from authz.audit.config import AuditConfig
-from authz.audit.digests import body_digest, digest_key_id, load_digest_key
+from authz.audit.digests import BodyDigester, digest_key_id, load_digest_key
 from authz.identity.shared_keys import shared_pem
 from authz.metrics import COMPONENT_UP
 
@@ -168,6 +168,7 @@ class AuditLog:
         self._prev_token, self._digest_token = self._prev_mark.encode(), self._digest_mark.encode()
         self.digest_key = load_digest_key(cfg.digest_key_file, self.key)
         self.digest_kid = digest_key_id(self.digest_key)
+        self._digest = BodyDigester(self.digest_key).hex
         self.dir = Path(cfg.directory) / instance
         self._lock: int | None = None  # an flock on the instance directory: one writer per chain
         self._file: Any = None
@@ -394,7 +395,7 @@ class AuditLog:
                                 data or None))
         except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a big integer, a bug of ours
             if data:
-                record[digest[0]] = body_digest(self.digest_key, data)  # type: ignore[index]
+                record[digest[0]] = self._digest(data)  # type: ignore[index]
             self._queue.append(record)
         return True
 
@@ -603,22 +604,19 @@ class AuditLog:
         """Link a queued record into the chain. When that fails (a bug: records hold only JSON
         values) a stand-in says which record was lost, so the chain stays whole and says so
         instead of the writer stopping."""
-        record: dict[str, Any] = {}
         try:
             if isinstance(pending, tuple) and len(pending) == len(_DECISION_KEYS):
-                record = {"type": "decision", "request_id": pending[1]}  # for the stand-in, if it fails
                 self._add_decision(pending)
             elif isinstance(pending, tuple):
                 kind, body, data = pending
                 linked = self._link(body, data)
                 if linked is None:  # offer put them there: a bug; the stand-in below names the request
-                    record = orjson.loads(body)
                     raise ValueError("a queued audit record lost its stand-ins")
                 self._add_line(kind, linked)
             else:
-                record = pending
-                self._append(record)
+                self._append(pending)
         except Exception as exc:
+            record = _named(pending)
             WRITE_FAILURES.inc()
             log.error("audit record of request %s could not be written: %r", record.get("request_id"), exc)
             self._append({"type": "unencodable", "record_type": str(record.get("type")),
@@ -631,7 +629,7 @@ class AuditLog:
          facts, body) = fields
         record = {
             "action": None if action is None else _action(action),
-            "body_hmac": body_digest(self.digest_key, body) if body else None,
+            "body_hmac": self._digest(body) if body else None,
             "decision": decision, "facts": orjson.Fragment(facts), "host": host, "instance": self.instance,
             "method": method, "path": path, "prev": self._prev,
             "principal": None if principal is None else {
@@ -659,7 +657,7 @@ class AuditLog:
                  (body.find(self._prev_token), self._prev_token, self._prev.encode())]
         if data is not None:
             fills.append((body.find(self._digest_token), self._digest_token,
-                          body_digest(self.digest_key, data).encode()))
+                          self._digest(data).encode()))
         fills.sort()
         if fills[0][0] < 0:
             return None
@@ -749,6 +747,19 @@ class AuditLog:
 
 _DECISION_KEYS = ("time_ms", "request_id", "method", "host", "path", "principal", "action", "decision",
                   "status", "reason", "facts", "body")
+
+
+def _named(pending: Pending) -> dict[str, Any]:
+    """What the stand-in for a record that could not be written says of it (type, request id)."""
+    if isinstance(pending, dict):
+        return pending
+    if len(pending) == len(_DECISION_KEYS):
+        return {"type": "decision", "request_id": pending[1]}
+    with contextlib.suppress(ValueError):
+        named = orjson.loads(pending[1])
+        if isinstance(named, dict):
+            return named
+    return {"type": pending[0]}
 
 
 def _action(action: Any) -> dict[str, Any]:

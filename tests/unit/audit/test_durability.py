@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given
+from hypothesis import strategies as st
 
 from authz.audit.config import AuditConfig
-from authz.audit.digests import body_digest, derived_key, load_digest_key
+from authz.audit.digests import BodyDigester, body_digest, derived_key, load_digest_key
 from authz.audit.log import AuditLog
 from authz.audit.stage import AuditStage
 from authz.audit.verify import verify
@@ -148,6 +151,15 @@ async def test_the_digest_of_a_short_body_cannot_be_recomputed_without_the_key(t
     assert not any(body_digest(other, g) == digest for g in guesses)               # another key
     assert body_digest(derived_key(key), body) == digest                          # the holder can match
     assert b"123-45-6789" not in b"".join(json.dumps(r).encode() for r in on_disk(tmp_path))
+
+
+@given(key=st.binary(min_size=32, max_size=200), body=st.binary(max_size=300))
+def test_the_writer_digest_is_hmac_sha256(key, body):
+    """The writer's digester (padded states worked out once) gives what ``authz audit digest``
+    and any HMAC library give, for keys shorter and longer than SHA-256's block."""
+    digester = BodyDigester(key)
+    assert digester.hex(body) == body_digest(key, body) == hmac.new(key, body, "sha256").hexdigest()
+    assert digester.hex(body) == body_digest(key, body)  # the states are copied, never consumed
 
 
 def test_the_digest_cli_matches_a_body_with_the_key(tmp_path, key, capsys):
