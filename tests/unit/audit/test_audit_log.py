@@ -234,9 +234,11 @@ async def test_block_waits_briefly_then_fails_closed(tmp_path, key):
 
 
 async def test_block_wakes_the_writer_and_gets_in_when_it_makes_room(tmp_path, key):
-    # The writer ticks every 100 ms, longer than block_ms: a full queue wakes it at once.
-    c = cfg(tmp_path, queue_size=1, on_full="block", block_ms=50, durability="queued")
+    # The writer ticks every 5 s here, longer than block_ms: only a full queue waking it at once
+    # lets each request in. (Both far from the scheduling delays of a loaded machine.)
+    c = cfg(tmp_path, queue_size=1, on_full="block", block_ms=2000, durability="queued")
     log = AuditLog(c, instance="i1", key=key)
+    log.POLL_SECONDS = 5.0
     await log.start()
     await asyncio.sleep(0.01)  # the writer is asleep until its next tick
     stage = AuditStage(c, log)
