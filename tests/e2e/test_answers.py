@@ -374,7 +374,7 @@ def test_the_outcome_record_has_response_findings_by_type_and_never_a_value(stac
         {"role": "user", "content": "Tell me about Acme Corp. demo:leak"}])
     request_id = r.headers["x-request-id"] if "x-request-id" in r.headers else None
     audit_dir = stack.stack.workdir / "audit"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20  # the outcome record follows the answer; a loaded box is slow
     found = None
     while found is None and time.monotonic() < deadline:
         time.sleep(0.2)
