@@ -61,7 +61,7 @@ test-tools:
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-## lint: ruff on everything, mypy --strict on authz/ (settings in pyproject.toml)
+## lint: ruff on everything, mypy --strict on authz/ and bench/ (settings in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -32,7 +32,8 @@ def _connection_manager(cfg: dict[str, Any]) -> dict[str, Any]:
         for chain in listener["filter_chains"]:
             for f in chain["filters"]:
                 if f["name"] == HCM:
-                    return f["typed_config"]
+                    hcm: dict[str, Any] = f["typed_config"]
+                    return hcm
     raise ValueError("the reference Envoy config has no http_connection_manager")
 
 

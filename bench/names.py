@@ -77,10 +77,13 @@ def corpus(n_positive: int = 120, seed: int = 20261130) -> list[tuple[str, list[
     return out
 
 
+def _strip(s: str) -> str:
+    return s.removesuffix("'s").strip(" .,")
+
+
 def _matches(found: str, expected: str) -> bool:
-    strip = lambda s: s.removesuffix("'s").strip(" .,")  # noqa: E731
     bare = expected.split(" ", 1)[1] if expected.split(" ", 1)[0] in TITLES else expected
-    return strip(found) in (strip(expected), strip(bare))
+    return _strip(found) in (_strip(expected), _strip(bare))
 
 
 def score(scanner: Scanner, samples: list[tuple[str, list[str]]]) -> dict[str, Any]:

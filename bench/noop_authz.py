@@ -44,11 +44,11 @@ def check_answer(handoff: str) -> external_auth_pb2.CheckResponse:
     return answer
 
 
-class Noop(external_auth_pb2_grpc.AuthorizationServicer):
+class Noop(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]  # generated, untyped
     def __init__(self, handoff: str = "") -> None:
         self.answer = check_answer(handoff)
 
-    async def Check(self, request, context):
+    async def Check(self, request: external_auth_pb2.CheckRequest, context: Any) -> external_auth_pb2.CheckResponse:
         return self.answer
 
 
@@ -72,7 +72,7 @@ def answers(request_body: str, response_body: str) -> dict[str, proc_pb2.Process
             "response_trailers": proc_pb2.ProcessingResponse(response_trailers=proc_pb2.TrailersResponse())}
 
 
-class NoopProcessor(proc_grpc.ExternalProcessorServicer):
+class NoopProcessor(proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated, untyped
     def __init__(self, request_body: str, response_body: str) -> None:
         self.answers = answers(request_body, response_body)
 

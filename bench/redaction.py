@@ -107,7 +107,9 @@ def iban() -> str:
 
 
 def phone() -> str:
-    d = lambda n: "".join(rng.choice(string.digits) for _ in range(n))  # noqa: E731
+    def d(n: int) -> str:
+        return "".join(rng.choice(string.digits) for _ in range(n))
+
     area = rng.randint(201, 989)
     return rng.choice([f"+49 30 {d(4)} {d(4)}", f"+1-{area}-555-{d(4)}", f"({area}) 555-{d(4)}",
                        f"+44 20 {d(4)} {d(4)}", f"+33 1 {d(2)} {d(2)} {d(2)} {d(2)}", f"{area}.555.{d(4)}",
@@ -161,7 +163,8 @@ def customer() -> tuple[str, str]:
         name = name[:-4] + rng.choice(["Corporation", "Corp.", "CORPORATION"])
     words = name.split(" ")
     written = rng.choice([" ", "\n", "\t", "  ", "-", ""]).join(words) if len(words) > 1 else name
-    written = rng.choice([str.upper, str.lower, str.title, lambda s: s])(written)
+    cases: list[Callable[[str], str]] = [str.upper, str.lower, str.title, str]
+    written = rng.choice(cases)(written)
     if rng.random() < 0.2:
         written = confusable(written)
     if rng.random() < 0.1:
@@ -404,7 +407,7 @@ def measure(rounds: int = 5) -> dict[str, Any]:
             "met": all(t["met"] for t in types.values()) and cpu_mbps >= 50}
 
 
-def report(m: dict) -> str:
+def report(m: dict[str, Any]) -> str:
     lines = [f"redaction corpus: {m['samples']} samples ({m['near_misses']} near-misses)",
              f"{'type':<15} {'precision':>9} {'recall':>7} {'tp':>5} {'fp':>4} {'fn':>4}"]
     for kind, r in m["types"].items():

@@ -23,7 +23,7 @@ def ratio(r: Mapping[str, Any] | None, base: Mapping[str, Any] | None) -> float 
     assert r is not None and base is not None
     mine, theirs = r.get("rounds_requests_per_second"), base.get("rounds_requests_per_second")
     if mine and theirs and len(mine) == len(theirs) and all(theirs):
-        return statistics.median(m / t for m, t in zip(mine, theirs, strict=True))
+        return float(statistics.median(m / t for m, t in zip(mine, theirs, strict=True)))
     return rps / base_rps
 
 
@@ -164,8 +164,8 @@ def _cpu(r: Mapping[str, Any], who: str) -> str:
 
 
 def path_table(scenarios: Iterable[Scenario], results: Mapping[str, dict[str, Any]]) -> str:
-    rows = [("scenario", "req/s", "p50 ms", "p99 ms", "sidecar", "envoy", "redis", "path", "upstream",
-             "instr/req", "target", "notes")]
+    rows: list[tuple[str, ...]] = [("scenario", "req/s", "p50 ms", "p99 ms", "sidecar", "envoy", "redis", "path",
+                                    "upstream", "instr/req", "target", "notes")]
     for sc in scenarios:
         r = results[sc.name]
         if r.get("status") != "ok":

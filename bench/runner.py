@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import signal
 import sys
 import time
@@ -235,10 +236,10 @@ def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> di
         raise ScenarioFailed(f"its answer is not the one expected ({', '.join(wrong)}): {text.strip()[:500]}\n"
                              f"{stack.logs()}")
     connections = sc.connections or settings.connections
-    load = {"url": url, "seconds": settings.warmup, "connections": connections,
-            "threads": settings.wrk_threads, "method": req.method, "headers": req.headers, "body": req.body}
+    load = functools.partial(run_wrk, url, connections=connections, threads=settings.wrk_threads,
+                             method=req.method, headers=req.headers, body=req.body)
     if settings.warmup > 0:
-        run_wrk(**load)
+        load(seconds=settings.warmup)
     pids = {name: p.pid for name, p in stack.procs.items()
             if name in ("envoy", "noop", "authz", "redis", "upstream")}
     redis_counter = RedisCounter(ctx.redis_url) if ctx.redis_url else None
@@ -246,7 +247,7 @@ def _measure(sc: Scenario, settings: Settings, stack: Stack, ctx: Context) -> di
     streams = ext_proc_streams(admin) if sc.upstream is not None else None
     before = cpu.CpuSample.take(pids)
     started = time.monotonic()
-    result = run_wrk(**{**load, "seconds": settings.duration})
+    result = load(seconds=settings.duration)
     wall = time.monotonic() - started
     after = cpu.CpuSample.take(pids)
     out: dict[str, Any] = {"status": "ok", **dataclasses.asdict(result)}

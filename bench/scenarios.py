@@ -231,7 +231,7 @@ def reference(*, policy: bool, assertion: bool = True, audit: bool = False, rate
     issuer pointed at the bench's), the reference policy or allow, and optionally the signed
     assertion, the audit log and one per-user rate limit in Redis (never reached)."""
     def config(ctx: Context) -> dict[str, Any]:
-        cfg = yaml.safe_load(REFERENCE_CONFIG.read_text())
+        cfg: dict[str, Any] = yaml.safe_load(REFERENCE_CONFIG.read_text())
         cfg.update(bench_basics())
         cfg["store"] = {"redis_url": ctx.redis_url or "", "timeout_ms": 100}
         cfg["identity"]["issuers"][0]["issuer"] = ctx.issuer_url
@@ -266,7 +266,7 @@ def pipeline(*, mcp_redaction: bool = True) -> Callable[[Context], dict[str, Any
     def config(ctx: Context) -> dict[str, Any]:
         if not ctx.redis_url:
             raise ValueError("the reference pipeline needs Redis")
-        cfg = yaml.safe_load(REFERENCE_CONFIG.read_text())
+        cfg: dict[str, Any] = yaml.safe_load(REFERENCE_CONFIG.read_text())
         cfg.update(bench_basics())
         # 500 ms rather than 50: with 32 connections queued in front of one sidecar on a busy
         # two-core box a Redis answer can wait that long, and a 503 would measure less work.
