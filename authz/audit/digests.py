@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 MIN_KEY_BYTES = 32
+_BLOCK = hashlib.sha256().block_size  # HMAC pads the key to this
 _DERIVE = b"authz audit body digest key\0"
 
 
@@ -76,6 +77,3 @@ class BodyDigester:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest()
-
-
-_BLOCK = hashlib.sha256().block_size

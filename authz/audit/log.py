@@ -755,7 +755,7 @@ def _named(pending: Pending) -> dict[str, Any]:
         return pending
     if len(pending) == len(_DECISION_KEYS):
         return {"type": "decision", "request_id": pending[1]}
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, TypeError):
         named = orjson.loads(pending[1])
         if isinstance(named, dict):
             return named
