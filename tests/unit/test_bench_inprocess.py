@@ -24,8 +24,8 @@ async def test_each_scenario_answers_its_own_request_through_its_own_pipeline(tm
     bursts, checks = 2, 12
     subjects = await inprocess.measure([KNOWN["policy"], KNOWN["policy+audit-queued"]], bursts=bursts,
                                        checks=checks, concurrency=4, workdir=tmp_path)
-    assert [len(s.bursts) for s in subjects] == [bursts, bursts]
-    assert all(us > 0 for s in subjects for us in s.bursts)
+    assert [(len(s.bursts), len(s.process)) for s in subjects] == [(bursts, bursts), (bursts, bursts)]
+    assert all(0 < us <= total for s in subjects for us, total in zip(s.bursts, s.process, strict=True))
     # The probe, the warm-up burst and the measured ones: every Check allowed and recorded.
     records = decisions(tmp_path / "policy-audit-queued")
     assert len(records) == 1 + (1 + bursts) * checks
@@ -34,8 +34,8 @@ async def test_each_scenario_answers_its_own_request_through_its_own_pipeline(tm
     assert decisions(tmp_path / "policy") == []  # no audit in the baseline's config
 
     lines = inprocess.report(subjects)
-    assert lines[1].startswith("policy ") and "over" not in lines[1]
-    assert lines[2].startswith("policy+audit-queued ") and " over policy (" in lines[2]
+    assert lines[2].startswith("policy ") and "over" not in lines[2]
+    assert lines[3].startswith("policy+audit-queued ") and " over policy (" in lines[3]
 
 
 def test_only_scenarios_that_end_at_check_are_taken(capsys):
