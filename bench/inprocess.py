@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import statistics
 import sys
@@ -138,10 +139,11 @@ async def burst(subject: Subject, checks: int, concurrency: int) -> tuple[float,
 async def measure(scenarios: Sequence[Scenario], *, bursts: int, checks: int, concurrency: int,
                   workdir: Path) -> list[Subject]:
     subjects: list[Subject] = []
+    collector = gc.get_threshold()
     try:
         for sc in scenarios:
             subjects.append(await build(sc, workdir / sc.name.replace("+", "-")))
-        settle_heap()  # as `authz serve` does once it serves
+        settle_heap()  # as `authz serve` does once it serves (undone below: a caller's process)
         for subject in subjects:  # warm: caches, lazily compiled patterns, the token cache
             await burst(subject, checks, concurrency)
         for n in range(bursts):
@@ -152,6 +154,8 @@ async def measure(scenarios: Sequence[Scenario], *, bursts: int, checks: int, co
     finally:
         for subject in subjects:
             await subject.runtime.close()
+        gc.unfreeze()
+        gc.set_threshold(*collector)
     return subjects
 
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bursts < 1 or args.checks < 1 or args.concurrency < 1:
         p.error("--bursts, --checks and --concurrency must be >= 1")
     known = {s.name: s for s in SCENARIOS}
-    names = [n for item in (args.scenario or [",".join(DEFAULT)]) for n in item.split(",") if n]
+    names = list(dict.fromkeys(n for item in (args.scenario or [",".join(DEFAULT)]) for n in item.split(",") if n))
     unknown = [n for n in names if n not in known]
     if unknown:
         p.error(f"unknown scenario {', '.join(unknown)}")

@@ -4,6 +4,7 @@ scenario with its target's baseline."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -22,8 +23,10 @@ def decisions(directory: Path) -> list[dict]:
 
 async def test_each_scenario_answers_its_own_request_through_its_own_pipeline(tmp_path):
     bursts, checks = 2, 12
+    collector = gc.get_threshold()
     subjects = await inprocess.measure([KNOWN["policy"], KNOWN["policy+audit-queued"]], bursts=bursts,
                                        checks=checks, concurrency=4, workdir=tmp_path)
+    assert gc.get_threshold() == collector and gc.get_freeze_count() == 0  # the test process's, as it was
     assert [(len(s.bursts), len(s.process)) for s in subjects] == [(bursts, bursts), (bursts, bursts)]
     assert all(0 < us <= total for s in subjects for us, total in zip(s.bursts, s.process, strict=True))
     # The probe, the warm-up burst and the measured ones: every Check allowed and recorded.
