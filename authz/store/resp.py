@@ -20,7 +20,9 @@ every command over it:
   the next command reconnects (with a short backoff after failed attempts, so a Redis that is
   down costs a refused connect every few hundred milliseconds, not one per request). If the
   oldest command has waited ``stall_timeout`` past its deadline with no reply at all, the
-  connection is treated as dead (a peer that vanished without a reset) and dropped;
+  connection is treated as dead (a peer that vanished without a reset) and dropped. Calls still
+  waiting for a late reply (below) keep it open for reading, up to ``RETIRE_SECONDS``: a call
+  Redis ran just before it stalled (a pause, a long fork) answers when it resumes, and is undone;
 * scripts run with EVALSHA; on NOSCRIPT (a restarted or flushed Redis) the same call is sent
   once more as EVAL, which also caches the script again (bounded by what is left of the
   call's timeout);
@@ -200,6 +202,10 @@ class Script:
 class _Connection(asyncio.Protocol):
     """One connection: commands written in order, replies matched to futures in order."""
 
+    # How long a connection dropped for stalling stays open to read the late replies its callers
+    # still want (``on_late``); past this, whether those calls ran is unknown.
+    RETIRE_SECONDS = 30.0
+
     def __init__(self, client: RespClient, loop: asyncio.AbstractEventLoop) -> None:
         self._client = client
         self._loop = loop
@@ -214,7 +220,8 @@ class _Connection(asyncio.Protocol):
         self._timer_at = _INF
         self._out: list[bytes] = []       # commands to write at the next loop iteration
         self._late: dict[asyncio.Future[Any], Callable[[Any], None]] = {}  # replies wanted even late
-        self.error: Exception | None = None   # set once the connection is lost
+        self.error: Exception | None = None   # set once the connection is lost (or retired)
+        self._retired = False             # no longer used; open only for the late replies wanted
         self.opened_at = loop.time()
 
     # asyncio.Protocol
@@ -252,6 +259,9 @@ class _Connection(asyncio.Protocol):
                         self._client._run_late(late, reply)
         except hiredis.ProtocolError as exc:
             self._fail(RespConnectionError(f"redis protocol error: {exc}"))
+            return
+        if self._retired and not self._late:  # every late reply wanted has come
+            self._transport.abort()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
@@ -265,7 +275,13 @@ class _Connection(asyncio.Protocol):
             self._timer, self._timer_at = None, _INF
         waiters, self._waiters = self._waiters, collections.deque()
         self._deadlines.clear()
-        self._late.clear()  # whether those ran is unknown; their deadlines stop them running later
+        if self._late:
+            # Whether those ran is unknown: their deadlines stop them running later, but not
+            # one Redis ran before the connection ended whose reply never came.
+            log.warning("redis %s: %d call(s) that would be undone if they ran after their callers "
+                        "gave up ended with the connection, unanswered: whether they ran is unknown",
+                        self._client.endpoint, len(self._late))
+            self._late.clear()
         self._expired = 0
         for fut in waiters:
             if not fut.done():
@@ -326,6 +342,9 @@ class _Connection(asyncio.Protocol):
         """Fail the commands past their deadline (their replies stay due and are dropped when they
         come); drop the connection if the oldest has had no reply for ``stall_timeout`` more."""
         self._timer, self._timer_at = None, _INF
+        if self._retired:  # RETIRE_SECONDS have passed without every late reply
+            self._transport.abort()  # type: ignore[union-attr]
+            return
         if self.error is not None:
             return
         now = self._loop.time()
@@ -343,12 +362,37 @@ class _Connection(asyncio.Protocol):
         if i:
             overdue = now - deadlines[0]
             if overdue >= self._stall:
-                self._fail(RespConnectionError(
-                    f"no reply from redis for {overdue + self._timeout:.1f} s: dropping the connection"))
+                error = RespConnectionError(
+                    f"no reply from redis for {overdue + self._timeout:.1f} s: dropping the connection")
+                if self._late:
+                    self._retire(error)
+                else:
+                    self._fail(error)
                 return
             when = min(when, deadlines[0] + self._stall)
         if when < _INF:
             self._arm(when)
+
+    def _retire(self, error: Exception) -> None:
+        """Stop using the connection (the client opens another) but keep reading it: calls whose
+        callers gave up still want their replies (``on_late``: a limits call Redis may have run
+        just before it stalled, to be undone), which come, in order, if Redis resumes. It closes
+        when the last of them has come, or after ``RETIRE_SECONDS``."""
+        self.error = error
+        self._retired = True
+        waiters = self._waiters
+        for _ in self._out:  # buffered, never written: no reply will come for these
+            fut = waiters.pop()
+            self._deadlines.pop()
+            self._late.pop(fut, None)
+        self._out.clear()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(error)
+        self._client._retire(self)
+        self._arm(self._loop.time() + self.RETIRE_SECONDS)
+        if not self._late:
+            self._transport.abort()  # type: ignore[union-attr]
 
     def _fail(self, error: Exception) -> None:
         if self.error is None:
@@ -384,6 +428,7 @@ class RespClient:
         self._backoff_min, self._backoff_max = backoff
         self._backoff = self._backoff_min
         self._conn: _Connection | None = None
+        self._retired: set[_Connection] = set()  # dropped for stalling, reading late replies
         self._connecting: asyncio.Task[_Connection | None] | None = None
         self._retry_at = 0.0              # loop time before which no new connect is attempted
         self._connect_started = 0.0
@@ -571,8 +616,14 @@ class RespClient:
                 raise
         return conn
 
+    def _retire(self, conn: _Connection) -> None:
+        """``conn`` stalled: the next call opens another; it stays open for its late replies."""
+        self._retired.add(conn)
+        self._lost(conn)
+
     def _lost(self, conn: _Connection) -> None:
         if self._conn is not conn:
+            self._retired.discard(conn)
             return
         self._conn = None
         if self._closed:
@@ -596,6 +647,9 @@ class RespClient:
         if task is not None:
             task.cancel()
         conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-            await asyncio.sleep(0)  # let the transport deliver connection_lost
+        retired, self._retired = self._retired, set()
+        for c in (conn, *retired):
+            if c is not None:
+                c.close()
+        if conn is not None or retired:
+            await asyncio.sleep(0)  # let the transports deliver connection_lost

@@ -81,3 +81,31 @@ async def test_a_reply_that_comes_back_after_the_caller_gave_up_is_undone(store,
             break
     assert int(await store.get(budget.key)) == 100
     assert float(await store.get(rate.key)) == pytest.approx(float(before[0]), abs=1)
+
+
+async def test_a_reply_that_comes_back_after_the_connection_stalled_is_undone(store, redis_url):
+    """Redis runs a call in time for the script but answers only after a stall longer than the
+    client's stall timeout (a pause, a long fork: the connection is dropped for new calls). The
+    connection is kept open for that reply, and what the call took is given back."""
+    rate = RateOp("rl:{user=c}:x", interval_us=HOURLY, burst=5)
+    budget = ReserveOp("bg:{user=c}:b:day", limit=1000, amount=100, ttl_seconds=60)
+    assert (await store.apply_limits([rate], [budget])).allowed
+    before = (await store.get(rate.key), await store.get(budget.key))
+    client = store._resp
+    stalled = client._conn
+    store._resp.reply_margin = -5  # Redis may run the call until well after the stall
+    thread = busy(redis_url, client.stall_timeout + 0.4)
+    await asyncio.sleep(0.03)
+    with pytest.raises(StoreUnavailable):
+        await store.apply_limits([rate], [budget])
+    await asyncio.sleep(client.stall_timeout + 0.1)
+    assert stalled.error is not None and client._conn is not stalled  # dropped for new calls ...
+    assert stalled in client._retired  # ... but still reading
+    await asyncio.to_thread(thread.join)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if (await store.get(rate.key), await store.get(budget.key)) == before and not client._retired:
+            break
+    assert int(await store.get(budget.key)) == 100
+    assert float(await store.get(rate.key)) == pytest.approx(float(before[0]), abs=1)
+    assert not client._retired  # closed once the reply it waited for came
