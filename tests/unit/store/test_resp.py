@@ -23,6 +23,7 @@ from authz.store.resp import (
     RespConnectionError,
     RespError,
     Script,
+    _Connection,
     encode_args,
     encode_command,
     parse_url,
@@ -386,3 +387,30 @@ async def test_close_fails_pending_and_later_calls(redis_url):
         await pending
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.get("x")
+
+
+async def test_a_stalled_connection_waits_for_late_replies_only_so_long(monkeypatch, caplog):
+    """A stalled connection with a call that wants its reply even late (a limits call) is kept
+    open for that reply, not used for new calls, and closed after RETIRE_SECONDS without it
+    (saying so); one without such calls is dropped at once (above)."""
+    monkeypatch.setattr(_Connection, "RETIRE_SECONDS", 0.3)
+    server = FakeServer()  # never answers
+    late: list[object] = []
+    async with server as url:
+        client = RespClient(url, timeout=0.05, stall_timeout=0.2)
+        try:
+            with pytest.raises(TimeoutError):
+                await client.eval_before(Script("return 1"), 0, 0, b"", late.append)
+            stalled = client._conn
+            await asyncio.sleep(0.35)  # past its deadline + the stall timeout: retired
+            assert stalled.error is not None and client._conn is None
+            assert client._retired == {stalled} and not stalled._transport.is_closing()
+            with pytest.raises(TimeoutError):  # new calls go to a new connection
+                await client.execute("PING")
+            assert server.accepted == 2 and client._conn is not stalled
+            await asyncio.sleep(0.4)  # RETIRE_SECONDS without the late reply
+            assert client._retired == set() and late == []
+            assert "whether they ran is unknown" in caplog.text
+        finally:
+            await client.close()
+    assert client._retired == set()
